@@ -1,0 +1,541 @@
+"""The `gradcli` command line: parse options, run the job, present the records, map errors.
+
+Nothing here imports TensorFlow: `--help`, `--version` and option errors answer at once; the
+work runs in a worker process (supervisor.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from typer.exceptions import TyperException
+
+from . import __version__
+from .errors import ExitCode, GradcliError, InputError, UsageError
+from .job import Job
+from .stats import FAIL_ON_CHOICES
+
+HELP = """Gradients of saved Keras models, from the shell.
+
+MODEL is a .keras file, a legacy .h5/.hdf5, a TensorFlow SavedModel directory, or a
+directory of models (each is processed). INPUT is a .npy (single-input model) or an .npz
+keyed by input name; axis 0 is the sample axis.
+
+Exit codes: 0 done, 1 a health gate or check tripped, 2 usage error, 3 model/input/target
+cannot be read or does not fit, 4 gradient cannot be computed, 130 interrupted.
+"""
+
+app = typer.Typer(
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+class Method(StrEnum):
+    vanilla = "vanilla"
+    gradxinput = "gradxinput"
+    smoothgrad = "smoothgrad"
+    integrated = "integrated"
+
+
+class OneDNN(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Wrt(StrEnum):
+    input = "input"
+    weights = "weights"
+
+
+# ------------------------------------------------------------------ shared options
+
+ModelArg = Annotated[str, typer.Argument(
+    metavar="MODEL", help=".keras, .h5/.hdf5, SavedModel directory, or a directory of models.",
+    show_default=False)]
+InputArg = Annotated[str, typer.Argument(
+    metavar="INPUT", help=".npy, or .npz keyed by input name (axis 0 = samples).",
+    show_default=False)]
+TargetOpt = Annotated[str | None, typer.Option(
+    "--target", "-t", metavar="PATH",
+    help="Labels (.npy, or .npz keyed by output name): the objective becomes the per-sample "
+         "loss.")]
+LossOpt = Annotated[str | None, typer.Option(
+    "--loss", metavar="NAME",
+    help="Keras loss identifier (e.g. mse, sparse_categorical_crossentropy); default: the "
+         "model's compiled loss.")]
+FromLogitsOpt = Annotated[bool, typer.Option(
+    "--from-logits", help="The model outputs logits (for --loss crossentropies).")]
+ClassOpt = Annotated[int | None, typer.Option(
+    "--class", "-c", metavar="K", help="Objective: unit K of the selected output (class score).")]
+OutputOpt = Annotated[str | None, typer.Option(
+    "--output", metavar="NAME|INDEX", help="Select one output of a multi-output model.")]
+BatchOpt = Annotated[int | None, typer.Option(
+    "--batch-size", "-b", min=1, metavar="B",
+    help="Samples per tape call (results do not depend on it). Default: from the input size.")]
+TrainingOpt = Annotated[bool, typer.Option(
+    "--training", help="Run the model in training mode (dropout, batch statistics).")]
+JitOpt = Annotated[bool, typer.Option("--jit", help="Compile the tape with XLA.")]
+OutOpt = Annotated[str | None, typer.Option(
+    "--out", "-o", metavar="PATH",
+    help="Write the arrays to this .npz (a directory when MODEL is a directory).")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="One JSON object per model on stdout, nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+FailOnOpt = Annotated[list[str] | None, typer.Option(
+    "--fail-on", metavar="STATUS",
+    help="Exit 1 when a tensor is nonfinite, zero or disconnected (repeat or comma list).")]
+MaxNormOpt = Annotated[float | None, typer.Option(
+    "--max-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm exceeds X.")]
+MinNormOpt = Annotated[float | None, typer.Option(
+    "--min-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm is below X.")]
+UnsafeOpt = Annotated[bool, typer.Option(
+    "--unsafe", help="Allow unsafe deserialization (Lambda layers). Only for trusted files.")]
+ImportOpt = Annotated[list[str] | None, typer.Option(
+    "--import", metavar="MODULE|FILE.py",
+    help="Import code that registers custom layers/losses before loading (repeatable).")]
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", metavar="K/N",
+    help="With a directory MODEL: process every N-th model starting at the K-th (0-based).")]
+OneDNNOpt = Annotated[OneDNN, typer.Option(
+    "--onednn", help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they "
+                     "crash.")]
+DebugOpt = Annotated[bool, typer.Option(
+    "--debug", help="Show tracebacks and TensorFlow's own output.", envvar="GRADCLI_DEBUG")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gradcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    pass
+
+
+# ------------------------------------------------------------------ running a job
+
+
+def _fail_on(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item not in FAIL_ON_CHOICES:
+                raise UsageError(f"--fail-on {item!r}: expected one of "
+                                 f"{', '.join(FAIL_ON_CHOICES)}")
+            out.append(item)
+    return sorted(set(out))
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        k, n = (int(p) for p in value.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {value!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"--shard {value}: need 0 <= K < N")
+    return k, n
+
+
+def _check_paths(job: Job) -> None:
+    from .paths import check_model_path
+
+    check_model_path(job.model)
+    for label, value in (("input", job.input), ("target", job.target)):
+        if value is not None and not Path(value).exists():
+            raise InputError(f"{label} {value}: no such file")
+    if job.shard and not Path(job.model).is_dir():
+        raise UsageError("--shard needs a directory of models as MODEL")
+
+
+def _execute(job: Job, *, as_json: bool = False, quiet: bool = False,
+             onednn: OneDNN = OneDNN.auto, debug: bool = False) -> None:
+    """Run a job and exit with its code; the one place errors become messages."""
+    from . import report, supervisor
+
+    debug = debug or os.environ.get("GRADCLI_DEBUG", "") not in ("", "0")
+    out = Console(soft_wrap=False)
+    if not out.is_terminal:  # piped or redirected: room for every column, no wrapping
+        out = Console(soft_wrap=False, width=120)
+    err = Console(stderr=True)
+    code = 0
+    try:
+        _check_paths(job)
+        records: list[dict] = []
+
+        def on_record(record: dict) -> None:
+            if as_json:
+                sys.stdout.write(report.to_json(record) + "\n")
+                sys.stdout.flush()
+            records.append(record)
+
+        with _progress(err, enabled=not quiet and err.is_terminal) as on_progress:
+            if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0"):
+                outcome = supervisor.run_inprocess(job, debug=debug, on_record=on_record,
+                                                   on_progress=on_progress)
+            else:
+                outcome = supervisor.run(job, debug=debug, onednn=onednn.value,
+                                         on_record=on_record, on_progress=on_progress,
+                                         warn=lambda m: _stderr_line(m))
+        if outcome.traceback and debug:
+            sys.stderr.write(outcome.traceback)
+        if outcome.error is not None:
+            raise outcome.error
+        if not as_json:
+            report.render(records, out)
+        code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
+    except GradcliError as exc:
+        if debug and exc.__traceback__ is not None and not hasattr(exc, "worker"):
+            traceback.print_exception(exc)
+        _stderr_line(f"error: {exc}")
+        code = int(exc.exit_code)
+    except KeyboardInterrupt:
+        _stderr_line("interrupted")
+        code = int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the funnel: no traceback unless --debug
+        if debug:
+            traceback.print_exception(exc)
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        _stderr_line(f"error: {type(exc).__name__}: {first}")
+        code = int(ExitCode.GRADIENT)
+    raise typer.Exit(code)
+
+
+def _stderr_line(message: str) -> None:
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.stderr.flush()
+
+
+class _progress:
+    """A Rich progress bar on stderr, fed by the worker's progress events."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled
+        self.bar = None
+        self.tasks: dict[int, int] = {}
+
+    def __enter__(self):
+        return self.update if self.enabled else None
+
+    def update(self, event: dict) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        if self.bar is None:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.bar.start()
+        index = int(event.get("index", 0))
+        if index not in self.tasks:
+            self.tasks[index] = self.bar.add_task(f"model {index + 1}",
+                                                  total=event.get("total"))
+        self.bar.update(self.tasks[index], completed=event.get("done", 0))
+
+    def __exit__(self, *exc) -> bool:
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+def _common(job: Job, fail_on, shard) -> Job:
+    job.fail_on = _fail_on(fail_on)
+    job.shard = _shard(shard)
+    return job
+
+
+def _guard(fn):
+    """Option errors found before the job runs get the same one-line treatment."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GradcliError as exc:
+            _stderr_line(f"error: {exc}")
+            raise typer.Exit(int(exc.exit_code)) from None
+
+    return wrapper
+
+
+# ------------------------------------------------------------------ commands
+
+
+@app.command()
+@_guard
+def info(
+    model: ModelArg,
+    as_json: JsonOpt = False,
+    unsafe: UnsafeOpt = False,
+    imports: ImportOpt = None,
+    shard: ShardOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """What the model is: format, inputs, outputs, compiled loss, layers (for --layer)."""
+    job = _common(Job("info", model, unsafe=unsafe, imports=imports or []), None, shard)
+    _execute(job, as_json=as_json, quiet=True, debug=debug)
+
+
+@app.command("wrt-input")
+@_guard
+def wrt_input(
+    model: ModelArg,
+    input: InputArg,
+    method: Annotated[Method, typer.Option(
+        "--method", "-m", help="vanilla: d o / d x; gradxinput: x * grad; smoothgrad: mean "
+                               "over noisy copies; integrated: Integrated Gradients.")]
+    = Method.vanilla,
+    target: TargetOpt = None,
+    loss: LossOpt = None,
+    from_logits: FromLogitsOpt = False,
+    class_index: ClassOpt = None,
+    output: OutputOpt = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="SmoothGrad: noisy copies.")]
+    = 25,
+    noise: Annotated[float, typer.Option(
+        "--noise", min=0.0, help="SmoothGrad: noise std as a fraction of each sample's range.")]
+    = 0.15,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="SmoothGrad: seed for repeatable noise.")] = None,
+    steps: Annotated[int, typer.Option(
+        "--steps", min=1, help="Integrated Gradients: path steps.")] = 50,
+    baseline: Annotated[str, typer.Option(
+        "--baseline", metavar="zeros|PATH",
+        help="Integrated Gradients: zeros, or a .npy/.npz (one sample or N).")] = "zeros",
+    top: Annotated[int | None, typer.Option(
+        "--top", min=1, metavar="K", help="List the K most salient features.")] = None,
+    png: Annotated[str | None, typer.Option(
+        "--png", metavar="DIR", help="Write a heatmap PNG per sample for image-like inputs.")]
+    = None,
+    png_limit: Annotated[int, typer.Option(
+        "--png-limit", min=0, help="At most this many PNGs per input.")] = 16,
+    batch_size: BatchOpt = None,
+    training: TrainingOpt = False,
+    jit: JitOpt = False,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    max_norm: MaxNormOpt = None,
+    min_norm: MinNormOpt = None,
+    unsafe: UnsafeOpt = False,
+    imports: ImportOpt = None,
+    shard: ShardOpt = None,
+    onednn: OneDNNOpt = OneDNN.auto,
+    debug: DebugOpt = False,
+) -> None:
+    """Gradient of the objective with respect to the input (saliency, attributions)."""
+    if method != Method.integrated and baseline != "zeros":
+        raise UsageError("--baseline goes with --method integrated")
+    job = Job("wrt-input", model, input, target=target, loss=loss, from_logits=from_logits,
+              class_index=class_index, output=output, method=method.value, samples=samples,
+              noise=noise, seed=seed, steps=steps,
+              baseline=None if baseline == "zeros" else baseline, top=top, png=png,
+              png_limit=png_limit, batch_size=batch_size, training=training, jit=jit, out=out,
+              max_norm=max_norm, min_norm=min_norm, unsafe=unsafe, imports=imports or [])
+    if job.baseline is not None and not Path(job.baseline).exists():
+        raise InputError(f"baseline {job.baseline}: no such file")
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
+             debug=debug)
+
+
+@app.command("wrt-layer")
+@_guard
+def wrt_layer(
+    model: ModelArg,
+    input: InputArg,
+    layer: Annotated[list[str], typer.Option(
+        "--layer", "-l", metavar="NAME|PATH|INDEX",
+        help="Layer name, nested path outer/inner, or index from `gradcli info` "
+             "(repeatable).")],
+    target: TargetOpt = None,
+    loss: LossOpt = None,
+    from_logits: FromLogitsOpt = False,
+    class_index: ClassOpt = None,
+    output: OutputOpt = None,
+    batch_size: BatchOpt = None,
+    training: TrainingOpt = False,
+    jit: JitOpt = False,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    max_norm: MaxNormOpt = None,
+    min_norm: MinNormOpt = None,
+    unsafe: UnsafeOpt = False,
+    imports: ImportOpt = None,
+    shard: ShardOpt = None,
+    onednn: OneDNNOpt = OneDNN.auto,
+    debug: DebugOpt = False,
+) -> None:
+    """Gradient of the objective with respect to a layer's output activation."""
+    job = Job("wrt-layer", model, input, target=target, loss=loss, from_logits=from_logits,
+              class_index=class_index, output=output, layers=list(layer),
+              batch_size=batch_size, training=training, jit=jit, out=out, max_norm=max_norm,
+              min_norm=min_norm, unsafe=unsafe, imports=imports or [])
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
+             debug=debug)
+
+
+@app.command("wrt-weights")
+@_guard
+def wrt_weights(
+    model: ModelArg,
+    input: InputArg,
+    target: TargetOpt = None,
+    loss: LossOpt = None,
+    from_logits: FromLogitsOpt = False,
+    class_index: ClassOpt = None,
+    output: OutputOpt = None,
+    png: Annotated[str | None, typer.Option(
+        "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG.")]
+    = None,
+    batch_size: BatchOpt = None,
+    training: TrainingOpt = False,
+    jit: JitOpt = False,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    max_norm: MaxNormOpt = None,
+    min_norm: MinNormOpt = None,
+    unsafe: UnsafeOpt = False,
+    imports: ImportOpt = None,
+    shard: ShardOpt = None,
+    onednn: OneDNNOpt = OneDNN.auto,
+    debug: DebugOpt = False,
+) -> None:
+    """Gradient of the mean objective over all samples w.r.t. each trainable variable."""
+    job = Job("wrt-weights", model, input, target=target, loss=loss, from_logits=from_logits,
+              class_index=class_index, output=output, png=png, batch_size=batch_size,
+              training=training, jit=jit, out=out, max_norm=max_norm, min_norm=min_norm,
+              unsafe=unsafe, imports=imports or [])
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
+             debug=debug)
+
+
+@app.command()
+@_guard
+def jacobian(
+    model: ModelArg,
+    input: InputArg,
+    output: OutputOpt = None,
+    max_elements: Annotated[float, typer.Option(
+        "--max-elements", min=1, help="Refuse (exit 2) above this many Jacobian elements.")]
+    = 1e8,
+    batch_size: BatchOpt = None,
+    training: TrainingOpt = False,
+    jit: JitOpt = False,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    fail_on: FailOnOpt = None,
+    max_norm: MaxNormOpt = None,
+    min_norm: MinNormOpt = None,
+    unsafe: UnsafeOpt = False,
+    imports: ImportOpt = None,
+    shard: ShardOpt = None,
+    onednn: OneDNNOpt = OneDNN.auto,
+    debug: DebugOpt = False,
+) -> None:
+    """Per-sample Jacobian d output / d input: shape (N, *output, *input)."""
+    job = Job("jacobian", model, input, output=output, max_elements=max_elements,
+              batch_size=batch_size, training=training, jit=jit, out=out, max_norm=max_norm,
+              min_norm=min_norm, unsafe=unsafe, imports=imports or [])
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
+             debug=debug)
+
+
+@app.command()
+@_guard
+def check(
+    model: ModelArg,
+    input: InputArg,
+    wrt: Annotated[Wrt, typer.Option("--wrt", help="Check input or weight gradients.")]
+    = Wrt.input,
+    directions: Annotated[int, typer.Option(
+        "--directions", min=1, help="Random directions per tensor.")] = 3,
+    eps: Annotated[float | None, typer.Option(
+        "--eps", min=0.0, help="Finite-difference step (default 1e-5 in float64, 1e-2 in "
+                               "float32).")] = None,
+    rtol: Annotated[float | None, typer.Option(
+        "--rtol", min=0.0, help="Largest relative error that passes (default 1e-4 in float64, "
+                                "5e-2 in float32).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for the directions.")] = None,
+    target: TargetOpt = None,
+    loss: LossOpt = None,
+    from_logits: FromLogitsOpt = False,
+    class_index: ClassOpt = None,
+    output: OutputOpt = None,
+    batch_size: BatchOpt = None,
+    training: TrainingOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    unsafe: UnsafeOpt = False,
+    imports: ImportOpt = None,
+    shard: ShardOpt = None,
+    onednn: OneDNNOpt = OneDNN.auto,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare autodiff with central finite differences along random directions."""
+    if eps is not None and eps <= 0:
+        raise UsageError("--eps must be positive")
+    job = Job("check", model, input, target=target, loss=loss, from_logits=from_logits,
+              class_index=class_index, output=output, wrt=wrt.value, directions=directions,
+              eps=eps, rtol=rtol, seed=seed, batch_size=batch_size, training=training,
+              unsafe=unsafe, imports=imports or [])
+    _execute(_common(job, None, shard), as_json=as_json, quiet=quiet, onednn=onednn,
+             debug=debug)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: usage errors become one `error:` line and exit 2."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="gradcli")
+    except TyperException as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(ctx.get_help() if ctx else HELP)
+            sys.exit(0)
+        where = ctx.info_name if ctx is not None and ctx.info_name != "gradcli" else None
+        hint = f" (see `gradcli {where} --help`)" if where else " (see `gradcli --help`)"
+        _stderr_line(f"error: {exc.format_message()}{hint}")
+        sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE)))
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _stderr_line("interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    sys.exit(0)

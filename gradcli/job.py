@@ -1,0 +1,51 @@
+"""The description of one run (command, files, options) passed from the CLI to the worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .stats import Gates
+
+
+@dataclass
+class Job:
+    """Everything a command needs; built by the CLI, sent to the worker as JSON."""
+
+    command: str
+    model: str
+    input: str | None = None
+    target: str | None = None
+    loss: str | None = None
+    from_logits: bool = False
+    class_index: int | None = None
+    output: str | None = None
+    layers: list[str] = field(default_factory=list)
+    method: str = "vanilla"
+    samples: int = 25
+    noise: float = 0.15
+    seed: int | None = None
+    steps: int = 50
+    baseline: str | None = None
+    batch_size: int | None = None
+    training: bool = False
+    jit: bool = False
+    out: str | None = None
+    png: str | None = None
+    png_limit: int = 16
+    top: int | None = None
+    fail_on: list[str] = field(default_factory=list)
+    max_norm: float | None = None
+    min_norm: float | None = None
+    unsafe: bool = False
+    imports: list[str] = field(default_factory=list)
+    max_elements: float = 1e8
+    wrt: str = "input"
+    directions: int = 3
+    eps: float | None = None
+    rtol: float | None = None
+    shard: tuple[int, int] | None = None
+    skip: list[int] = field(default_factory=list)
+
+    @property
+    def gates(self) -> Gates:
+        return Gates(frozenset(self.fail_on), self.max_norm, self.min_norm)

@@ -1,0 +1,254 @@
+"""Present records: Rich tables for people, JSON lines for scripts (no TensorFlow here)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+STATUS_STYLE = {
+    "ok": "green",
+    "zero": "yellow",
+    "too-small": "yellow",
+    "too-large": "red",
+    "nonfinite": "red",
+    "disconnected": "magenta",
+    "mismatch": "red",
+}
+
+
+def to_json(record: dict) -> str:
+    """One line of JSON (NaN/Inf are already null in records)."""
+    return json.dumps(record, allow_nan=False, default=str)
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}g}"
+
+
+def _shape(shape: list) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _status(rec: dict) -> Text:
+    status = rec.get("status", "")
+    text = Text(status, style=STATUS_STYLE.get(status, ""))
+    if rec.get("tripped"):
+        text = Text(f"{status} ✗ gate", style="bold red")
+    return text
+
+
+def render(records: list[dict], console: Console) -> None:
+    """Everything a run produced, for a terminal."""
+    if len(records) > 1:
+        _render_many(records, console)
+        return
+    for rec in records:
+        render_one(rec, console)
+
+
+def render_one(rec: dict, console: Console) -> None:
+    if rec.get("error"):
+        console.print(Text(f"{rec['model']}: error: {rec['error']}", style="red"))
+        return
+    command = rec["command"]
+    if command == "info":
+        _render_info(rec, console)
+    elif command == "check":
+        _render_check(rec, console)
+    else:
+        _render_gradients(rec, console)
+
+
+def _header(rec: dict) -> str:
+    parts = [f"[bold]{rec['model']}[/bold] ({rec['format']}, {rec['loader']})"]
+    if "n" in rec:
+        parts.append(f"N={rec['n']}")
+    if rec.get("objective"):
+        parts.append(f"objective: {rec['objective']}")
+    if rec.get("method") and rec["method"] != "vanilla":
+        parts.append(f"method: {rec['method']}")
+    return " · ".join(parts)
+
+
+def _render_info(rec: dict, console: Console) -> None:
+    console.print(f"[bold]{rec['model']}[/bold]")
+    console.print(f"format: {rec['format']} · loader: {rec['loader']}"
+                  + (f" · endpoint: {rec['endpoint']}" if rec.get("endpoint") else ""))
+    loss = rec["loss"] + (f" ({rec['loss_note']})" if rec.get("loss_note") else "")
+    console.print(f"compiled loss: {loss}")
+    console.print(f"trainable parameters: {rec['trainable_params']:,}")
+    io = Table(title="inputs and outputs", title_justify="left", show_edge=False)
+    for col in ("", "name", "shape", "dtype"):
+        io.add_column(col)
+    for item in rec["inputs"]:
+        io.add_row("input", item["name"], _shape(["N", *item["shape"]]), item["dtype"])
+    for item in rec["outputs"]:
+        io.add_row("output", item["name"], _shape(["N", *item["shape"]]), item["dtype"])
+    console.print(io)
+    if not rec["layers"]:
+        console.print("layers: none (a SavedModel served through its function; wrt-layer "
+                      "needs a Keras model)")
+        return
+    layers = Table(title="layers (--layer takes the index or the name)", title_justify="left",
+                   show_edge=False)
+    for col, justify in (("index", "right"), ("name", "left"), ("class", "left"),
+                         ("output shape", "left"), ("params", "right")):
+        layers.add_column(col, justify=justify)
+    for layer in rec["layers"]:
+        index = "" if layer["index"] is None else str(layer["index"])
+        name = "  " * layer.get("depth", 0) + layer["name"]
+        layers.add_row(index, name, layer["class"], layer["output_shape"],
+                       f"{layer['params']:,}")
+    console.print(layers)
+
+
+def _render_gradients(rec: dict, console: Console) -> None:
+    console.print(_header(rec))
+    weights = rec["command"] == "wrt-weights"
+    table = Table(show_edge=False)
+    table.add_column("variable" if weights else "tensor")
+    table.add_column("shape")
+    table.add_column("L2", justify="right")
+    if weights:
+        table.add_column("|g|/|θ|", justify="right")
+    for col in ("mean |g|", "max |g|", "zero frac", "non-finite"):
+        table.add_column(col, justify="right")
+    table.add_column("status")
+    for t in rec["tensors"]:
+        row = [t["name"], _shape(t["shape"]), fmt(t["l2"])]
+        if weights:
+            row.append(fmt(t.get("relative")))
+        row += [fmt(t["mean_abs"]), fmt(t["max_abs"]),
+                "-" if t["zero_fraction"] is None else f"{t['zero_fraction']:.3f}",
+                fmt(t["nonfinite"]), _status(t)]
+        table.add_row(*row)
+    console.print(table)
+    comp = rec.get("completeness")
+    if comp:
+        console.print(f"IG completeness ({rec['steps']} steps): sum of attributions vs "
+                      f"o(x) - o(baseline): max gap {fmt(comp['max_abs_gap'], 3)} "
+                      f"({100 * comp['max_rel_gap']:.3g}% relative), mean gap "
+                      f"{fmt(comp['mean_abs_gap'], 3)}")
+    for t in rec["tensors"]:
+        if t.get("top"):
+            top = Table(title=f"top {len(t['top'])} features of {t['name']} (mean |g|)",
+                        title_justify="left", show_edge=False)
+            top.add_column("rank", justify="right")
+            top.add_column("feature")
+            top.add_column("mean |g|", justify="right")
+            for rank, f in enumerate(t["top"], 1):
+                where = str(f["feature"]) if "index" not in f else str(tuple(f["index"]))
+                top.add_row(str(rank), where, fmt(f["mean_abs"]))
+            console.print(top)
+    if rec.get("layer_summary"):
+        _render_flow(rec["layer_summary"], console)
+    _render_footer(rec, console)
+
+
+def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None:
+    logs = [math.log10(s["l2"]) for s in summary if s["l2"] and s["status"] == "ok"]
+    lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
+    span = max(hi - lo, 1e-9)
+    table = Table(title="gradient flow per layer (bar: log10 of the L2 norm)",
+                  title_justify="left", show_edge=False)
+    table.add_column("layer")
+    table.add_column("L2", justify="right")
+    table.add_column("log-norm")
+    for s in summary:
+        if s["status"] != "ok" or not s["l2"]:
+            bar = Text(s["status"], style=STATUS_STYLE.get(s["status"], "red"))
+        else:
+            frac = (math.log10(s["l2"]) - lo) / span if logs and hi > lo else 1.0
+            n = max(1, round(1 + frac * (width - 1)))
+            bar = Text("█" * n, style="cyan")
+        table.add_row(s["layer"], fmt(s["l2"]), bar)
+    console.print(table)
+    if logs:
+        console.print(f"  (bars span 10^{lo:.1f} to 10^{hi:.1f})")
+
+
+def _render_check(rec: dict, console: Console) -> None:
+    console.print(_header(rec))
+    console.print(f"finite differences: {rec['precision']}, eps {fmt(rec['eps'])}, "
+                  f"{rec['directions']} random direction(s) per tensor, rtol {fmt(rec['rtol'])}")
+    table = Table(show_edge=False)
+    for col, justify in (("tensor", "left"), ("shape", "left"), ("autodiff", "right"),
+                         ("finite diff", "right"), ("rel error", "right"), ("status", "left")):
+        table.add_column(col, justify=justify)
+    for t in rec["tensors"]:
+        ad = t["autodiff"][0] if t["autodiff"] else None
+        fd = t["finite_diff"][0] if t["finite_diff"] else None
+        table.add_row(t["name"], _shape(t["shape"]), fmt(ad, 6), fmt(fd, 6),
+                      fmt(t["rel_error"], 3), _status(t))
+    console.print(table)
+    _render_footer(rec, console)
+
+
+def _render_footer(rec: dict, console: Console) -> None:
+    if rec.get("out"):
+        console.print(f"wrote {rec['out']}")
+    png = rec.get("png")
+    if png:
+        if isinstance(png, list):
+            console.print(f"wrote {len(png)} PNG heatmap(s) to {_common_dir(png)}")
+        else:
+            console.print(f"wrote {png}")
+    if rec.get("gates"):
+        console.print(Text(f"gates tripped: {', '.join(rec['gates'])}", style="bold red"))
+
+
+def _common_dir(paths: list[str]) -> str:
+    import os
+
+    return os.path.dirname(paths[0]) if paths else ""
+
+
+def _render_many(records: list[dict], console: Console) -> None:
+    command = records[0].get("command", "")
+    table = Table(title=f"{command}: {len(records)} models", title_justify="left",
+                  show_edge=False)
+    for col, justify in (("model", "left"), ("format", "left"), ("N", "right"),
+                         ("tensors", "right"), ("largest L2", "right"), ("worst", "left"),
+                         ("result", "left")):
+        table.add_column(col, justify=justify)
+    for rec in records:
+        if rec.get("error"):
+            table.add_row(rec["model"], "-", "-", "-", "-", "-",
+                          Text(f"error: {rec['error']}", style="red"))
+            continue
+        tensors = rec.get("tensors") or []
+        norms = [t.get("l2") for t in tensors if t.get("l2") is not None]
+        worst = _worst_status(tensors)
+        if rec["command"] == "info":
+            result = Text(f"{len(rec['layers'])} layers, loss {rec['loss']}")
+        elif rec.get("gates"):
+            result = Text(f"gates tripped: {', '.join(rec['gates'])}", style="bold red")
+        else:
+            result = Text("ok", style="green")
+        table.add_row(rec["model"], rec.get("format", ""), fmt(rec.get("n")),
+                      str(len(tensors)) if rec["command"] != "info" else "-",
+                      fmt(max(norms)) if norms else "-",
+                      Text(worst, style=STATUS_STYLE.get(worst, "")) if tensors else "-",
+                      result)
+    console.print(table)
+
+
+def _worst_status(tensors: list[dict]) -> str:
+    order = ["nonfinite", "mismatch", "disconnected", "too-large", "too-small", "zero", "ok"]
+    statuses = {t.get("status", "ok") for t in tensors}
+    for s in order:
+        if s in statuses:
+            return s
+    return "ok"
