@@ -106,8 +106,13 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> np.nda
                 raise InputError(f"{label}: entry {key!r} is not a .npy array")
             f.seek(data_start)
             version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise InputError(f"{label}: entry {key!r} uses .npy format {version}; "
+                                 f"save it with numpy's default format")
             try:
-                shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+                shape, fortran, dtype = read_header(f)
             except ValueError as exc:
                 raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") \
                     from None

@@ -523,7 +523,8 @@ def check(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: usage errors become one `error:` line and exit 2."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="gradcli")
+        # without standalone mode, a typer.Exit raised by a command comes back as its code
+        code = app(args=argv, standalone_mode=False, prog_name="gradcli")
     except TyperException as exc:
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError":
@@ -538,4 +539,4 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         _stderr_line("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -34,8 +34,8 @@ class Objective:
             parts = []
             for i, spec in self.losses.items():
                 w = "" if spec.weight == 1.0 else f"{spec.weight:g} x "
-                parts.append(f"{w}{spec.description}({self.output_names[i]})")
-            return "per-sample loss " + " + ".join(parts)
+                parts.append(f"{w}{spec.description} on {self.output_names[i]}")
+            return "per-sample loss: " + " + ".join(parts)
         if self.kind == "class":
             return f"class {self.class_index} of {names}"
         return f"sum of {names}"

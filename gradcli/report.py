@@ -89,7 +89,7 @@ def _render_info(rec: dict, console: Console) -> None:
     loss = rec["loss"] + (f" ({rec['loss_note']})" if rec.get("loss_note") else "")
     console.print(f"compiled loss: {loss}")
     console.print(f"trainable parameters: {rec['trainable_params']:,}")
-    io = Table(title="inputs and outputs", title_justify="left", show_edge=False)
+    io = Table(show_edge=False)
     for col in ("", "name", "shape", "dtype"):
         io.add_column(col)
     for item in rec["inputs"]:
@@ -101,8 +101,8 @@ def _render_info(rec: dict, console: Console) -> None:
         console.print("layers: none (a SavedModel served through its function; wrt-layer "
                       "needs a Keras model)")
         return
-    layers = Table(title="layers (--layer takes the index or the name)", title_justify="left",
-                   show_edge=False)
+    console.print("layers (--layer takes the index or the name):")
+    layers = Table(show_edge=False)
     for col, justify in (("index", "right"), ("name", "left"), ("class", "left"),
                          ("output shape", "left"), ("params", "right")):
         layers.add_column(col, justify=justify)
@@ -143,8 +143,8 @@ def _render_gradients(rec: dict, console: Console) -> None:
                       f"{fmt(comp['mean_abs_gap'], 3)}")
     for t in rec["tensors"]:
         if t.get("top"):
-            top = Table(title=f"top {len(t['top'])} features of {t['name']} (mean |g|)",
-                        title_justify="left", show_edge=False)
+            console.print(f"top {len(t['top'])} features of {t['name']} (mean |g| over samples):")
+            top = Table(show_edge=False)
             top.add_column("rank", justify="right")
             top.add_column("feature")
             top.add_column("mean |g|", justify="right")
@@ -161,8 +161,8 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
     logs = [math.log10(s["l2"]) for s in summary if s["l2"] and s["status"] == "ok"]
     lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
     span = max(hi - lo, 1e-9)
-    table = Table(title="gradient flow per layer (bar: log10 of the L2 norm)",
-                  title_justify="left", show_edge=False)
+    console.print("gradient flow per layer (bar: log10 of the L2 norm):")
+    table = Table(show_edge=False)
     table.add_column("layer")
     table.add_column("L2", justify="right")
     table.add_column("log-norm")
@@ -217,8 +217,8 @@ def _common_dir(paths: list[str]) -> str:
 
 def _render_many(records: list[dict], console: Console) -> None:
     command = records[0].get("command", "")
-    table = Table(title=f"{command}: {len(records)} models", title_justify="left",
-                  show_edge=False)
+    console.print(f"{command}: {len(records)} models")
+    table = Table(show_edge=False)
     for col, justify in (("model", "left"), ("format", "left"), ("N", "right"),
                          ("tensors", "right"), ("largest L2", "right"), ("worst", "left"),
                          ("result", "left")):
