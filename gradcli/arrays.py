@@ -77,16 +77,31 @@ def _load_npy(path: Path, label: str) -> np.ndarray:
     if magic != _NPY_MAGIC:
         raise InputError(f"{label}: not a .npy file")
     try:
+        with open(path, "rb") as f:
+            _, _, dtype = _read_header(f, label)
+    except (ValueError, EOFError) as exc:
+        raise InputError(f"{label}: cannot read the array header: {_describe(exc)}") from None
+    if dtype.hasobject:
+        raise InputError(f"{label}: holds pickled Python objects; gradcli never unpickles "
+                         f"(save a numeric array instead)")
+    try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise InputError(f"{label}: holds pickled Python objects; gradcli never unpickles "
-                             f"(save a numeric array instead)") from None
         raise InputError(f"{label}: cannot read the array: {_describe(exc)}") from None
     except (OSError, EOFError) as exc:
         raise InputError(f"{label}: cannot read the array (truncated or corrupt): "
                          f"{_describe(exc)}") from None
     return array
+
+
+def _read_header(f, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from a .npy header (never unpickles)."""
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise InputError(f"{label}: .npy format version {version} is not supported")
+    return read(f)
 
 
 def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> np.ndarray:
@@ -105,14 +120,8 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> np.nda
             if f.read(6) != _NPY_MAGIC:
                 raise InputError(f"{label}: entry {key!r} is not a .npy array")
             f.seek(data_start)
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise InputError(f"{label}: entry {key!r} uses .npy format {version}; "
-                                 f"save it with numpy's default format")
             try:
-                shape, fortran, dtype = read_header(f)
+                shape, fortran, dtype = _read_header(f, f"{label} entry {key!r}")
             except ValueError as exc:
                 raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") \
                     from None
