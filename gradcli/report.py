@@ -222,7 +222,8 @@ def _render_many(records: list[dict], console: Console) -> None:
     for col, justify in (("model", "left"), ("format", "left"), ("N", "right"),
                          ("tensors", "right"), ("largest L2", "right"), ("worst", "left"),
                          ("result", "left")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify,
+                         overflow="fold" if col in ("model", "result") else "ellipsis")
     for rec in records:
         if rec.get("error"):
             table.add_row(rec["model"], "-", "-", "-", "-", "-",
