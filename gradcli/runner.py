@@ -23,7 +23,7 @@ from .methods import MethodOptions, attribute
 from .objective import Objective, build_objective
 from .paths import find_models, is_savedmodel
 from .stats import TensorStats, TopFeatures, layer_summary
-from .writers import NpzStreamWriter, check_writable, write_npz
+from .writers import MemorySink, NpzStreamWriter, check_writable
 
 Emit = Callable[..., None]
 
@@ -107,16 +107,8 @@ def run_one(job: Job, path: Path, out: Path | None, png: Path | None, emit: Emit
     handle = load_model(path, unsafe=job.unsafe)
     if job.command == "info":
         return info_record(job, handle)
-    runner = {
-        "wrt-input": _wrt_input,
-        "wrt-layer": _wrt_layer,
-        "wrt-weights": _wrt_weights,
-        "jacobian": _jacobian,
-        "check": _check,
-    }[job.command]
     ctx = _Context(job, handle, emit, index)
-    record = runner(ctx, out, png)
-    return record
+    return RUNNERS[job.command](ctx, out, png)
 
 
 def info_record(job: Job, handle: ModelHandle) -> dict:
@@ -141,23 +133,35 @@ def info_record(job: Job, handle: ModelHandle) -> dict:
 class _Context:
     """Loaded model, opened arrays and the objective of one model's run."""
 
-    def __init__(self, job: Job, handle: ModelHandle, emit: Emit, index: int) -> None:
+    def __init__(self, job: Job, handle: ModelHandle, emit: Emit, index: int,
+                 collect: dict[str, np.ndarray] | None = None,
+                 arrays: dict[str, ArraySource] | None = None,
+                 target_arrays: dict[str, ArraySource] | None = None) -> None:
         self.job = job
+        self.collect = collect  # the Python API gathers arrays here instead of an .npz
         self.handle = handle
         self.emit = emit
         self.index = index
-        if job.input is None:
-            raise UsageError(f"{job.command} needs an INPUT file")
         names = [i.name for i in handle.inputs]
-        self.inputs = read_arrays(job.input, names, "input")
+        if arrays is not None:
+            self.inputs = arrays
+        elif job.input is None:
+            raise UsageError(f"{job.command} needs an INPUT file")
+        else:
+            self.inputs = read_arrays(job.input, names, "input")
         self.n = check_samples(self.inputs, {i.name: i.shape for i in handle.inputs}, "input")
         self.objective: Objective = build_objective(
             handle, output=job.output, class_index=job.class_index, loss=job.loss,
-            from_logits=job.from_logits, has_target=job.target is not None)
+            from_logits=job.from_logits,
+            has_target=job.target is not None or target_arrays is not None)
         self.targets: list[ArraySource] = []
         if self.objective.needs_targets:
             tnames = self.objective.target_names
-            sources = read_arrays(job.target, tnames, "target")
+            sources = target_arrays if target_arrays is not None else \
+                read_arrays(job.target, tnames, "target")
+            missing = [t for t in tnames if t not in sources]
+            if missing:
+                raise InputError(f"no target for output(s) {', '.join(missing)}")
             check_samples(sources, {}, "target", n=self.n)
             self.targets = [sources[t] for t in tnames]
 
@@ -186,6 +190,35 @@ class _Context:
 
     def temp(self, path: str) -> None:
         self.emit("temp", path=path)
+
+    def open_sink(self, out: Path | None, specs: dict[str, tuple[tuple[int, ...], str]]):
+        """Where result arrays go: memory (API), a streaming .npz (-o), or nowhere."""
+        if self.collect is not None:
+            return MemorySink(self.collect, specs)
+        if out is not None:
+            return NpzStreamWriter(out, specs, self.temp)
+        return None
+
+    def save_whole(self, out: Path | None, arrays: dict[str, np.ndarray]) -> str | None:
+        specs = {k: (v.shape, v.dtype.str) for k, v in arrays.items()}
+        sink = self.open_sink(out, specs)
+        if sink is None:
+            return None
+        try:
+            for key, value in arrays.items():
+                sink.write(key, value)
+            return _committed(sink)
+        except BaseException:
+            sink.abort()
+            raise
+
+
+def _committed(sink) -> str | None:
+    """Finish a sink; the path written, if any."""
+    if sink is None:
+        return None
+    path = sink.commit()
+    return str(path) if path else None
 
 
 def _full_shapes(handle: ModelHandle, n: int) -> dict[str, tuple[int, ...]]:
@@ -221,10 +254,8 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
         raise UsageError(f"--png: input shapes {', '.join(str(shapes[n][1:]) for n in names)} "
                          f"are not image-like (H, W) or (H, W, C)")
     gaps, deltas = [], []
-    writer = None
-    if out is not None:
-        writer = NpzStreamWriter(out, {n: (shapes[n], engine.input_dtypes[k].str)
-                                       for k, n in enumerate(names)}, ctx.temp)
+    writer = ctx.open_sink(out, {n: (shapes[n], engine.input_dtypes[k].str)
+                                 for k, n in enumerate(names)})
     try:
         for batch in ctx.batches(engine, read_size):
             att = attribute(engine, batch, options, rows_per_call)
@@ -245,7 +276,7 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                 deltas.append(att.completeness["delta"])
             ctx.progress(batch.stop)
         pictures = _write_heatmaps(png, keep, job) if png else []
-        written = str(writer.commit()) if writer else None
+        written = _committed(writer)
     except BaseException:
         if writer:
             writer.abort()
@@ -325,10 +356,10 @@ def _wrt_layer(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     try:
         for batch in ctx.batches(engine, size):
             result = engine.gradients(batch.inputs, batch.targets)
-            if writer is None and out is not None:
+            if batch.start == 0:  # activation shapes are known after the first batch
                 specs = {k: ((ctx.n, *g.shape[1:]), g.dtype.str)
                          for k, g in zip(keys, result.layers, strict=True) if g is not None}
-                writer = NpzStreamWriter(out, specs, ctx.temp)
+                writer = ctx.open_sink(out, specs)
             for k, g in zip(keys, result.layers, strict=True):
                 if g is None:
                     stats[k].disconnected = True
@@ -338,7 +369,7 @@ def _wrt_layer(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                 if writer:
                     writer.write(k, g)
             ctx.progress(batch.stop)
-        written = str(writer.commit()) if writer else None
+        written = _committed(writer)
     except BaseException:
         if writer:
             writer.abort()
@@ -407,7 +438,7 @@ def _wrt_weights(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     rows = [s.record(records_gates) for s in stats]
     owners = variable_layers(handle, engine.variable_names, originals)
     summary = layer_summary(rows, owners)
-    written = str(write_npz(out, grads, ctx.temp)) if out is not None else None
+    written = ctx.save_whole(out, grads)
     chart = None
     if png is not None:
         from .pictures import write_flow_chart
@@ -449,8 +480,7 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     size = job.batch_size or max(1, min(default_batch_size(handle), (1 << 24) // per_sample))
     shapes = {n: (ctx.n, *out_shape, *in_shapes[n]) for n in names}
     stats = {n: TensorStats(n, shapes[n]) for n in names}
-    writer = NpzStreamWriter(out, {n: (shapes[n], "<f4") for n in names}, ctx.temp) \
-        if out is not None else None
+    writer = ctx.open_sink(out, {n: (shapes[n], "<f4") for n in names})
     try:
         for start in range(0, ctx.n, size):
             stop = min(ctx.n, start + size)
@@ -466,7 +496,7 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                 if writer:
                     writer.write(n, j)
             ctx.progress(stop)
-        written = str(writer.commit()) if writer else None
+        written = _committed(writer)
     except BaseException:
         if writer:
             writer.abort()
@@ -478,3 +508,12 @@ def _check(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     from .checking import gradient_check
 
     return gradient_check(ctx)
+
+
+RUNNERS = {
+    "wrt-input": _wrt_input,
+    "wrt-layer": _wrt_layer,
+    "wrt-weights": _wrt_weights,
+    "jacobian": _jacobian,
+    "check": _check,
+}

@@ -155,3 +155,26 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         for key, value in arrays.items():
             writer.write(key, value)
         return writer.commit()
+
+
+class MemorySink:
+    """The in-memory twin of NpzStreamWriter, for the Python API: rows collected into `store`."""
+
+    def __init__(self, store: dict[str, np.ndarray],
+                 arrays: dict[str, tuple[tuple[int, ...], str]]) -> None:
+        self.store = store
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+        self.arrays = {k: (tuple(shape), np.dtype(dt)) for k, (shape, dt) in arrays.items()}
+
+    def write(self, key: str, rows: np.ndarray) -> None:
+        self.parts[key].append(np.array(rows, dtype=self.arrays[key][1], copy=True))
+
+    def commit(self) -> None:
+        for key, parts in self.parts.items():
+            shape = self.arrays[key][0]
+            self.store[key] = np.concatenate(parts).reshape(shape) if shape else \
+                parts[0].reshape(())
+        return None
+
+    def abort(self) -> None:
+        self.parts.clear()
