@@ -278,9 +278,10 @@ def _loss_description(fn: Any) -> str:
 def resolve_loss(identifier: Any, from_logits: bool = False, api: Any = None) -> Any:
     """A per-sample loss callable from a Keras identifier ('mse', a config dict, an object)."""
     api = api or keras
-    if isinstance(identifier, dict) and "reduction" in identifier.get("config", {}):
+    if isinstance(identifier, dict) and isinstance(identifier.get("config"), dict):
+        # tf.keras 2 configs carry reduction="auto" and the function itself: Keras 3 rejects both
         identifier = {**identifier, "config": {
-            k: v for k, v in identifier["config"].items() if k != "reduction"}}
+            k: v for k, v in identifier["config"].items() if k not in ("reduction", "fn")}}
     try:
         fn = api.losses.get(identifier)
     except Exception as exc:  # noqa: BLE001 - Keras raises ValueError/TypeError variously

@@ -1,0 +1,149 @@
+"""What only a real process shows: the worker, crashes, interrupts, atomic output, stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SAMPLES, npz, run_process
+
+# A custom layer (loaded with --import) that behaves like TensorFlow's oneDNN crash: it kills
+# its process with SIGSEGV whenever oneDNN is on, and is an identity otherwise. It also can
+# sleep, to be interrupted.
+CRASHY = textwrap.dedent('''
+    import os, signal, time
+    import keras
+
+    @keras.saving.register_keras_serializable(package="test")
+    class Crashy(keras.layers.Layer):
+        def __init__(self, sleep=0.0, **kwargs):
+            super().__init__(**kwargs)
+            self.sleep = sleep
+
+        def call(self, x):
+            if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            if self.sleep:
+                time.sleep(self.sleep)
+            return x
+
+        def get_config(self):
+            return {**super().get_config(), "sleep": self.sleep}
+''')
+
+
+@pytest.fixture(scope="session")
+def crashy(tmp_path_factory, keras):
+    d = tmp_path_factory.mktemp("crashy")
+    (d / "crashy_layer.py").write_text(CRASHY)
+    sys.path.insert(0, str(d))
+    try:
+        import crashy_layer
+    finally:
+        sys.path.remove(str(d))
+    for name, sleep in (("crashy", 0.0), ("sleepy", 30.0)):
+        x = keras.Input((4,), name="x")
+        h = crashy_layer.Crashy(sleep=sleep, name="crash")(x)
+        model = keras.Model(x, keras.layers.Dense(2, name="dense")(h))
+        model.save(d / f"{name}.keras")
+    np.save(d / "x.npy", np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
+    return d
+
+
+def test_worker_result_equals_in_process_and_stdout_is_only_json(cli, tmp_path):
+    args = ["wrt-input", SAMPLES / "tabular_mlp.keras", SAMPLES / "tabular_x.npy", "--json"]
+    r = run_process(*args, "-o", tmp_path / "p.npz")
+    assert r.code == 0, r.err
+    assert r.err == ""  # TensorFlow's start-up chatter stays out of the user's terminal
+    lines = r.out.splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["command"] == "wrt-input"
+    assert cli(*args, "-o", tmp_path / "i.npz").code == 0
+    np.testing.assert_array_equal(npz(tmp_path / "p.npz")["features"],
+                                  npz(tmp_path / "i.npz")["features"])
+
+
+def test_errors_from_the_worker_are_one_line(tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((3, 11), np.float32))
+    r = run_process("wrt-input", SAMPLES / "tabular_mlp.keras", tmp_path / "bad.npy")
+    assert r.code == 3
+    assert r.out == ""
+    assert r.err.strip().count("\n") == 0
+    assert "expected shape (N, 10)" in r.err and "Traceback" not in r.err
+    r = run_process("wrt-input", SAMPLES / "tabular_mlp.keras", tmp_path / "bad.npy", "--debug")
+    assert r.code == 3 and "Traceback" in r.err
+
+
+def test_crash_with_onednn_on_is_rerun_with_it_off(crashy, tmp_path):
+    out = tmp_path / "g.npz"
+    r = run_process("wrt-input", crashy / "crashy.keras", crashy / "x.npy", "--import",
+                    crashy / "crashy_layer.py", "--json", "-o", out)
+    assert r.code == 0, r.err
+    warnings = r.err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: TensorFlow crashed (SIGSEGV)")
+    assert "oneDNN off" in warnings[0]
+    assert len(r.out.splitlines()) == 1  # one record, none from the crashed attempt
+    # the identity layer then Dense: d sum(y) / dx = row sums of the kernel
+    from conftest import load
+
+    sys.path.insert(0, str(crashy))
+    try:
+        import crashy_layer  # noqa: F401 - registers the layer for loading
+        kernel = load(crashy / "crashy.keras").get_layer("dense").kernel.numpy()
+    finally:
+        sys.path.remove(str(crashy))
+    np.testing.assert_allclose(npz(out)["x"], np.tile(kernel.sum(axis=1), (6, 1)), rtol=1e-6)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "g.npz"]
+    assert leftovers == []
+
+
+def test_crash_without_fallback_is_exit_4(crashy, tmp_path):
+    for extra, env in (([], {"TF_ENABLE_ONEDNN_OPTS": "1"}), (["--onednn", "on"], {})):
+        r = run_process("wrt-weights", crashy / "crashy.keras", crashy / "x.npy", "--import",
+                        crashy / "crashy_layer.py", "-o", tmp_path / "w.npz", *extra, env=env)
+        assert r.code == 4
+        assert r.err.strip().startswith("error: TensorFlow crashed (SIGSEGV)")
+        assert "--onednn off" in r.err
+        assert r.out == ""
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_leaves_no_output_and_exits_130(crashy, tmp_path):
+    out = tmp_path / "g.npz"
+    out.write_bytes(b"previous result")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    env.pop("GRADCLI_INPROCESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradcli", "wrt-input", str(crashy / "sleepy.keras"),
+         str(crashy / "x.npy"), "--import", str(crashy / "crashy_layer.py"), "-o", str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    # wait until the worker is computing (its temp file exists), then press Ctrl-C
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.endswith(".tmp")
+                                             for p in tmp_path.iterdir()):
+        time.sleep(0.2)
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), "worker never started"
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.npz"]
+    assert "Traceback" not in stderr
+
+
+def test_console_script_is_installed():
+    script = ROOT / ".venv" / "bin" / "gradcli"
+    if not script.exists():
+        pytest.skip("not running from the project's .venv")
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("gradcli ")
