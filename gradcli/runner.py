@@ -275,7 +275,7 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                 gaps.append(att.completeness["gap"])
                 deltas.append(att.completeness["delta"])
             ctx.progress(batch.stop)
-        pictures = _write_heatmaps(png, keep, job) if png else []
+        pictures = _write_heatmaps(png, keep, job, ctx.objective.describe()) if png else []
         written = _committed(writer)
     except BaseException:
         if writer:
@@ -324,7 +324,7 @@ def _read_baseline(ctx: _Context, path: str) -> list[np.ndarray]:
     return out
 
 
-def _write_heatmaps(png: Path, keep: dict, job: Job) -> list[str]:
+def _write_heatmaps(png: Path, keep: dict, job: Job, objective: str) -> list[str]:
     from .pictures import write_heatmaps
 
     png.mkdir(parents=True, exist_ok=True)
@@ -335,7 +335,7 @@ def _write_heatmaps(png: Path, keep: dict, job: Job) -> list[str]:
         x = np.concatenate([p[0] for p in parts])[: job.png_limit]
         g = np.concatenate([p[1] for p in parts])[: job.png_limit]
         prefix = name.replace("/", "_")
-        title = f"{Path(job.model).name}: {job.method} gradient of {name}"
+        title = f"{Path(job.model).name}: {job.method}, {objective}, w.r.t. {name}"
         written += [str(p) for p in write_heatmaps(png, prefix, x, g, title=title)]
     return written
 
