@@ -35,8 +35,13 @@ def _handle(model: Any, unsafe: bool) -> ModelHandle:
         return model
     if isinstance(model, keras.Model):
         names = _output_names(model)
-        return KerasHandle(model, Path(f"<{model.name}>"), "keras", "in-memory",
-                           _compiled_losses(model, names, keras))
+        return KerasHandle(
+            model,
+            Path(f"<{model.name}>"),
+            "keras",
+            "in-memory",
+            _compiled_losses(model, names, keras),
+        )
     return _load_model(model, unsafe=unsafe)
 
 
@@ -44,18 +49,22 @@ def _sources(data: Any, names: list[str], what: str) -> dict[str, ArraySource]:
     if isinstance(data, dict):
         missing = [n for n in names if n not in data]
         if missing:
-            raise InputError(f"{what}: no array for {', '.join(missing)}; expected keys "
-                             f"{', '.join(names)}")
+            raise InputError(
+                f"{what}: no array for {', '.join(missing)}; expected keys {', '.join(names)}"
+            )
         items = {n: data[n] for n in names}
     elif isinstance(data, list | tuple):
         if len(data) != len(names):
-            raise InputError(f"{what}: expected {len(names)} arrays ({', '.join(names)}), "
-                             f"got {len(data)}")
+            raise InputError(
+                f"{what}: expected {len(names)} arrays ({', '.join(names)}), got {len(data)}"
+            )
         items = dict(zip(names, data, strict=True))
     else:
         if len(names) != 1:
-            raise InputError(f"{what}: the model has {len(names)} {what}s ({', '.join(names)});"
-                             f" pass a dict keyed by name")
+            raise InputError(
+                f"{what}: the model has {len(names)} {what}s ({', '.join(names)});"
+                f" pass a dict keyed by name"
+            )
         items = {names[0]: data}
     out = {}
     for name, value in items.items():
@@ -66,8 +75,9 @@ def _sources(data: Any, names: list[str], what: str) -> dict[str, ArraySource]:
     return out
 
 
-def run(command: str, model: Any, x: Any, target: Any = None, *, unsafe: bool = False,
-        **options: Any) -> tuple[dict[str, np.ndarray], dict]:
+def run(
+    command: str, model: Any, x: Any, target: Any = None, *, unsafe: bool = False, **options: Any
+) -> tuple[dict[str, np.ndarray], dict]:
     """Run a gradient command in memory: (arrays, the record the CLI would print as JSON)."""
     handle = _handle(model, unsafe)
     job = Job(command, str(handle.path), unsafe=unsafe, **options)
@@ -78,13 +88,23 @@ def run(command: str, model: Any, x: Any, target: Any = None, *, unsafe: bool = 
         if not isinstance(target, dict | list | tuple) and len(names) > 1:
             chosen = options.get("output")
             names = [chosen] if chosen in names else names
-        targets = _sources(target, names, "target") if isinstance(target, dict | list | tuple) \
-            or len(names) == 1 else None
+        targets = (
+            _sources(target, names, "target")
+            if isinstance(target, dict | list | tuple) or len(names) == 1
+            else None
+        )
         if targets is None:
             raise InputError("target: pass a dict keyed by output name for a multi-output model")
     collected: dict[str, np.ndarray] = {}
-    ctx = _Context(job, handle, lambda *a, **k: None, 0, collect=collected, arrays=arrays,
-                   target_arrays=targets)
+    ctx = _Context(
+        job,
+        handle,
+        lambda *a, **k: None,
+        0,
+        collect=collected,
+        arrays=arrays,
+        target_arrays=targets,
+    )
     record = RUNNERS[command](ctx, None, None)
     return collected, record
 
@@ -95,8 +115,9 @@ def wrt_input(model: Any, x: Any, target: Any = None, **options: Any) -> dict[st
     return run("wrt-input", model, x, target, **options)[0]
 
 
-def wrt_layer(model: Any, x: Any, layers: list[str] | str, target: Any = None,
-              **options: Any) -> dict[str, np.ndarray]:
+def wrt_layer(
+    model: Any, x: Any, layers: list[str] | str, target: Any = None, **options: Any
+) -> dict[str, np.ndarray]:
     """d o_i / d a_i for each layer (name, nested path or index)."""
     layers = [layers] if isinstance(layers, str | int) else list(layers)
     return run("wrt-layer", model, x, target, layers=[str(x) for x in layers], **options)[0]

@@ -56,8 +56,9 @@ def _describe(exc: Exception) -> str:
 def _check_dtype(array: np.ndarray, label: str) -> None:
     kind = array.dtype.kind
     if array.dtype.hasobject or kind == "O":
-        raise InputError(f"{label}: holds Python objects; gradcli reads only numeric arrays "
-                         f"and never unpickles")
+        raise InputError(
+            f"{label}: holds Python objects; gradcli reads only numeric arrays and never unpickles"
+        )
     if kind in "USa":
         raise InputError(f"{label}: holds strings ({array.dtype}); expected numbers")
     if kind == "V":
@@ -82,23 +83,28 @@ def _load_npy(path: Path, label: str) -> np.ndarray:
     except (ValueError, EOFError) as exc:
         raise InputError(f"{label}: cannot read the array header: {_describe(exc)}") from None
     if dtype.hasobject:
-        raise InputError(f"{label}: holds pickled Python objects; gradcli never unpickles "
-                         f"(save a numeric array instead)")
+        raise InputError(
+            f"{label}: holds pickled Python objects; gradcli never unpickles "
+            f"(save a numeric array instead)"
+        )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise InputError(f"{label}: cannot read the array: {_describe(exc)}") from None
     except (OSError, EOFError) as exc:
-        raise InputError(f"{label}: cannot read the array (truncated or corrupt): "
-                         f"{_describe(exc)}") from None
+        raise InputError(
+            f"{label}: cannot read the array (truncated or corrupt): {_describe(exc)}"
+        ) from None
     return array
 
 
 def _read_header(f, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Shape, Fortran order and dtype from a .npy header (never unpickles)."""
     version = np.lib.format.read_magic(f)
-    read = {(1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    read = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
     if read is None:
         raise InputError(f"{label}: .npy format version {version} is not supported")
     return read(f)
@@ -123,26 +129,28 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> np.nda
             try:
                 shape, fortran, dtype = _read_header(f, f"{label} entry {key!r}")
             except ValueError as exc:
-                raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") \
-                    from None
+                raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") from None
             if dtype.hasobject:
-                raise InputError(f"{label}: entry {key!r} holds pickled Python objects; "
-                                 f"gradcli never unpickles")
+                raise InputError(
+                    f"{label}: entry {key!r} holds pickled Python objects; gradcli never unpickles"
+                )
             offset = f.tell()
         need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if path.stat().st_size < need:
             raise InputError(f"{label}: entry {key!r} is truncated")
         if int(np.prod(shape, dtype=np.int64)) == 0:
             return np.zeros(shape, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                         order="F" if fortran else "C")
+        return np.memmap(
+            path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+        )
     with zf.open(info) as member:
         try:
             return np.lib.format.read_array(member, allow_pickle=False)
         except ValueError as exc:
             if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-                raise InputError(f"{label}: entry {key!r} holds pickled Python objects; "
-                                 f"gradcli never unpickles") from None
+                raise InputError(
+                    f"{label}: entry {key!r} holds pickled Python objects; gradcli never unpickles"
+                ) from None
             raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") from None
 
 
@@ -161,8 +169,10 @@ def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, 
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if len(names) != 1:
-            raise InputError(f"{label}: the model has {len(names)} {what}s "
-                             f"({', '.join(names)}); give an .npz keyed by those names")
+            raise InputError(
+                f"{label}: the model has {len(names)} {what}s "
+                f"({', '.join(names)}); give an .npz keyed by those names"
+            )
         array = _load_npy(path, label)
         _check_dtype(array, label)
         return {names[0]: ArraySource(array, label)}
@@ -182,9 +192,11 @@ def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, 
         else:
             missing = [n for n in names if n not in keys]
             if missing:
-                raise InputError(f"{label}: no array for {', '.join(map(repr, missing))}; "
-                                 f"expected keys {', '.join(names)}, found "
-                                 f"{', '.join(keys)}")
+                raise InputError(
+                    f"{label}: no array for {', '.join(map(repr, missing))}; "
+                    f"expected keys {', '.join(names)}, found "
+                    f"{', '.join(keys)}"
+                )
             chosen = {n: n for n in names}
         out = {}
         for name, key in chosen.items():
@@ -192,15 +204,17 @@ def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, 
             try:
                 array = _npz_member(path, zf, key, member_label)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InputError(f"{member_label}: cannot read (truncated or corrupt): "
-                                 f"{_describe(exc)}") from None
+                raise InputError(
+                    f"{member_label}: cannot read (truncated or corrupt): {_describe(exc)}"
+                ) from None
             _check_dtype(array, member_label)
             out[name] = ArraySource(array, member_label)
         return out
 
 
-def check_samples(sources: dict[str, ArraySource], expected: dict[str, tuple],
-                  what: str, n: int | None = None) -> int:
+def check_samples(
+    sources: dict[str, ArraySource], expected: dict[str, tuple], what: str, n: int | None = None
+) -> int:
     """Validate rank, feature shape and sample count; return N."""
     counts = set()
     for name, src in sources.items():
@@ -213,20 +227,26 @@ def check_samples(sources: dict[str, ArraySource], expected: dict[str, tuple],
             if feature == () or len(feature) == 0:
                 want = "(N,)"
             if len(shape) != len(feature) + 1:
-                raise InputError(f"{src.label}: expected shape {want} for {what} {name!r}, "
-                                 f"got {shape} (rank {len(shape)}, expected {len(feature) + 1})")
+                raise InputError(
+                    f"{src.label}: expected shape {want} for {what} {name!r}, "
+                    f"got {shape} (rank {len(shape)}, expected {len(feature) + 1})"
+                )
             for d_want, d_got in zip(feature, shape[1:], strict=True):
                 if d_want is not None and d_want != d_got:
-                    raise InputError(f"{src.label}: expected shape {want} for {what} "
-                                     f"{name!r}, got {shape}")
+                    raise InputError(
+                        f"{src.label}: expected shape {want} for {what} {name!r}, got {shape}"
+                    )
         counts.add(shape[0])
     if len(counts) > 1:
-        raise InputError(f"{what}s have different sample counts: " + ", ".join(
-            f"{k}: {s.shape[0]}" for k, s in sources.items()))
+        raise InputError(
+            f"{what}s have different sample counts: "
+            + ", ".join(f"{k}: {s.shape[0]}" for k, s in sources.items())
+        )
     count = counts.pop()
     if count == 0:
         raise InputError(f"{next(iter(sources.values())).label}: has 0 samples")
     if n is not None and count != n:
-        raise InputError(f"{next(iter(sources.values())).label}: has {count} samples, "
-                         f"but the input has {n}")
+        raise InputError(
+            f"{next(iter(sources.values())).label}: has {count} samples, but the input has {n}"
+        )
     return count

@@ -22,10 +22,16 @@ def _retype(config: Any) -> Any:
         for key, value in config.items():
             if key == "dtype" and isinstance(value, str) and value in _FLOATS:
                 out[key] = "float64"
-            elif key == "dtype" and isinstance(value, dict) and \
-                    "DTypePolicy" in str(value.get("class_name", "")):
-                out[key] = {**value, "class_name": "DTypePolicy",
-                            "config": {**value.get("config", {}), "name": "float64"}}
+            elif (
+                key == "dtype"
+                and isinstance(value, dict)
+                and "DTypePolicy" in str(value.get("class_name", ""))
+            ):
+                out[key] = {
+                    **value,
+                    "class_name": "DTypePolicy",
+                    "config": {**value.get("config", {}), "name": "float64"},
+                }
             else:
                 out[key] = _retype(value)
         return out
@@ -45,8 +51,9 @@ def float64_handle(handle: ModelHandle, unsafe: bool) -> tuple[ModelHandle, str]
         with SafeModeScope(not unsafe):
             clone = type(model).from_config(_retype(model.get_config()))
         clone.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
-        copy = KerasHandle(clone, handle.path, handle.format, handle.loader, handle.losses,
-                           handle.loss_note)
+        copy = KerasHandle(
+            clone, handle.path, handle.format, handle.loader, handle.losses, handle.loss_note
+        )
         if any(i.dtype != "float64" for i in copy.inputs):
             raise ValueError("inputs did not become float64")
     except Exception as exc:  # noqa: BLE001 - fall back to the model's own precision
@@ -64,11 +71,17 @@ def gradient_check(ctx: Any) -> dict:
     f64 = precision == "float64"
     eps = job.eps or (1e-5 if f64 else 1e-2)
     rtol = job.rtol or (1e-4 if f64 else 5e-2)
-    engine = GradientEngine(handle, ctx.objective, wrt_inputs=job.wrt == "input",
-                            wrt_weights=job.wrt == "weights", training=job.training)
+    engine = GradientEngine(
+        handle,
+        ctx.objective,
+        wrt_inputs=job.wrt == "input",
+        wrt_weights=job.wrt == "weights",
+        training=job.training,
+    )
     n = ctx.n
-    xs = [src.read(0, n, dt) for src, dt in zip(ctx.input_sources, engine.input_dtypes,
-                                                   strict=True)]
+    xs = [
+        src.read(0, n, dt) for src, dt in zip(ctx.input_sources, engine.input_dtypes, strict=True)
+    ]
     ys = [t.read(0, n, target_dtype(t)) for t in ctx.targets]
     size = job.batch_size or default_batch_size(handle)
 
@@ -76,8 +89,9 @@ def gradient_check(ctx: Any) -> dict:
         total = 0.0
         for start in range(0, n, size):
             stop = min(n, start + size)
-            o = engine.objective_values([x[start:stop] for x in inputs],
-                                        [y[start:stop] for y in ys])
+            o = engine.objective_values(
+                [x[start:stop] for x in inputs], [y[start:stop] for y in ys]
+            )
             total += float(np.sum(o, dtype=np.float64))
         return total / n
 
@@ -94,9 +108,14 @@ def gradient_check(ctx: Any) -> dict:
                     acc.append(g)
             else:
                 parts = [None if g is None else g.astype(np.float64) for g in r.weights]
-                sums = parts if not sums else [
-                    None if a is None or g is None else a + g
-                    for a, g in zip(sums, parts, strict=True)]
+                sums = (
+                    parts
+                    if not sums
+                    else [
+                        None if a is None or g is None else a + g
+                        for a, g in zip(sums, parts, strict=True)
+                    ]
+                )
         if job.wrt == "input":
             return [np.concatenate(a).astype(np.float64) / n for a in sums]
         return [None if s is None else s / n for s in sums]
@@ -112,18 +131,24 @@ def gradient_check(ctx: Any) -> dict:
                 v = rng.standard_normal(xs[k].shape)
                 v /= np.linalg.norm(v.ravel()) or 1.0
                 plus = [x if j != k else (x + eps * v).astype(x.dtype) for j, x in enumerate(xs)]
-                minus = [x if j != k else (x - eps * v).astype(x.dtype)
-                         for j, x in enumerate(xs)]
+                minus = [x if j != k else (x - eps * v).astype(x.dtype) for j, x in enumerate(xs)]
                 ad.append(float(np.sum(grads[k] * v)))
                 fd.append((mean_objective(plus) - mean_objective(minus)) / (2 * eps))
             rows.append(_row(name, xs[k].shape, ad, fd, rtol))
     else:
-        for k, (name, var) in enumerate(zip(engine.variable_names, engine.variables,
-                                            strict=True)):
+        for k, (name, var) in enumerate(zip(engine.variable_names, engine.variables, strict=True)):
             if grads[k] is None:
-                rows.append({"name": name, "shape": list(var.shape), "status": "disconnected",
-                             "tripped": False, "autodiff": None, "finite_diff": None,
-                             "rel_error": None})
+                rows.append(
+                    {
+                        "name": name,
+                        "shape": list(var.shape),
+                        "status": "disconnected",
+                        "tripped": False,
+                        "autodiff": None,
+                        "finite_diff": None,
+                        "rel_error": None,
+                    }
+                )
                 continue
             original = var.numpy()
             ad, fd = [], []
@@ -172,6 +197,12 @@ def _row(name: str, shape: tuple, ad: list[float], fd: list[float], rtol: float)
         errors.append(0.0 if scale < 1e-9 else abs(a - f) / scale)
     worst = max(errors)
     bad = not np.isfinite(worst) or worst > rtol
-    return {"name": name, "shape": list(shape), "autodiff": ad, "finite_diff": fd,
-            "rel_error": float(worst) if np.isfinite(worst) else None,
-            "status": "mismatch" if bad else "ok", "tripped": bool(bad)}
+    return {
+        "name": name,
+        "shape": list(shape),
+        "autodiff": ad,
+        "finite_diff": fd,
+        "rel_error": float(worst) if np.isfinite(worst) else None,
+        "status": "mismatch" if bad else "ok",
+        "tripped": bool(bad),
+    }

@@ -62,58 +62,137 @@ class Wrt(StrEnum):
 
 # ------------------------------------------------------------------ shared options
 
-ModelArg = Annotated[str, typer.Argument(
-    metavar="MODEL", help=".keras, .h5/.hdf5, SavedModel directory, or a directory of models.",
-    show_default=False)]
-InputArg = Annotated[str, typer.Argument(
-    metavar="INPUT", help=".npy, or .npz keyed by input name (axis 0 = samples).",
-    show_default=False)]
-TargetOpt = Annotated[str | None, typer.Option(
-    "--target", "-t", metavar="PATH",
-    help="Labels (.npy, or .npz keyed by output name): the objective becomes the per-sample "
-         "loss.")]
-LossOpt = Annotated[str | None, typer.Option(
-    "--loss", metavar="NAME",
-    help="Keras loss identifier (e.g. mse, sparse_categorical_crossentropy); default: the "
-         "model's compiled loss.")]
-FromLogitsOpt = Annotated[bool, typer.Option(
-    "--from-logits", help="The model outputs logits (for --loss crossentropies).")]
-ClassOpt = Annotated[int | None, typer.Option(
-    "--class", "-c", metavar="K", help="Objective: unit K of the selected output (class score).")]
-OutputOpt = Annotated[str | None, typer.Option(
-    "--output", metavar="NAME|INDEX", help="Select one output of a multi-output model.")]
-BatchOpt = Annotated[int | None, typer.Option(
-    "--batch-size", "-b", min=1, metavar="B",
-    help="Samples per tape call (results do not depend on it). Default: from the input size.")]
-TrainingOpt = Annotated[bool, typer.Option(
-    "--training", help="Run the model in training mode (dropout, batch statistics).")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help=".keras, .h5/.hdf5, SavedModel directory, or a directory of models.",
+        show_default=False,
+    ),
+]
+InputArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="INPUT",
+        help=".npy, or .npz keyed by input name (axis 0 = samples).",
+        show_default=False,
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        "-t",
+        metavar="PATH",
+        help="Labels (.npy, or .npz keyed by output name): the objective becomes the per-sample "
+        "loss.",
+    ),
+]
+LossOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--loss",
+        metavar="NAME",
+        help="Keras loss identifier (e.g. mse, sparse_categorical_crossentropy); default: the "
+        "model's compiled loss.",
+    ),
+]
+FromLogitsOpt = Annotated[
+    bool,
+    typer.Option("--from-logits", help="The model outputs logits (for --loss crossentropies)."),
+]
+ClassOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--class", "-c", metavar="K", help="Objective: unit K of the selected output (class score)."
+    ),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output", metavar="NAME|INDEX", help="Select one output of a multi-output model."
+    ),
+]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=1,
+        metavar="B",
+        help="Samples per tape call (results do not depend on it). Default: from the input size.",
+    ),
+]
+TrainingOpt = Annotated[
+    bool,
+    typer.Option("--training", help="Run the model in training mode (dropout, batch statistics)."),
+]
 JitOpt = Annotated[bool, typer.Option("--jit", help="Compile the tape with XLA.")]
-OutOpt = Annotated[str | None, typer.Option(
-    "--out", "-o", metavar="PATH",
-    help="Write the arrays to this .npz (a directory when MODEL is a directory).")]
-JsonOpt = Annotated[bool, typer.Option(
-    "--json", help="One JSON object per model on stdout, nothing else.")]
+OutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--out",
+        "-o",
+        metavar="PATH",
+        help="Write the arrays to this .npz (a directory when MODEL is a directory).",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="One JSON object per model on stdout, nothing else.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
-FailOnOpt = Annotated[list[str] | None, typer.Option(
-    "--fail-on", metavar="STATUS",
-    help="Exit 1 when a tensor is nonfinite, zero or disconnected (repeat or comma list).")]
-MaxNormOpt = Annotated[float | None, typer.Option(
-    "--max-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm exceeds X.")]
-MinNormOpt = Annotated[float | None, typer.Option(
-    "--min-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm is below X.")]
-UnsafeOpt = Annotated[bool, typer.Option(
-    "--unsafe", help="Allow unsafe deserialization (Lambda layers). Only for trusted files.")]
-ImportOpt = Annotated[list[str] | None, typer.Option(
-    "--import", metavar="MODULE|FILE.py",
-    help="Import code that registers custom layers/losses before loading (repeatable).")]
-ShardOpt = Annotated[str | None, typer.Option(
-    "--shard", metavar="K/N",
-    help="With a directory MODEL: process every N-th model starting at the K-th (0-based).")]
-OneDNNOpt = Annotated[OneDNN, typer.Option(
-    "--onednn", help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they "
-                     "crash.")]
-DebugOpt = Annotated[bool, typer.Option(
-    "--debug", help="Show tracebacks and TensorFlow's own output.", envvar="GRADCLI_DEBUG")]
+FailOnOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fail-on",
+        metavar="STATUS",
+        help="Exit 1 when a tensor is nonfinite, zero or disconnected (repeat or comma list).",
+    ),
+]
+MaxNormOpt = Annotated[
+    float | None,
+    typer.Option("--max-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm exceeds X."),
+]
+MinNormOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm is below X."
+    ),
+]
+UnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe", help="Allow unsafe deserialization (Lambda layers). Only for trusted files."
+    ),
+]
+ImportOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import",
+        metavar="MODULE|FILE.py",
+        help="Import code that registers custom layers/losses before loading (repeatable).",
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        help="With a directory MODEL: process every N-th model starting at the K-th (0-based).",
+    ),
+]
+OneDNNOpt = Annotated[
+    OneDNN,
+    typer.Option(
+        "--onednn", help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they crash."
+    ),
+]
+DebugOpt = Annotated[
+    bool,
+    typer.Option(
+        "--debug", help="Show tracebacks and TensorFlow's own output.", envvar="GRADCLI_DEBUG"
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -124,8 +203,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option(
-        "--version", "-V", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
     pass
 
@@ -141,8 +224,9 @@ def _fail_on(values: list[str] | None) -> list[str]:
             if not item:
                 continue
             if item not in FAIL_ON_CHOICES:
-                raise UsageError(f"--fail-on {item!r}: expected one of "
-                                 f"{', '.join(FAIL_ON_CHOICES)}")
+                raise UsageError(
+                    f"--fail-on {item!r}: expected one of {', '.join(FAIL_ON_CHOICES)}"
+                )
             out.append(item)
     return sorted(set(out))
 
@@ -170,8 +254,14 @@ def _check_paths(job: Job) -> None:
         raise UsageError("--shard needs a directory of models as MODEL")
 
 
-def _execute(job: Job, *, as_json: bool = False, quiet: bool = False,
-             onednn: OneDNN = OneDNN.auto, debug: bool = False) -> None:
+def _execute(
+    job: Job,
+    *,
+    as_json: bool = False,
+    quiet: bool = False,
+    onednn: OneDNN = OneDNN.auto,
+    debug: bool = False,
+) -> None:
     """Run a job and exit with its code; the one place errors become messages."""
     from . import report, supervisor
 
@@ -193,12 +283,18 @@ def _execute(job: Job, *, as_json: bool = False, quiet: bool = False,
 
         with _progress(err, enabled=not quiet and err.is_terminal) as on_progress:
             if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0"):
-                outcome = supervisor.run_inprocess(job, debug=debug, on_record=on_record,
-                                                   on_progress=on_progress)
+                outcome = supervisor.run_inprocess(
+                    job, debug=debug, on_record=on_record, on_progress=on_progress
+                )
             else:
-                outcome = supervisor.run(job, debug=debug, onednn=onednn.value,
-                                         on_record=on_record, on_progress=on_progress,
-                                         warn=lambda m: _stderr_line(m))
+                outcome = supervisor.run(
+                    job,
+                    debug=debug,
+                    onednn=onednn.value,
+                    on_record=on_record,
+                    on_progress=on_progress,
+                    warn=lambda m: _stderr_line(m),
+                )
         if outcome.traceback and debug:
             sys.stderr.write(outcome.traceback)
         if outcome.error is not None:
@@ -250,14 +346,18 @@ class _progress:
         )
 
         if self.bar is None:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=self.console, transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.bar.start()
         index = int(event.get("index", 0))
         if index not in self.tasks:
-            self.tasks[index] = self.bar.add_task(f"model {index + 1}",
-                                                  total=event.get("total"))
+            self.tasks[index] = self.bar.add_task(f"model {index + 1}", total=event.get("total"))
         self.bar.update(self.tasks[index], completed=event.get("done", 0))
 
     def __exit__(self, *exc) -> bool:
@@ -310,34 +410,56 @@ def info(
 def wrt_input(
     model: ModelArg,
     input: InputArg,
-    method: Annotated[Method, typer.Option(
-        "--method", "-m", help="vanilla: d o / d x; gradxinput: x * grad; smoothgrad: mean "
-                               "over noisy copies; integrated: Integrated Gradients.")]
-    = Method.vanilla,
+    method: Annotated[
+        Method,
+        typer.Option(
+            "--method",
+            "-m",
+            help="vanilla: d o / d x; gradxinput: x * grad; smoothgrad: mean "
+            "over noisy copies; integrated: Integrated Gradients.",
+        ),
+    ] = Method.vanilla,
     target: TargetOpt = None,
     loss: LossOpt = None,
     from_logits: FromLogitsOpt = False,
     class_index: ClassOpt = None,
     output: OutputOpt = None,
-    samples: Annotated[int, typer.Option("--samples", min=1, help="SmoothGrad: noisy copies.")]
-    = 25,
-    noise: Annotated[float, typer.Option(
-        "--noise", min=0.0, help="SmoothGrad: noise std as a fraction of each sample's range.")]
-    = 0.15,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", help="SmoothGrad: seed for repeatable noise.")] = None,
-    steps: Annotated[int, typer.Option(
-        "--steps", min=1, help="Integrated Gradients: path steps.")] = 50,
-    baseline: Annotated[str, typer.Option(
-        "--baseline", metavar="zeros|PATH",
-        help="Integrated Gradients: zeros, or a .npy/.npz (one sample or N).")] = "zeros",
-    top: Annotated[int | None, typer.Option(
-        "--top", min=1, metavar="K", help="List the K most salient features.")] = None,
-    png: Annotated[str | None, typer.Option(
-        "--png", metavar="DIR", help="Write a heatmap PNG per sample for image-like inputs.")]
-    = None,
-    png_limit: Annotated[int, typer.Option(
-        "--png-limit", min=0, help="At most this many PNGs per input.")] = 16,
+    samples: Annotated[
+        int, typer.Option("--samples", min=1, help="SmoothGrad: noisy copies.")
+    ] = 25,
+    noise: Annotated[
+        float,
+        typer.Option(
+            "--noise", min=0.0, help="SmoothGrad: noise std as a fraction of each sample's range."
+        ),
+    ] = 0.15,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="SmoothGrad: seed for repeatable noise.")
+    ] = None,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Integrated Gradients: path steps.")
+    ] = 50,
+    baseline: Annotated[
+        str,
+        typer.Option(
+            "--baseline",
+            metavar="zeros|PATH",
+            help="Integrated Gradients: zeros, or a .npy/.npz (one sample or N).",
+        ),
+    ] = "zeros",
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, metavar="K", help="List the K most salient features."),
+    ] = None,
+    png: Annotated[
+        str | None,
+        typer.Option(
+            "--png", metavar="DIR", help="Write a heatmap PNG per sample for image-like inputs."
+        ),
+    ] = None,
+    png_limit: Annotated[
+        int, typer.Option("--png-limit", min=0, help="At most this many PNGs per input.")
+    ] = 16,
     batch_size: BatchOpt = None,
     training: TrainingOpt = False,
     jit: JitOpt = False,
@@ -356,16 +478,36 @@ def wrt_input(
     """Gradient of the objective with respect to the input (saliency, attributions)."""
     if method != Method.integrated and baseline != "zeros":
         raise UsageError("--baseline goes with --method integrated")
-    job = Job("wrt-input", model, input, target=target, loss=loss, from_logits=from_logits,
-              class_index=class_index, output=output, method=method.value, samples=samples,
-              noise=noise, seed=seed, steps=steps,
-              baseline=None if baseline == "zeros" else baseline, top=top, png=png,
-              png_limit=png_limit, batch_size=batch_size, training=training, jit=jit, out=out,
-              max_norm=max_norm, min_norm=min_norm, unsafe=unsafe, imports=imports or [])
+    job = Job(
+        "wrt-input",
+        model,
+        input,
+        target=target,
+        loss=loss,
+        from_logits=from_logits,
+        class_index=class_index,
+        output=output,
+        method=method.value,
+        samples=samples,
+        noise=noise,
+        seed=seed,
+        steps=steps,
+        baseline=None if baseline == "zeros" else baseline,
+        top=top,
+        png=png,
+        png_limit=png_limit,
+        batch_size=batch_size,
+        training=training,
+        jit=jit,
+        out=out,
+        max_norm=max_norm,
+        min_norm=min_norm,
+        unsafe=unsafe,
+        imports=imports or [],
+    )
     if job.baseline is not None and not Path(job.baseline).exists():
         raise InputError(f"baseline {job.baseline}: no such file")
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
-             debug=debug)
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
 
 
 @app.command("wrt-layer")
@@ -373,10 +515,15 @@ def wrt_input(
 def wrt_layer(
     model: ModelArg,
     input: InputArg,
-    layer: Annotated[list[str], typer.Option(
-        "--layer", "-l", metavar="NAME|PATH|INDEX",
-        help="Layer name, nested path outer/inner, or index from `gradcli info` "
-             "(repeatable).")],
+    layer: Annotated[
+        list[str],
+        typer.Option(
+            "--layer",
+            "-l",
+            metavar="NAME|PATH|INDEX",
+            help="Layer name, nested path outer/inner, or index from `gradcli info` (repeatable).",
+        ),
+    ],
     target: TargetOpt = None,
     loss: LossOpt = None,
     from_logits: FromLogitsOpt = False,
@@ -398,12 +545,26 @@ def wrt_layer(
     debug: DebugOpt = False,
 ) -> None:
     """Gradient of the objective with respect to a layer's output activation."""
-    job = Job("wrt-layer", model, input, target=target, loss=loss, from_logits=from_logits,
-              class_index=class_index, output=output, layers=list(layer),
-              batch_size=batch_size, training=training, jit=jit, out=out, max_norm=max_norm,
-              min_norm=min_norm, unsafe=unsafe, imports=imports or [])
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
-             debug=debug)
+    job = Job(
+        "wrt-layer",
+        model,
+        input,
+        target=target,
+        loss=loss,
+        from_logits=from_logits,
+        class_index=class_index,
+        output=output,
+        layers=list(layer),
+        batch_size=batch_size,
+        training=training,
+        jit=jit,
+        out=out,
+        max_norm=max_norm,
+        min_norm=min_norm,
+        unsafe=unsafe,
+        imports=imports or [],
+    )
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
 
 
 @app.command("wrt-weights")
@@ -416,9 +577,12 @@ def wrt_weights(
     from_logits: FromLogitsOpt = False,
     class_index: ClassOpt = None,
     output: OutputOpt = None,
-    png: Annotated[str | None, typer.Option(
-        "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG.")]
-    = None,
+    png: Annotated[
+        str | None,
+        typer.Option(
+            "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG."
+        ),
+    ] = None,
     batch_size: BatchOpt = None,
     training: TrainingOpt = False,
     jit: JitOpt = False,
@@ -435,12 +599,26 @@ def wrt_weights(
     debug: DebugOpt = False,
 ) -> None:
     """Gradient of the mean objective over all samples w.r.t. each trainable variable."""
-    job = Job("wrt-weights", model, input, target=target, loss=loss, from_logits=from_logits,
-              class_index=class_index, output=output, png=png, batch_size=batch_size,
-              training=training, jit=jit, out=out, max_norm=max_norm, min_norm=min_norm,
-              unsafe=unsafe, imports=imports or [])
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
-             debug=debug)
+    job = Job(
+        "wrt-weights",
+        model,
+        input,
+        target=target,
+        loss=loss,
+        from_logits=from_logits,
+        class_index=class_index,
+        output=output,
+        png=png,
+        batch_size=batch_size,
+        training=training,
+        jit=jit,
+        out=out,
+        max_norm=max_norm,
+        min_norm=min_norm,
+        unsafe=unsafe,
+        imports=imports or [],
+    )
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
 
 
 @app.command()
@@ -449,9 +627,12 @@ def jacobian(
     model: ModelArg,
     input: InputArg,
     output: OutputOpt = None,
-    max_elements: Annotated[float, typer.Option(
-        "--max-elements", min=1, help="Refuse (exit 2) above this many Jacobian elements.")]
-    = 1e8,
+    max_elements: Annotated[
+        float,
+        typer.Option(
+            "--max-elements", min=1, help="Refuse (exit 2) above this many Jacobian elements."
+        ),
+    ] = 1e8,
     batch_size: BatchOpt = None,
     training: TrainingOpt = False,
     jit: JitOpt = False,
@@ -468,11 +649,22 @@ def jacobian(
     debug: DebugOpt = False,
 ) -> None:
     """Per-sample Jacobian d output / d input: shape (N, *output, *input)."""
-    job = Job("jacobian", model, input, output=output, max_elements=max_elements,
-              batch_size=batch_size, training=training, jit=jit, out=out, max_norm=max_norm,
-              min_norm=min_norm, unsafe=unsafe, imports=imports or [])
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn,
-             debug=debug)
+    job = Job(
+        "jacobian",
+        model,
+        input,
+        output=output,
+        max_elements=max_elements,
+        batch_size=batch_size,
+        training=training,
+        jit=jit,
+        out=out,
+        max_norm=max_norm,
+        min_norm=min_norm,
+        unsafe=unsafe,
+        imports=imports or [],
+    )
+    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
 
 
 @app.command()
@@ -480,16 +672,26 @@ def jacobian(
 def check(
     model: ModelArg,
     input: InputArg,
-    wrt: Annotated[Wrt, typer.Option("--wrt", help="Check input or weight gradients.")]
-    = Wrt.input,
-    directions: Annotated[int, typer.Option(
-        "--directions", min=1, help="Random directions per tensor.")] = 3,
-    eps: Annotated[float | None, typer.Option(
-        "--eps", min=0.0, help="Finite-difference step (default 1e-5 in float64, 1e-2 in "
-                               "float32).")] = None,
-    rtol: Annotated[float | None, typer.Option(
-        "--rtol", min=0.0, help="Largest relative error that passes (default 1e-4 in float64, "
-                                "5e-2 in float32).")] = None,
+    wrt: Annotated[Wrt, typer.Option("--wrt", help="Check input or weight gradients.")] = Wrt.input,
+    directions: Annotated[
+        int, typer.Option("--directions", min=1, help="Random directions per tensor.")
+    ] = 3,
+    eps: Annotated[
+        float | None,
+        typer.Option(
+            "--eps",
+            min=0.0,
+            help="Finite-difference step (default 1e-5 in float64, 1e-2 in float32).",
+        ),
+    ] = None,
+    rtol: Annotated[
+        float | None,
+        typer.Option(
+            "--rtol",
+            min=0.0,
+            help="Largest relative error that passes (default 1e-4 in float64, 5e-2 in float32).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for the directions.")] = None,
     target: TargetOpt = None,
     loss: LossOpt = None,
@@ -509,12 +711,26 @@ def check(
     """Compare autodiff with central finite differences along random directions."""
     if eps is not None and eps <= 0:
         raise UsageError("--eps must be positive")
-    job = Job("check", model, input, target=target, loss=loss, from_logits=from_logits,
-              class_index=class_index, output=output, wrt=wrt.value, directions=directions,
-              eps=eps, rtol=rtol, seed=seed, batch_size=batch_size, training=training,
-              unsafe=unsafe, imports=imports or [])
-    _execute(_common(job, None, shard), as_json=as_json, quiet=quiet, onednn=onednn,
-             debug=debug)
+    job = Job(
+        "check",
+        model,
+        input,
+        target=target,
+        loss=loss,
+        from_logits=from_logits,
+        class_index=class_index,
+        output=output,
+        wrt=wrt.value,
+        directions=directions,
+        eps=eps,
+        rtol=rtol,
+        seed=seed,
+        batch_size=batch_size,
+        training=training,
+        unsafe=unsafe,
+        imports=imports or [],
+    )
+    _execute(_common(job, None, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
 
 
 # ------------------------------------------------------------------ entry point

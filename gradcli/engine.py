@@ -54,8 +54,13 @@ def target_dtype(source: ArraySource) -> np.dtype:
     return np.dtype("int32") if source.dtype.kind in "iub" else np.dtype("float32")
 
 
-def read_batches(inputs: Sequence[ArraySource], input_dtypes: Sequence[np.dtype],
-                 targets: Sequence[ArraySource], n: int, batch_size: int) -> Iterator[Batch]:
+def read_batches(
+    inputs: Sequence[ArraySource],
+    input_dtypes: Sequence[np.dtype],
+    targets: Sequence[ArraySource],
+    n: int,
+    batch_size: int,
+) -> Iterator[Batch]:
     """Stream batches from the (memory-mapped) sources."""
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
@@ -126,9 +131,17 @@ class LayerCapture:
 class GradientEngine:
     """One compiled tape per model, objective and set of watched tensors."""
 
-    def __init__(self, handle: ModelHandle, objective: Objective, *, wrt_inputs: bool = False,
-                 layers: Sequence[LayerInfo] = (), wrt_weights: bool = False,
-                 training: bool = False, jit: bool = False) -> None:
+    def __init__(
+        self,
+        handle: ModelHandle,
+        objective: Objective,
+        *,
+        wrt_inputs: bool = False,
+        layers: Sequence[LayerInfo] = (),
+        wrt_weights: bool = False,
+        training: bool = False,
+        jit: bool = False,
+    ) -> None:
         self.handle = handle
         self.objective = objective
         self.wrt_inputs = wrt_inputs
@@ -136,8 +149,10 @@ class GradientEngine:
         self.wrt_weights = wrt_weights
         self.training = training
         if training and not hasattr(handle, "model"):
-            raise UsageError("--training needs a Keras model; a SavedModel export runs its "
-                             "serving function in inference mode")
+            raise UsageError(
+                "--training needs a Keras model; a SavedModel export runs its "
+                "serving function in inference mode"
+            )
         named = handle.named_variables() if wrt_weights else []
         self.variable_names = [name for name, _ in named]
         # Keras 3 variables wrap a tf.Variable; the tape wants the latter
@@ -182,23 +197,27 @@ class GradientEngine:
                 finally:
                     capture.remove()
                 total = tf.reduce_sum(o)
-            acts = capture.outputs(xs, [i.name for i in self.handle.inputs]) \
-                if layer_capture else []
+            acts = (
+                capture.outputs(xs, [i.name for i in self.handle.inputs]) if layer_capture else []
+            )
             sources = {
                 "inputs": xs if self.wrt_inputs else [],
                 "layers": acts,
                 "weights": variables,
             }
-            grads = tape.gradient(total, sources,
-                                  unconnected_gradients=tf.UnconnectedGradients.NONE)
+            grads = tape.gradient(
+                total, sources, unconnected_gradients=tf.UnconnectedGradients.NONE
+            )
             return o, grads["inputs"], grads["layers"], grads["weights"]
 
         signature = [self._input_specs, self._target_specs(targets)]
-        self._grad_fn = tf.function(step, input_signature=signature, jit_compile=self._jit,
-                                    reduce_retracing=True)
+        self._grad_fn = tf.function(
+            step, input_signature=signature, jit_compile=self._jit, reduce_retracing=True
+        )
 
-    def gradients(self, inputs: Sequence[np.ndarray],
-                  targets: Sequence[np.ndarray] = ()) -> StepResult:
+    def gradients(
+        self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] = ()
+    ) -> StepResult:
         """One tape call over a batch (any size)."""
         if self._grad_fn is None:
             self._build(targets)
@@ -206,34 +225,39 @@ class GradientEngine:
             o, gi, gl, gw = self._grad_fn(list(inputs), list(targets))
         except (GradientError, UsageError, InputError):
             raise
-        except (tf.errors.OpError, ValueError, TypeError, LookupError,
-                NotImplementedError) as exc:
-            raise GradientError(f"the gradient cannot be computed: {_first_line(exc)}") \
-                from exc
-        return StepResult(o.numpy(), [_numpy(g) for g in gi], [_numpy(g) for g in gl],
-                          [_numpy(g) for g in gw])
+        except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
+            raise GradientError(f"the gradient cannot be computed: {_first_line(exc)}") from exc
+        return StepResult(
+            o.numpy(), [_numpy(g) for g in gi], [_numpy(g) for g in gl], [_numpy(g) for g in gw]
+        )
 
-    def objective_values(self, inputs: Sequence[np.ndarray],
-                         targets: Sequence[np.ndarray] = ()) -> np.ndarray:
+    def objective_values(
+        self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] = ()
+    ) -> np.ndarray:
         """The per-sample objective only (a forward pass)."""
         if self._forward_fn is None:
+
             def forward(xs, ys):
                 return self._objective(list(xs), list(ys))
 
             signature = [self._input_specs, self._target_specs(targets)]
-            self._forward_fn = tf.function(forward, input_signature=signature,
-                                           jit_compile=self._jit, reduce_retracing=True)
+            self._forward_fn = tf.function(
+                forward, input_signature=signature, jit_compile=self._jit, reduce_retracing=True
+            )
         try:
             return self._forward_fn(list(inputs), list(targets)).numpy()
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             raise GradientError(f"the model cannot be evaluated: {_first_line(exc)}") from exc
 
 
-def jacobian_function(handle: ModelHandle, output_index: int, training: bool = False,
-                      jit: bool = False) -> Any:
+def jacobian_function(
+    handle: ModelHandle, output_index: int, training: bool = False, jit: bool = False
+) -> Any:
     """A compiled per-sample Jacobian d y_i / d x_i of one output, for each input."""
-    specs = [tf.TensorSpec((None, *info.shape), tf.as_dtype(_input_dtype(info.dtype)))
-             for info in handle.inputs]
+    specs = [
+        tf.TensorSpec((None, *info.shape), tf.as_dtype(_input_dtype(info.dtype)))
+        for info in handle.inputs
+    ]
 
     def jac(xs):
         xs = list(xs)
@@ -242,8 +266,10 @@ def jacobian_function(handle: ModelHandle, output_index: int, training: bool = F
             y = handle.call(xs, training=training)[output_index]
             if y.shape.rank == 1:
                 y = y[:, None]
-        out = [tape.batch_jacobian(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-               for x in xs]
+        out = [
+            tape.batch_jacobian(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            for x in xs
+        ]
         del tape
         return out
 
@@ -255,5 +281,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-__all__ = ["Batch", "GradientEngine", "StepResult", "default_batch_size", "jacobian_function",
-           "keras", "read_batches"]
+__all__ = [
+    "Batch",
+    "GradientEngine",
+    "StepResult",
+    "default_batch_size",
+    "jacobian_function",
+    "keras",
+    "read_batches",
+]

@@ -81,8 +81,11 @@ class ModelHandle:
         parts = []
         for name, spec in self.losses.items():
             weight = "" if spec.weight == 1.0 else f" x {spec.weight:g}"
-            parts.append(f"{spec.description}{weight}" if len(self.losses) == 1 else
-                         f"{name}: {spec.description}{weight}")
+            parts.append(
+                f"{spec.description}{weight}"
+                if len(self.losses) == 1
+                else f"{name}: {spec.description}{weight}"
+            )
         return ", ".join(parts)
 
 
@@ -92,8 +95,15 @@ class ModelHandle:
 class KerasHandle(ModelHandle):
     """A Keras 3 (or tf.keras 2) model object with its layers."""
 
-    def __init__(self, model: Any, path: Path, fmt: str, loader: str,
-                 losses: dict[str, LossSpec] | None, loss_note: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        path: Path,
+        fmt: str,
+        loader: str,
+        losses: dict[str, LossSpec] | None,
+        loss_note: str | None = None,
+    ) -> None:
         self.model = model
         self.path = path
         self.format = fmt
@@ -177,8 +187,11 @@ def _walk_layers(model: Any, prefix: str, top: bool, depth: int):
             layer=layer,
             depth=depth,
         )
-        if hasattr(layer, "layers") and isinstance(getattr(layer, "layers", None), list) \
-                and _is_model(layer):
+        if (
+            hasattr(layer, "layers")
+            and isinstance(getattr(layer, "layers", None), list)
+            and _is_model(layer)
+        ):
             yield from _walk_layers(layer, prefix=f"{path}/", top=False, depth=depth + 1)
 
 
@@ -209,8 +222,11 @@ def _count_params(layer: Any) -> int:
 
 
 def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join("N" if i == 0 else ("?" if d is None else str(d))
-                           for i, d in enumerate(shape)) + ")"
+    return (
+        "("
+        + ", ".join("N" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(shape))
+        + ")"
+    )
 
 
 def _flat(x: Any) -> list:
@@ -280,8 +296,12 @@ def resolve_loss(identifier: Any, from_logits: bool = False, api: Any = None) ->
     api = api or keras
     if isinstance(identifier, dict) and isinstance(identifier.get("config"), dict):
         # tf.keras 2 configs carry reduction="auto" and the function itself: Keras 3 rejects both
-        identifier = {**identifier, "config": {
-            k: v for k, v in identifier["config"].items() if k not in ("reduction", "fn")}}
+        identifier = {
+            **identifier,
+            "config": {
+                k: v for k, v in identifier["config"].items() if k not in ("reduction", "fn")
+            },
+        }
     try:
         fn = api.losses.get(identifier)
     except Exception as exc:  # noqa: BLE001 - Keras raises ValueError/TypeError variously
@@ -327,8 +347,9 @@ def _compiled_losses(model: Any, output_names: list[str], api: Any) -> dict[str,
     return _loss_table(loss, weights, output_names, api)
 
 
-def _loss_table(loss: Any, weights: Any, output_names: list[str],
-                api: Any) -> dict[str, LossSpec] | None:
+def _loss_table(
+    loss: Any, weights: Any, output_names: list[str], api: Any
+) -> dict[str, LossSpec] | None:
     if isinstance(loss, dict):
         per_output = {name: loss.get(name) for name in output_names}
     elif isinstance(loss, list | tuple):
@@ -347,8 +368,11 @@ def _loss_table(loss: Any, weights: Any, output_names: list[str],
     for name, ident in per_output.items():
         if ident is None:
             continue
-        fn = ident if callable(ident) and not isinstance(ident, str) else resolve_loss(
-            ident, api=api)
+        fn = (
+            ident
+            if callable(ident) and not isinstance(ident, str)
+            else resolve_loss(ident, api=api)
+        )
         table[name] = LossSpec(fn=fn, description=_loss_description(ident), weight=w[name])
     return table or None
 
@@ -395,8 +419,11 @@ class ServingHandle(ModelHandle):
         self.losses = None
         self.loss_note = "a SavedModel export keeps no loss: give --loss with --target"
         serve = getattr(loaded, "serve", None)
-        if serve is not None and hasattr(serve, "get_concrete_function") and \
-                getattr(serve, "concrete_functions", None):
+        if (
+            serve is not None
+            and hasattr(serve, "get_concrete_function")
+            and getattr(serve, "concrete_functions", None)
+        ):
             self.endpoint = "serve"
             concrete = serve.concrete_functions[0]
             self._fn = serve
@@ -407,14 +434,18 @@ class ServingHandle(ModelHandle):
             self._fn = concrete
             self._by_name = True
         else:
-            raise ModelError(f"{path}: SavedModel has neither a `serve` nor a "
-                             f"`serving_default` function to call")
+            raise ModelError(
+                f"{path}: SavedModel has neither a `serve` nor a `serving_default` function to call"
+            )
         args, kwargs = concrete.structured_input_signature
         specs = list(kwargs.values()) if self._by_name else tf.nest.flatten(args)
         self._input_keys = list(kwargs.keys()) if self._by_name else None
         self.inputs = [
-            TensorInfo(self._input_keys[i] if self._by_name else (s.name or f"input_{i}"),
-                       tuple(s.shape[1:]), s.dtype.name)
+            TensorInfo(
+                self._input_keys[i] if self._by_name else (s.name or f"input_{i}"),
+                tuple(s.shape[1:]),
+                s.dtype.name,
+            )
             for i, s in enumerate(specs)
         ]
         outputs = concrete.structured_outputs
@@ -425,8 +456,11 @@ class ServingHandle(ModelHandle):
             self._output_keys = None
             out_specs = tf.nest.flatten(outputs)
         self.outputs = [
-            TensorInfo(self._output_keys[i] if self._output_keys else f"output_{i}",
-                       tuple(s.shape[1:]), s.dtype.name)
+            TensorInfo(
+                self._output_keys[i] if self._output_keys else f"output_{i}",
+                tuple(s.shape[1:]),
+                s.dtype.name,
+            )
             for i, s in enumerate(out_specs)
         ]
 
@@ -526,8 +560,9 @@ def _load_h5_with_tf_keras(path: Path, keras_error: Exception, unsafe: bool) -> 
         raise ModelError(f"{path}: cannot load the model: {_first_line(keras_error)}") from None
     names = _output_names(model)
     losses = _losses_from_training_config(path, names)
-    return KerasHandle(model, path, "h5", "tf_keras", losses,
-                       None if losses else "the file records no loss")
+    return KerasHandle(
+        model, path, "h5", "tf_keras", losses, None if losses else "the file records no loss"
+    )
 
 
 def _load_savedmodel(path: Path, unsafe: bool) -> ModelHandle:
@@ -544,8 +579,9 @@ def _load_savedmodel(path: Path, unsafe: bool) -> ModelHandle:
                 with _tf_keras_safe_mode(tfk, not unsafe):
                     model = tfk.models.load_model(str(path), compile=False)
             except Exception as exc:  # noqa: BLE001
-                raise ModelError(f"{path}: cannot load the tf.keras SavedModel: "
-                                 f"{_first_line(exc)}") from exc
+                raise ModelError(
+                    f"{path}: cannot load the tf.keras SavedModel: {_first_line(exc)}"
+                ) from exc
             losses = None
             note = "compile config did not load"
         return KerasHandle(model, path, "savedmodel", "tf_keras", losses, note)
@@ -604,11 +640,14 @@ def _ensure_called(model: Any, path: Path) -> None:
         model.inputs  # noqa: B018 - a subclassed model that was never built has none
         model.outputs  # noqa: B018
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path}: the model has no defined inputs/outputs "
-                         f"({_first_line(exc)})") from exc
+        raise ModelError(
+            f"{path}: the model has no defined inputs/outputs ({_first_line(exc)})"
+        ) from exc
     if not model.inputs or not model.outputs:
-        raise ModelError(f"{path}: the model has no defined inputs/outputs "
-                         f"(a subclassed model saved before it was built?)")
+        raise ModelError(
+            f"{path}: the model has no defined inputs/outputs "
+            f"(a subclassed model saved before it was built?)"
+        )
 
 
 def _is_unsafe_refusal(exc: Exception) -> bool:
@@ -617,8 +656,10 @@ def _is_unsafe_refusal(exc: Exception) -> bool:
 
 
 def _unsafe_message(path: Path, exc: Exception) -> str:
-    return (f"{path}: the model contains code that safe mode does not load "
-            f"(e.g. a Lambda layer); rerun with --unsafe if you trust this file")
+    return (
+        f"{path}: the model contains code that safe mode does not load "
+        f"(e.g. a Lambda layer); rerun with --unsafe if you trust this file"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -43,23 +43,26 @@ class Attribution:
     completeness: dict = field(default_factory=dict)  # IG: per-sample gaps
 
 
-def _tape_in_chunks(engine: GradientEngine, inputs: list[np.ndarray],
-                    targets: list[np.ndarray], rows_per_call: int) -> list[np.ndarray]:
+def _tape_in_chunks(
+    engine: GradientEngine, inputs: list[np.ndarray], targets: list[np.ndarray], rows_per_call: int
+) -> list[np.ndarray]:
     rows = len(inputs[0])
     if rows <= rows_per_call:
         return engine.gradients(inputs, targets).inputs
     parts: list[list[np.ndarray]] = [[] for _ in inputs]
     for start in range(0, rows, rows_per_call):
         stop = min(rows, start + rows_per_call)
-        got = engine.gradients([x[start:stop] for x in inputs],
-                               [t[start:stop] for t in targets]).inputs
+        got = engine.gradients(
+            [x[start:stop] for x in inputs], [t[start:stop] for t in targets]
+        ).inputs
         for part, g in zip(parts, got, strict=True):
             part.append(g)
     return [np.concatenate(p) for p in parts]
 
 
-def attribute(engine: GradientEngine, batch: Batch, options: MethodOptions,
-              rows_per_call: int) -> Attribution:
+def attribute(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
     """Attributions for one batch of samples under the chosen method."""
     method = options.method
     if method in ("vanilla", "gradxinput"):
@@ -75,8 +78,9 @@ def attribute(engine: GradientEngine, batch: Batch, options: MethodOptions,
     raise ValueError(f"unknown method {method!r}")
 
 
-def smoothgrad_noise(x: np.ndarray, index: int, input_number: int, options: MethodOptions
-                     ) -> np.ndarray:
+def smoothgrad_noise(
+    x: np.ndarray, index: int, input_number: int, options: MethodOptions
+) -> np.ndarray:
     """Noise for one sample: depends on (seed, sample index, input), never on the batch."""
     rng = np.random.default_rng([options.seed, index, input_number])
     spread = float(np.max(x) - np.min(x)) if x.size else 0.0
@@ -84,8 +88,9 @@ def smoothgrad_noise(x: np.ndarray, index: int, input_number: int, options: Meth
     return rng.standard_normal((options.samples, *x.shape), dtype=np.float32) * sigma
 
 
-def _smoothgrad(engine: GradientEngine, batch: Batch, options: MethodOptions,
-                rows_per_call: int) -> Attribution:
+def _smoothgrad(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
     s = options.samples
     noisy = []
     for k, x in enumerate(batch.inputs):
@@ -95,13 +100,16 @@ def _smoothgrad(engine: GradientEngine, batch: Batch, options: MethodOptions,
         noisy.append(rows.reshape(len(x) * s, *x.shape[1:]))
     targets = [np.repeat(t, s, axis=0) for t in batch.targets]
     grads = _tape_in_chunks(engine, noisy, targets, rows_per_call)
-    values = [g.reshape(len(x), s, *x.shape[1:]).mean(axis=1, dtype=np.float64).astype(x.dtype)
-              for g, x in zip(grads, batch.inputs, strict=True)]
+    values = [
+        g.reshape(len(x), s, *x.shape[1:]).mean(axis=1, dtype=np.float64).astype(x.dtype)
+        for g, x in zip(grads, batch.inputs, strict=True)
+    ]
     return Attribution(values)
 
 
-def _integrated(engine: GradientEngine, batch: Batch, options: MethodOptions,
-                rows_per_call: int) -> Attribution:
+def _integrated(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
     m = options.steps
     # midpoint rule: second-order accurate with exactly `steps` gradient evaluations
     alphas = ((np.arange(m, dtype=np.float64) + 0.5) / m).astype(np.float32)
@@ -111,8 +119,11 @@ def _integrated(engine: GradientEngine, batch: Batch, options: MethodOptions,
             baselines.append(np.zeros_like(x))
         else:
             b = options.baseline[k]
-            baselines.append(np.broadcast_to(b[batch.start:batch.stop] if len(b) > 1 else b,
-                                             x.shape).astype(x.dtype))
+            baselines.append(
+                np.broadcast_to(b[batch.start : batch.stop] if len(b) > 1 else b, x.shape).astype(
+                    x.dtype
+                )
+            )
     path_inputs = []
     for x, b in zip(batch.inputs, baselines, strict=True):
         shape = (1,) * (x.ndim - 1)

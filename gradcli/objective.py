@@ -67,8 +67,12 @@ def _wide(x: Any) -> Any:
 
 def _per_sample_loss(fn: Any, y_true: Any, y_pred: Any) -> Any:
     # Loss objects reduce over the batch in __call__; their `call` gives per-sample values.
-    if hasattr(fn, "call") and not isinstance(fn, type) and hasattr(fn, "get_config") \
-            and hasattr(fn, "reduction"):
+    if (
+        hasattr(fn, "call")
+        and not isinstance(fn, type)
+        and hasattr(fn, "get_config")
+        and hasattr(fn, "reduction")
+    ):
         values = fn.call(y_true, y_pred)
     else:
         values = fn(y_true, y_pred)
@@ -91,15 +95,24 @@ def _select_outputs(handle: ModelHandle, output: str | None) -> list[int]:
         index = int(output)
         if 0 <= index < len(names):
             return [index]
-        raise UsageError(f"--output {output}: the model has {len(names)} outputs "
-                         f"(0..{len(names) - 1}: {', '.join(names)})")
-    raise UsageError(f"--output {output!r}: no such output; the model's outputs are "
-                     f"{', '.join(names)}")
+        raise UsageError(
+            f"--output {output}: the model has {len(names)} outputs "
+            f"(0..{len(names) - 1}: {', '.join(names)})"
+        )
+    raise UsageError(
+        f"--output {output!r}: no such output; the model's outputs are {', '.join(names)}"
+    )
 
 
-def build_objective(handle: ModelHandle, *, output: str | None = None,
-                    class_index: int | None = None, loss: str | None = None,
-                    from_logits: bool = False, has_target: bool = False) -> Objective:
+def build_objective(
+    handle: ModelHandle,
+    *,
+    output: str | None = None,
+    class_index: int | None = None,
+    loss: str | None = None,
+    from_logits: bool = False,
+    has_target: bool = False,
+) -> Objective:
     """Resolve the SPEC's objective rules against a model."""
     selected = _select_outputs(handle, output)
     names = [o.name for o in handle.outputs]
@@ -109,40 +122,51 @@ def build_objective(handle: ModelHandle, *, output: str | None = None,
         raise UsageError("--from-logits goes with --loss and --target")
     if has_target:
         if class_index is not None:
-            raise UsageError("--class and --target are exclusive: the objective is either "
-                             "a class score or a loss")
+            raise UsageError(
+                "--class and --target are exclusive: the objective is either "
+                "a class score or a loss"
+            )
         losses: dict[int, LossSpec] = {}
         if loss is not None:
             fn = resolve_loss(loss, from_logits=from_logits, api=keras)
             for i in selected:
-                losses[i] = LossSpec(fn=fn, description=loss + (" (from logits)"
-                                                               if from_logits else ""))
+                losses[i] = LossSpec(
+                    fn=fn, description=loss + (" (from logits)" if from_logits else "")
+                )
         else:
             if handle.losses is None:
                 why = f" ({handle.loss_note})" if handle.loss_note else ""
-                raise UsageError(f"{handle.path.name}: the compiled loss is unknown{why}; "
-                                 f"give --loss NAME with --target")
+                raise UsageError(
+                    f"{handle.path.name}: the compiled loss is unknown{why}; "
+                    f"give --loss NAME with --target"
+                )
             if from_logits:
-                raise UsageError("--from-logits goes with --loss; the compiled loss keeps its "
-                                 "own setting")
+                raise UsageError(
+                    "--from-logits goes with --loss; the compiled loss keeps its own setting"
+                )
             for i in selected:
                 spec = handle.losses.get(names[i])
                 if spec is not None:
                     losses[i] = spec
             if not losses:
-                raise UsageError(f"no compiled loss for output(s) "
-                                 f"{', '.join(names[i] for i in selected)}; give --loss")
+                raise UsageError(
+                    f"no compiled loss for output(s) "
+                    f"{', '.join(names[i] for i in selected)}; give --loss"
+                )
         return Objective("loss", selected, names, losses=losses)
     if class_index is not None:
         if len(selected) != 1:
-            raise UsageError(f"--class on a model with {len(names)} outputs needs --output "
-                             f"({', '.join(names)})")
+            raise UsageError(
+                f"--class on a model with {len(names)} outputs needs --output ({', '.join(names)})"
+            )
         shape = handle.outputs[selected[0]].shape
         units = 1
         for d in shape:
             units = units * d if d is not None and units is not None else None
         if class_index < 0 or (units is not None and class_index >= units):
-            raise UsageError(f"--class {class_index}: output {names[selected[0]]!r} has "
-                             f"{units} units (0..{units - 1 if units else '?'})")
+            raise UsageError(
+                f"--class {class_index}: output {names[selected[0]]!r} has "
+                f"{units} units (0..{units - 1 if units else '?'})"
+            )
         return Objective("class", selected, names, class_index=class_index)
     return Objective("sum", selected, names)

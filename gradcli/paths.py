@@ -29,8 +29,10 @@ def check_model_path(path: str) -> None:
     if not p.exists():
         raise ModelError(f"{path}: no such file or directory")
     if p.is_file() and p.suffix.lower() not in MODEL_SUFFIXES:
-        raise ModelError(f"{path}: unknown model format {p.suffix or '(no suffix)'!r}; "
-                         f"expected .keras, .h5, .hdf5 or a SavedModel directory")
+        raise ModelError(
+            f"{path}: unknown model format {p.suffix or '(no suffix)'!r}; "
+            f"expected .keras, .h5, .hdf5 or a SavedModel directory"
+        )
 
 
 def find_models(directory: Path) -> list[Path]:

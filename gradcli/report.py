@@ -84,8 +84,10 @@ def _header(rec: dict) -> str:
 
 def _render_info(rec: dict, console: Console) -> None:
     console.print(f"[bold]{rec['model']}[/bold]")
-    console.print(f"format: {rec['format']} · loader: {rec['loader']}"
-                  + (f" · endpoint: {rec['endpoint']}" if rec.get("endpoint") else ""))
+    console.print(
+        f"format: {rec['format']} · loader: {rec['loader']}"
+        + (f" · endpoint: {rec['endpoint']}" if rec.get("endpoint") else "")
+    )
     loss = rec["loss"] + (f" ({rec['loss_note']})" if rec.get("loss_note") else "")
     console.print(f"compiled loss: {loss}")
     console.print(f"trainable parameters: {rec['trainable_params']:,}")
@@ -98,19 +100,24 @@ def _render_info(rec: dict, console: Console) -> None:
         io.add_row("output", item["name"], _shape(["N", *item["shape"]]), item["dtype"])
     console.print(io)
     if not rec["layers"]:
-        console.print("layers: none (a SavedModel served through its function; wrt-layer "
-                      "needs a Keras model)")
+        console.print(
+            "layers: none (a SavedModel served through its function; wrt-layer needs a Keras model)"
+        )
         return
     console.print("layers (--layer takes the index or the name):")
     layers = Table(show_edge=False)
-    for col, justify in (("index", "right"), ("name", "left"), ("class", "left"),
-                         ("output shape", "left"), ("params", "right")):
+    for col, justify in (
+        ("index", "right"),
+        ("name", "left"),
+        ("class", "left"),
+        ("output shape", "left"),
+        ("params", "right"),
+    ):
         layers.add_column(col, justify=justify)
     for layer in rec["layers"]:
         index = "" if layer["index"] is None else str(layer["index"])
         name = "  " * layer.get("depth", 0) + layer["name"]
-        layers.add_row(index, name, layer["class"], layer["output_shape"],
-                       f"{layer['params']:,}")
+        layers.add_row(index, name, layer["class"], layer["output_shape"], f"{layer['params']:,}")
     console.print(layers)
 
 
@@ -130,17 +137,23 @@ def _render_gradients(rec: dict, console: Console) -> None:
         row = [t["name"], _shape(t["shape"]), fmt(t["l2"])]
         if weights:
             row.append(fmt(t.get("relative")))
-        row += [fmt(t["mean_abs"]), fmt(t["max_abs"]),
-                "-" if t["zero_fraction"] is None else f"{t['zero_fraction']:.3f}",
-                fmt(t["nonfinite"]), _status(t)]
+        row += [
+            fmt(t["mean_abs"]),
+            fmt(t["max_abs"]),
+            "-" if t["zero_fraction"] is None else f"{t['zero_fraction']:.3f}",
+            fmt(t["nonfinite"]),
+            _status(t),
+        ]
         table.add_row(*row)
     console.print(table)
     comp = rec.get("completeness")
     if comp:
-        console.print(f"IG completeness ({rec['steps']} steps): sum of attributions vs "
-                      f"o(x) - o(baseline): max gap {fmt(comp['max_abs_gap'], 3)} "
-                      f"({100 * comp['max_rel_gap']:.3g}% relative), mean gap "
-                      f"{fmt(comp['mean_abs_gap'], 3)}")
+        console.print(
+            f"IG completeness ({rec['steps']} steps): sum of attributions vs "
+            f"o(x) - o(baseline): max gap {fmt(comp['max_abs_gap'], 3)} "
+            f"({100 * comp['max_rel_gap']:.3g}% relative), mean gap "
+            f"{fmt(comp['mean_abs_gap'], 3)}"
+        )
     for t in rec["tensors"]:
         if t.get("top"):
             console.print(f"top {len(t['top'])} features of {t['name']} (mean |g| over samples):")
@@ -181,17 +194,31 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
 
 def _render_check(rec: dict, console: Console) -> None:
     console.print(_header(rec))
-    console.print(f"finite differences: {rec['precision']}, eps {fmt(rec['eps'])}, "
-                  f"{rec['directions']} random direction(s) per tensor, rtol {fmt(rec['rtol'])}")
+    console.print(
+        f"finite differences: {rec['precision']}, eps {fmt(rec['eps'])}, "
+        f"{rec['directions']} random direction(s) per tensor, rtol {fmt(rec['rtol'])}"
+    )
     table = Table(show_edge=False)
-    for col, justify in (("tensor", "left"), ("shape", "left"), ("autodiff", "right"),
-                         ("finite diff", "right"), ("rel error", "right"), ("status", "left")):
+    for col, justify in (
+        ("tensor", "left"),
+        ("shape", "left"),
+        ("autodiff", "right"),
+        ("finite diff", "right"),
+        ("rel error", "right"),
+        ("status", "left"),
+    ):
         table.add_column(col, justify=justify)
     for t in rec["tensors"]:
         ad = t["autodiff"][0] if t["autodiff"] else None
         fd = t["finite_diff"][0] if t["finite_diff"] else None
-        table.add_row(t["name"], _shape(t["shape"]), fmt(ad, 6), fmt(fd, 6),
-                      fmt(t["rel_error"], 3), _status(t))
+        table.add_row(
+            t["name"],
+            _shape(t["shape"]),
+            fmt(ad, 6),
+            fmt(fd, 6),
+            fmt(t["rel_error"], 3),
+            _status(t),
+        )
     console.print(table)
     _render_footer(rec, console)
 
@@ -219,15 +246,23 @@ def _render_many(records: list[dict], console: Console) -> None:
     command = records[0].get("command", "")
     console.print(f"{command}: {len(records)} models")
     table = Table(show_edge=False)
-    for col, justify in (("model", "left"), ("format", "left"), ("N", "right"),
-                         ("tensors", "right"), ("largest L2", "right"), ("worst", "left"),
-                         ("result", "left")):
-        table.add_column(col, justify=justify,
-                         overflow="fold" if col in ("model", "result") else "ellipsis")
+    for col, justify in (
+        ("model", "left"),
+        ("format", "left"),
+        ("N", "right"),
+        ("tensors", "right"),
+        ("largest L2", "right"),
+        ("worst", "left"),
+        ("result", "left"),
+    ):
+        table.add_column(
+            col, justify=justify, overflow="fold" if col in ("model", "result") else "ellipsis"
+        )
     for rec in records:
         if rec.get("error"):
-            table.add_row(rec["model"], "-", "-", "-", "-", "-",
-                          Text(f"error: {rec['error']}", style="red"))
+            table.add_row(
+                rec["model"], "-", "-", "-", "-", "-", Text(f"error: {rec['error']}", style="red")
+            )
             continue
         tensors = rec.get("tensors") or []
         norms = [t.get("l2") for t in tensors if t.get("l2") is not None]
@@ -238,11 +273,15 @@ def _render_many(records: list[dict], console: Console) -> None:
             result = Text(f"gates tripped: {', '.join(rec['gates'])}", style="bold red")
         else:
             result = Text("ok", style="green")
-        table.add_row(rec["model"], rec.get("format", ""), fmt(rec.get("n")),
-                      str(len(tensors)) if rec["command"] != "info" else "-",
-                      fmt(max(norms)) if norms else "-",
-                      Text(worst, style=STATUS_STYLE.get(worst, "")) if tensors else "-",
-                      result)
+        table.add_row(
+            rec["model"],
+            rec.get("format", ""),
+            fmt(rec.get("n")),
+            str(len(tensors)) if rec["command"] != "info" else "-",
+            fmt(max(norms)) if norms else "-",
+            Text(worst, style=STATUS_STYLE.get(worst, "")) if tensors else "-",
+            result,
+        )
     console.print(table)
 
 

@@ -65,8 +65,9 @@ def run_job(job: Job, emit: Emit) -> int:
         if many:
             suffix = ".npz"
             out = _model_out(job.out, Path(job.model), path, suffix)
-            png = _model_out(job.png, Path(job.model), path,
-                             ".png" if job.command == "wrt-weights" else "")
+            png = _model_out(
+                job.png, Path(job.model), path, ".png" if job.command == "wrt-weights" else ""
+            )
         else:
             out = Path(job.out) if job.out else None
             png = Path(job.png) if job.png else None
@@ -86,8 +87,15 @@ def run_job(job: Job, emit: Emit) -> int:
 
 
 def _error_record(job: Job, path: Path, code: int, message: str) -> dict:
-    return {"version": __version__, "command": job.command, "model": str(path),
-            "error": message, "exit_code": int(code), "tensors": [], "gates": []}
+    return {
+        "version": __version__,
+        "command": job.command,
+        "model": str(path),
+        "error": message,
+        "exit_code": int(code),
+        "tensors": [],
+        "gates": [],
+    }
 
 
 def _base_record(job: Job, handle: ModelHandle) -> dict:
@@ -100,8 +108,9 @@ def _base_record(job: Job, handle: ModelHandle) -> dict:
     }
 
 
-def run_one(job: Job, path: Path, out: Path | None, png: Path | None, emit: Emit,
-            index: int = 0) -> dict:
+def run_one(
+    job: Job, path: Path, out: Path | None, png: Path | None, emit: Emit, index: int = 0
+) -> dict:
     if out is not None:
         check_writable(out)
     handle = load_model(path, unsafe=job.unsafe)
@@ -115,15 +124,23 @@ def info_record(job: Job, handle: ModelHandle) -> dict:
     rec = _base_record(job, handle)
     rec.update(
         endpoint=handle.endpoint,
-        inputs=[{"name": i.name, "shape": list(i.shape), "dtype": i.dtype}
-                for i in handle.inputs],
-        outputs=[{"name": o.name, "shape": list(o.shape), "dtype": o.dtype}
-                 for o in handle.outputs],
+        inputs=[{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in handle.inputs],
+        outputs=[
+            {"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in handle.outputs
+        ],
         loss=handle.compiled_loss_text(),
         loss_note=handle.loss_note,
-        layers=[{"index": r.index, "name": r.path, "class": r.class_name,
-                 "output_shape": r.output_shape, "params": r.params, "depth": r.depth}
-                for r in handle.layers],
+        layers=[
+            {
+                "index": r.index,
+                "name": r.path,
+                "class": r.class_name,
+                "output_shape": r.output_shape,
+                "params": r.params,
+                "depth": r.depth,
+            }
+            for r in handle.layers
+        ],
         trainable_params=int(sum(int(np.prod(v.shape)) for _, v in handle.named_variables())),
         exit_code=0,
     )
@@ -133,10 +150,16 @@ def info_record(job: Job, handle: ModelHandle) -> dict:
 class _Context:
     """Loaded model, opened arrays and the objective of one model's run."""
 
-    def __init__(self, job: Job, handle: ModelHandle, emit: Emit, index: int,
-                 collect: dict[str, np.ndarray] | None = None,
-                 arrays: dict[str, ArraySource] | None = None,
-                 target_arrays: dict[str, ArraySource] | None = None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        handle: ModelHandle,
+        emit: Emit,
+        index: int,
+        collect: dict[str, np.ndarray] | None = None,
+        arrays: dict[str, ArraySource] | None = None,
+        target_arrays: dict[str, ArraySource] | None = None,
+    ) -> None:
         self.job = job
         self.collect = collect  # the Python API gathers arrays here instead of an .npz
         self.handle = handle
@@ -151,14 +174,21 @@ class _Context:
             self.inputs = read_arrays(job.input, names, "input")
         self.n = check_samples(self.inputs, {i.name: i.shape for i in handle.inputs}, "input")
         self.objective: Objective = build_objective(
-            handle, output=job.output, class_index=job.class_index, loss=job.loss,
+            handle,
+            output=job.output,
+            class_index=job.class_index,
+            loss=job.loss,
             from_logits=job.from_logits,
-            has_target=job.target is not None or target_arrays is not None)
+            has_target=job.target is not None or target_arrays is not None,
+        )
         self.targets: list[ArraySource] = []
         if self.objective.needs_targets:
             tnames = self.objective.target_names
-            sources = target_arrays if target_arrays is not None else \
-                read_arrays(job.target, tnames, "target")
+            sources = (
+                target_arrays
+                if target_arrays is not None
+                else read_arrays(job.target, tnames, "target")
+            )
             missing = [t for t in tnames if t not in sources]
             if missing:
                 raise InputError(f"no target for output(s) {', '.join(missing)}")
@@ -183,8 +213,13 @@ class _Context:
         rows = [t.record(gates) for t in tensors]
         tripped = sorted({r["status"] for r in rows if r["tripped"]})
         rec = _base_record(self.job, self.handle)
-        rec.update(n=self.n, objective=self.objective.describe(), tensors=rows, gates=tripped,
-                   exit_code=int(ExitCode.GATE) if tripped else 0)
+        rec.update(
+            n=self.n,
+            objective=self.objective.describe(),
+            tensors=rows,
+            gates=tripped,
+            exit_code=int(ExitCode.GATE) if tripped else 0,
+        )
         rec.update(extra)
         return rec
 
@@ -231,14 +266,16 @@ def _image_like(shape: tuple) -> bool:
 
 def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
-    options = MethodOptions(job.method, job.samples, job.noise,
-                            job.seed if job.seed is not None else 0, job.steps)
+    options = MethodOptions(
+        job.method, job.samples, job.noise, job.seed if job.seed is not None else 0, job.steps
+    )
     if job.method == "smoothgrad" and job.seed is None:
         options.seed = int(np.random.SeedSequence().entropy % (2**31))
     if job.method == "integrated" and job.baseline not in (None, "zeros"):
         options.baseline = _read_baseline(ctx, job.baseline)
-    engine = GradientEngine(handle, ctx.objective, wrt_inputs=True, training=job.training,
-                            jit=job.jit)
+    engine = GradientEngine(
+        handle, ctx.objective, wrt_inputs=True, training=job.training, jit=job.jit
+    )
     rows_per_call = ctx.batch_size()
     read_size = max(1, rows_per_call // options.expansion)
     names = [i.name for i in handle.inputs]
@@ -251,11 +288,14 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
         top = {name: TopFeatures(int(np.prod(shapes[name][1:]))) for name in names}
     keep = {name: [] for name in names if png and _image_like(shapes[name][1:])}
     if png and not keep:
-        raise UsageError(f"--png: input shapes {', '.join(str(shapes[n][1:]) for n in names)} "
-                         f"are not image-like (H, W) or (H, W, C)")
+        raise UsageError(
+            f"--png: input shapes {', '.join(str(shapes[n][1:]) for n in names)} "
+            f"are not image-like (H, W) or (H, W, C)"
+        )
     gaps, deltas = [], []
-    writer = ctx.open_sink(out, {n: (shapes[n], engine.input_dtypes[k].str)
-                                 for k, n in enumerate(names)})
+    writer = ctx.open_sink(
+        out, {n: (shapes[n], engine.input_dtypes[k].str) for k, n in enumerate(names)}
+    )
     try:
         for batch in ctx.batches(engine, read_size):
             att = attribute(engine, batch, options, rows_per_call)
@@ -288,11 +328,17 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
         gap = np.concatenate(gaps)
         delta = np.concatenate(deltas)
         rel = gap / np.maximum(np.abs(delta), 1e-12)
-        extra.update(steps=options.steps, baseline=job.baseline or "zeros", completeness={
-            "max_abs_gap": float(gap.max()), "mean_abs_gap": float(gap.mean()),
-            "max_rel_gap": float(rel.max()), "mean_rel_gap": float(rel.mean()),
-            "mean_abs_delta": float(np.abs(delta).mean()),
-        })
+        extra.update(
+            steps=options.steps,
+            baseline=job.baseline or "zeros",
+            completeness={
+                "max_abs_gap": float(gap.max()),
+                "mean_abs_gap": float(gap.mean()),
+                "max_rel_gap": float(rel.max()),
+                "mean_rel_gap": float(rel.mean()),
+                "mean_abs_delta": float(np.abs(delta).mean()),
+            },
+        )
     if top:
         for name in names:
             feats = top[name].top(job.top)
@@ -348,8 +394,7 @@ def _wrt_layer(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     keys = [i.path for i in infos]
     if len(set(keys)) != len(keys):
         raise UsageError("--layer names the same layer twice")
-    engine = GradientEngine(handle, ctx.objective, layers=infos, training=job.training,
-                            jit=job.jit)
+    engine = GradientEngine(handle, ctx.objective, layers=infos, training=job.training, jit=job.jit)
     size = ctx.batch_size()
     stats = {k: TensorStats(k) for k in keys}
     writer = None
@@ -357,8 +402,11 @@ def _wrt_layer(ctx: _Context, out: Path | None, png: Path | None) -> dict:
         for batch in ctx.batches(engine, size):
             result = engine.gradients(batch.inputs, batch.targets)
             if batch.start == 0:  # activation shapes are known after the first batch
-                specs = {k: ((ctx.n, *g.shape[1:]), g.dtype.str)
-                         for k, g in zip(keys, result.layers, strict=True) if g is not None}
+                specs = {
+                    k: ((ctx.n, *g.shape[1:]), g.dtype.str)
+                    for k, g in zip(keys, result.layers, strict=True)
+                    if g is not None
+                }
                 writer = ctx.open_sink(out, specs)
             for k, g in zip(keys, result.layers, strict=True):
                 if g is None:
@@ -374,8 +422,11 @@ def _wrt_layer(ctx: _Context, out: Path | None, png: Path | None) -> dict:
         if writer:
             writer.abort()
         raise
-    return ctx.record([stats[k] for k in keys], out=written,
-                      layers=[{"name": i.path, "class": i.class_name} for i in infos])
+    return ctx.record(
+        [stats[k] for k in keys],
+        out=written,
+        layers=[{"name": i.path, "class": i.class_name} for i in infos],
+    )
 
 
 def variable_layers(handle: ModelHandle, names: list[str], variables: list) -> list[str]:
@@ -385,8 +436,10 @@ def variable_layers(handle: ModelHandle, names: list[str], variables: list) -> l
         for w in getattr(row.layer, "trainable_weights", []):
             owner[id(w)] = row.path
             owner[id(getattr(w, "value", w))] = row.path
-    return [owner.get(id(v), name.rsplit("/", 1)[0] if "/" in name else name)
-            for name, v in zip(names, variables, strict=True)]
+    return [
+        owner.get(id(v), name.rsplit("/", 1)[0] if "/" in name else name)
+        for name, v in zip(names, variables, strict=True)
+    ]
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -404,8 +457,9 @@ def _unique(names: list[str]) -> list[str]:
 
 def _wrt_weights(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
-    engine = GradientEngine(handle, ctx.objective, wrt_weights=True, training=job.training,
-                            jit=job.jit)
+    engine = GradientEngine(
+        handle, ctx.objective, wrt_weights=True, training=job.training, jit=job.jit
+    )
     if not engine.variables:
         raise GradientError(f"{handle.path.name} has no trainable variables")
     names = _unique(engine.variable_names)
@@ -445,21 +499,31 @@ def _wrt_weights(ctx: _Context, out: Path | None, png: Path | None) -> dict:
 
         if png.suffix.lower() != ".png":
             png = png.with_suffix(".png") if not png.suffix else png
-        chart = str(write_flow_chart(png, [s["layer"] for s in summary],
-                                     [s["l2"] for s in summary], [s["status"] for s in summary],
-                                     title=f"{Path(handle.path).name}: gradient flow"))
+        chart = str(
+            write_flow_chart(
+                png,
+                [s["layer"] for s in summary],
+                [s["l2"] for s in summary],
+                [s["status"] for s in summary],
+                title=f"{Path(handle.path).name}: gradient flow",
+            )
+        )
     return ctx.record(stats, out=written, layer_summary=summary, png=chart)
 
 
 def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
     if job.target is not None or job.class_index is not None:
-        raise UsageError("jacobian differentiates a model output itself: --target and --class "
-                         "do not apply (use --output)")
+        raise UsageError(
+            "jacobian differentiates a model output itself: --target and --class "
+            "do not apply (use --output)"
+        )
     outputs = ctx.objective.outputs
     if len(outputs) != 1:
-        raise UsageError(f"jacobian needs --output on a model with {len(handle.outputs)} "
-                         f"outputs ({', '.join(o.name for o in handle.outputs)})")
+        raise UsageError(
+            f"jacobian needs --output on a model with {len(handle.outputs)} "
+            f"outputs ({', '.join(o.name for o in handle.outputs)})"
+        )
     o = handle.outputs[outputs[0]]
     if any(d is None for d in o.shape):
         raise UsageError(f"output {o.name!r} has an unknown shape {o.shape}")
@@ -468,11 +532,12 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     in_shapes = {n: ctx.inputs[n].shape[1:] for n in names}
     total = sum(ctx.n * math.prod(out_shape) * math.prod(in_shapes[n]) for n in names)
     if total > job.max_elements:
-        raise UsageError(f"the Jacobian would have {total:,} elements (above --max-elements "
-                         f"{job.max_elements:,.0f}); select fewer samples or one --output, or "
-                         f"raise --max-elements")
-    dtypes = [np.dtype(i.dtype) if np.dtype(i.dtype).kind == "f" else None
-              for i in handle.inputs]
+        raise UsageError(
+            f"the Jacobian would have {total:,} elements (above --max-elements "
+            f"{job.max_elements:,.0f}); select fewer samples or one --output, or "
+            f"raise --max-elements"
+        )
+    dtypes = [np.dtype(i.dtype) if np.dtype(i.dtype).kind == "f" else None for i in handle.inputs]
     if None in dtypes:
         raise GradientError("jacobian needs float inputs; an integer input has no derivative")
     fn = jacobian_function(handle, outputs[0], training=job.training, jit=job.jit)
@@ -488,8 +553,9 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
             try:
                 js = fn(xs)
             except Exception as exc:  # noqa: BLE001 - TensorFlow raises many kinds
-                raise GradientError(f"the Jacobian cannot be computed: "
-                                    f"{str(exc).splitlines()[0][:300]}") from exc
+                raise GradientError(
+                    f"the Jacobian cannot be computed: {str(exc).splitlines()[0][:300]}"
+                ) from exc
             for n, j in zip(names, js, strict=True):
                 j = j.numpy().reshape(shapes[n][0:0] + (stop - start, *shapes[n][1:]))
                 stats[n].update(j)

@@ -91,12 +91,20 @@ class TensorStats:
         if self.disconnected:
             rec.update(l2=None, mean_abs=None, max_abs=None, zero_fraction=None, nonfinite=None)
         else:
-            rec.update(l2=_num(self.l2), mean_abs=_num(self.mean_abs), max_abs=_num(self.max_abs),
-                       zero_fraction=_num(self.zero_fraction), nonfinite=self.nonfinite)
+            rec.update(
+                l2=_num(self.l2),
+                mean_abs=_num(self.mean_abs),
+                max_abs=_num(self.max_abs),
+                zero_fraction=_num(self.zero_fraction),
+                nonfinite=self.nonfinite,
+            )
         if self.param_norm is not None:
             rec["param_l2"] = _num(self.param_norm)
-            rec["relative"] = (None if self.disconnected or self.param_norm == 0
-                               else _num(self.l2 / self.param_norm))
+            rec["relative"] = (
+                None
+                if self.disconnected or self.param_norm == 0
+                else _num(self.l2 / self.param_norm)
+            )
         rec.update(self.extra)
         return rec
 

@@ -38,8 +38,9 @@ class WorkerFailed(GradcliError):
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
-        self.exit_code = ExitCode(code) if code in ExitCode._value2member_map_ else \
-            ExitCode.GRADIENT
+        self.exit_code = (
+            ExitCode(code) if code in ExitCode._value2member_map_ else ExitCode.GRADIENT
+        )
 
 
 def onednn_setting(mode: str, environ: dict[str, str]) -> tuple[str | None, bool]:
@@ -60,9 +61,15 @@ def _signal_name(returncode: int) -> str:
         return f"signal {-returncode}"
 
 
-def run(job: Any, *, debug: bool, onednn: str, on_record: Callable[[dict], None],
-        on_progress: Callable[[dict], None] | None = None,
-        warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Outcome:
+def run(
+    job: Any,
+    *,
+    debug: bool,
+    onednn: str,
+    on_record: Callable[[dict], None],
+    on_progress: Callable[[dict], None] | None = None,
+    warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> Outcome:
     """Run `job` (a jobs.Job, built without importing TensorFlow) in a worker process."""
     value, may_retry = onednn_setting(onednn, dict(os.environ))
     done: set[int] = set()
@@ -81,22 +88,31 @@ def run(job: Any, *, debug: bool, onednn: str, on_record: Callable[[dict], None]
             return result
         # the worker died from a signal
         if may_retry and attempt == 1:
-            warn(f"warning: TensorFlow crashed ({_signal_name(returncode)}) in "
-                 f"its oneDNN CPU kernels; computing again with oneDNN off "
-                 f"({ONEDNN_VAR}=0: same results, roughly 2-3x slower)")
+            warn(
+                f"warning: TensorFlow crashed ({_signal_name(returncode)}) in "
+                f"its oneDNN CPU kernels; computing again with oneDNN off "
+                f"({ONEDNN_VAR}=0: same results, roughly 2-3x slower)"
+            )
             value = "0"
             continue
         on = value != "0" and os.environ.get(ONEDNN_VAR, "1") != "0"
         hint = " (--onednn off may avoid it)" if on else ""
         err = GradientError(
             f"TensorFlow crashed ({_signal_name(returncode)}) while computing"
-            f"{hint}; rerun with --debug to see its output")
+            f"{hint}; rerun with --debug to see its output"
+        )
         return Outcome(int(ExitCode.GRADIENT), records, err)
 
 
-def _attempt(data: dict, env: dict, debug: bool, done: set[int], records: list[dict],
-             on_record: Callable[[dict], None],
-             on_progress: Callable[[dict], None] | None) -> tuple[Outcome | None, int]:
+def _attempt(
+    data: dict,
+    env: dict,
+    debug: bool,
+    done: set[int],
+    records: list[dict],
+    on_record: Callable[[dict], None],
+    on_progress: Callable[[dict], None] | None,
+) -> tuple[Outcome | None, int]:
     """One worker run: its outcome, or None when a signal killed it; and its return code."""
     temps: list[str] = []
     error: Outcome | None = None
@@ -126,9 +142,12 @@ def _attempt(data: dict, env: dict, debug: bool, done: set[int], records: list[d
                 elif kind == "temp":
                     temps.append(event["path"])
                 elif kind == "error":
-                    error = Outcome(int(event["code"]), records,
-                                    WorkerFailed(event["message"], int(event["code"])),
-                                    event.get("traceback"))
+                    error = Outcome(
+                        int(event["code"]),
+                        records,
+                        WorkerFailed(event["message"], int(event["code"])),
+                        event.get("traceback"),
+                    )
             returncode = proc.wait()
         except KeyboardInterrupt:
             _stop(proc)
@@ -151,9 +170,11 @@ def _attempt(data: dict, env: dict, debug: bool, done: set[int], records: list[d
             tail = raw_err.read().decode("utf-8", "replace").strip().splitlines()[-3:]
             _remove(temps)
             detail = f": {tail[-1][:300]}" if tail else ""
-            return Outcome(int(ExitCode.GRADIENT), records,
-                           GradientError(f"the worker process failed (exit {returncode})"
-                                         f"{detail}")), returncode
+            return Outcome(
+                int(ExitCode.GRADIENT),
+                records,
+                GradientError(f"the worker process failed (exit {returncode}){detail}"),
+            ), returncode
         return Outcome(returncode, records), returncode
 
 
@@ -171,8 +192,13 @@ def _remove(paths: list[str]) -> None:
         Path(p).unlink(missing_ok=True)
 
 
-def run_inprocess(job: Any, *, debug: bool, on_record: Callable[[dict], None],
-                  on_progress: Callable[[dict], None] | None = None) -> Outcome:
+def run_inprocess(
+    job: Any,
+    *,
+    debug: bool,
+    on_record: Callable[[dict], None],
+    on_progress: Callable[[dict], None] | None = None,
+) -> Outcome:
     """The same run without a child process (GRADCLI_INPROCESS=1): faster to start, used by
     tests and notebooks, but a TensorFlow crash then ends the caller too."""
     import traceback
@@ -191,9 +217,11 @@ def run_inprocess(job: Any, *, debug: bool, on_record: Callable[[dict], None],
     try:
         code = run_job(job, emit)
     except GradcliError as exc:
-        return Outcome(int(exc.exit_code), records, exc,
-                       traceback.format_exc() if debug else None)
+        return Outcome(int(exc.exit_code), records, exc, traceback.format_exc() if debug else None)
     except MemoryError:
-        return Outcome(int(ExitCode.GRADIENT), records,
-                       GradientError("out of memory; try a smaller --batch-size"))
+        return Outcome(
+            int(ExitCode.GRADIENT),
+            records,
+            GradientError("out of memory; try a smaller --batch-size"),
+        )
     return Outcome(code, records)

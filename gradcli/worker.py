@@ -31,21 +31,31 @@ def main() -> int:
         try:
             code = _run(job, emit)
         except GradcliError as exc:
-            emit("error", code=int(exc.exit_code), message=str(exc),
-                 traceback=traceback.format_exc() if debug else None)
+            emit(
+                "error",
+                code=int(exc.exit_code),
+                message=str(exc),
+                traceback=traceback.format_exc() if debug else None,
+            )
             return int(exc.exit_code)
         except KeyboardInterrupt:
             return int(ExitCode.INTERRUPTED)
         except MemoryError:
-            emit("error", code=int(ExitCode.GRADIENT),
-                 message="out of memory; try a smaller --batch-size",
-                 traceback=traceback.format_exc() if debug else None)
+            emit(
+                "error",
+                code=int(ExitCode.GRADIENT),
+                message="out of memory; try a smaller --batch-size",
+                traceback=traceback.format_exc() if debug else None,
+            )
             return int(ExitCode.GRADIENT)
         except Exception as exc:  # noqa: BLE001 - the one funnel for unexpected failures
             first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-            emit("error", code=int(ExitCode.GRADIENT),
-                 message=f"{type(exc).__name__}: {first}",
-                 traceback=traceback.format_exc() if debug else None)
+            emit(
+                "error",
+                code=int(ExitCode.GRADIENT),
+                message=f"{type(exc).__name__}: {first}",
+                traceback=traceback.format_exc() if debug else None,
+            )
             return int(ExitCode.GRADIENT)
         return code
     finally:

@@ -18,15 +18,29 @@ def _header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     import io
 
     buf = io.BytesIO()
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-              "shape": tuple(int(d) for d in shape)}
-    np.lib.format.write_array_header_2_0(buf, header) if _needs_v2(header) else \
-        np.lib.format.write_array_header_1_0(buf, header)
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": tuple(int(d) for d in shape),
+    }
+    np.lib.format.write_array_header_2_0(buf, header) if _needs_v2(
+        header
+    ) else np.lib.format.write_array_header_1_0(buf, header)
     return buf.getvalue()
 
 
 def _needs_v2(header: dict) -> bool:
     return len(repr(header)) > 60000
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain `open(path, "w")` would give (temp files are created 0600)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def check_writable(path: Path, label: str = "--out") -> None:
@@ -46,15 +60,19 @@ class NpzStreamWriter:
     Nothing appears at `path` until `commit`; `abort` (or an exception) leaves it untouched.
     """
 
-    def __init__(self, path: str | os.PathLike, arrays: dict[str, tuple[tuple[int, ...], str]],
-                 on_temp: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        arrays: dict[str, tuple[tuple[int, ...], str]],
+        on_temp: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         if self.path.suffix != ".npz":
-            self.path = self.path.with_name(self.path.name + ".npz") \
-                if not self.path.suffix else self.path
+            self.path = (
+                self.path.with_name(self.path.name + ".npz") if not self.path.suffix else self.path
+            )
         directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.",
-                                   suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(fd)
         self.tmp = Path(tmp)
         self._temps: list[Path] = [self.tmp]
@@ -62,8 +80,7 @@ class NpzStreamWriter:
             on_temp(str(self.tmp))
         self.arrays = {k: (tuple(shape), np.dtype(dt)) for k, (shape, dt) in arrays.items()}
         self.written = dict.fromkeys(self.arrays, 0)
-        self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED,
-                                   allowZip64=True)
+        self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
         keys = list(self.arrays)
         self._direct_key = keys[0] if keys else None
         self._direct = None
@@ -73,8 +90,9 @@ class NpzStreamWriter:
             self._direct.write(_header(shape, dtype))
         self._spool: dict[str, object] = {}
         for key in keys[1:]:
-            fd, spool = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.",
-                                         suffix=".part")
+            fd, spool = tempfile.mkstemp(
+                dir=directory, prefix=f".{self.path.name}.", suffix=".part"
+            )
             self._temps.append(Path(spool))
             if on_temp:
                 on_temp(spool)
@@ -91,8 +109,7 @@ class NpzStreamWriter:
             self.written[key] = 1
             return
         if rows.shape[1:] != shape[1:]:
-            raise ValueError(f"rows for {key!r} have shape {rows.shape}, expected (*, "
-                             f"{shape[1:]})")
+            raise ValueError(f"rows for {key!r} have shape {rows.shape}, expected (*, {shape[1:]})")
         target = self._direct if key == self._direct_key else self._spool[key]
         target.write(rows.data if rows.size else b"")
         self.written[key] += rows.shape[0]
@@ -101,22 +118,26 @@ class NpzStreamWriter:
         for key, (shape, _) in self.arrays.items():
             if self.written[key] != (shape[0] if shape else 1):
                 self.abort()
-                raise RuntimeError(f"npz entry {key!r}: {self.written[key]} of {shape[0]} "
-                                   f"rows written")
+                raise RuntimeError(
+                    f"npz entry {key!r}: {self.written[key]} of {shape[0]} rows written"
+                )
         if self._direct is not None:
             self._direct.close()
         for key, handle in self._spool.items():
             handle.close()
             shape, dtype = self.arrays[key]
             spool = self._temps[1 + list(self._spool).index(key)]
-            with self.zip.open(key + ".npy", "w", force_zip64=True) as entry, \
-                    open(spool, "rb") as src:
+            with (
+                self.zip.open(key + ".npy", "w", force_zip64=True) as entry,
+                open(spool, "rb") as src,
+            ):
                 entry.write(_header(shape, dtype))
                 shutil.copyfileobj(src, entry, 1 << 22)
             spool.unlink()
         self.zip.close()
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(self.tmp, _file_mode(self.path))
         os.replace(self.tmp, self.path)
         self._done = True
         return self.path
@@ -147,8 +168,11 @@ class NpzStreamWriter:
         return False
 
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray],
-              on_temp: Callable[[str], None] | None = None) -> Path:
+def write_npz(
+    path: str | os.PathLike,
+    arrays: dict[str, np.ndarray],
+    on_temp: Callable[[str], None] | None = None,
+) -> Path:
     """Atomically write whole in-memory arrays (small results: weights, Jacobians)."""
     specs = {k: (np.asarray(v).shape, np.asarray(v).dtype.str) for k, v in arrays.items()}
     with NpzStreamWriter(path, specs, on_temp) as writer:
@@ -160,8 +184,9 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray],
 class MemorySink:
     """The in-memory twin of NpzStreamWriter, for the Python API: rows collected into `store`."""
 
-    def __init__(self, store: dict[str, np.ndarray],
-                 arrays: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    def __init__(
+        self, store: dict[str, np.ndarray], arrays: dict[str, tuple[tuple[int, ...], str]]
+    ) -> None:
         self.store = store
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
         self.arrays = {k: (tuple(shape), np.dtype(dt)) for k, (shape, dt) in arrays.items()}
@@ -172,8 +197,9 @@ class MemorySink:
     def commit(self) -> None:
         for key, parts in self.parts.items():
             shape = self.arrays[key][0]
-            self.store[key] = np.concatenate(parts).reshape(shape) if shape else \
-                parts[0].reshape(())
+            self.store[key] = (
+                np.concatenate(parts).reshape(shape) if shape else parts[0].reshape(())
+            )
         return None
 
     def abort(self) -> None:

@@ -46,9 +46,14 @@ def run_process(*args: str, env: dict | None = None, timeout: int = 180) -> Resu
     """The real thing: `python -m gradcli ARGS` in a subprocess (with its worker)."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("GRADCLI_INPROCESS", None)
-    proc = subprocess.run([sys.executable, "-m", "gradcli", *map(str, args)],
-                          capture_output=True, text=True, env=full_env, timeout=timeout,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradcli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -87,9 +92,14 @@ def models(tmp_path_factory, keras):
     np.save(d / "y3.npy", rng.normal(size=(7, 3)).astype(np.float32))
 
     # Sequential built without an Input, called on data
-    seq = keras.Sequential([keras.layers.Dense(8, activation="tanh", name="d1"),
-                            keras.layers.Dense(6, activation="relu", name="d2"),
-                            keras.layers.Dense(4, name="d3")], name="seqni")
+    seq = keras.Sequential(
+        [
+            keras.layers.Dense(8, activation="tanh", name="d1"),
+            keras.layers.Dense(6, activation="relu", name="d2"),
+            keras.layers.Dense(4, name="d3"),
+        ],
+        name="seqni",
+    )
     seq(np.zeros((2, 5), np.float32))
     seq.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     seq.save(d / "seqni.keras")
@@ -97,8 +107,10 @@ def models(tmp_path_factory, keras):
     np.save(d / "labels4.npy", rng.integers(0, 4, size=(7,)))
 
     # the same as a legacy .h5 compiled with a string loss (its compile config fails)
-    seq_h5 = keras.Sequential([keras.layers.Dense(4, activation="tanh", name="h1"),
-                               keras.layers.Dense(1, name="h2")], name="legacy")
+    seq_h5 = keras.Sequential(
+        [keras.layers.Dense(4, activation="tanh", name="h1"), keras.layers.Dense(1, name="h2")],
+        name="legacy",
+    )
     seq_h5(np.zeros((1, 5), np.float32))
     seq_h5.compile(loss="mse", optimizer="adam")
     seq_h5.save(d / "legacy.h5")
@@ -106,12 +118,13 @@ def models(tmp_path_factory, keras):
     np.save(d / "y1.npy", rng.normal(size=(7, 1)).astype(np.float32))
 
     # nested two levels deep: outer -> block (functional) -> inner (Sequential)
-    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(6, activation="tanh",
-                                                                    name="deep")],
-                             name="inner")
+    inner = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(6, activation="tanh", name="deep")], name="inner"
+    )
     bin_ = keras.Input((6,))
-    block = keras.Model(bin_, keras.layers.Dense(4, activation="tanh", name="post")(inner(bin_)),
-                        name="block")
+    block = keras.Model(
+        bin_, keras.layers.Dense(4, activation="tanh", name="post")(inner(bin_)), name="block"
+    )
     x = keras.Input((5,), name="features")
     h = keras.layers.Dense(6, activation="tanh", name="pre")(x)
     nested = keras.Model(x, keras.layers.Dense(2, name="head")(block(h)), name="nested")
@@ -124,19 +137,29 @@ def models(tmp_path_factory, keras):
     a = keras.Input((4,), name="a")
     b = keras.Input((3,), name="b")
     t = keras.layers.Dense(8, activation="tanh", name="trunk")(
-        keras.layers.Concatenate(name="concat")([a, b]))
+        keras.layers.Concatenate(name="concat")([a, b])
+    )
     cls = keras.layers.Dense(3, name="cls")(t)
-    reg = keras.layers.Dense(1, name="reg")(keras.layers.Dense(4, activation="tanh",
-                                                               name="reg_hidden")(t))
+    reg = keras.layers.Dense(1, name="reg")(
+        keras.layers.Dense(4, activation="tanh", name="reg_hidden")(t)
+    )
     two = keras.Model([a, b], {"cls": cls, "reg": reg}, name="two_io")
-    two.compile(loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      "reg": "mse"}, loss_weights={"cls": 1.0, "reg": 0.5})
+    two.compile(
+        loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "reg": "mse"},
+        loss_weights={"cls": 1.0, "reg": 0.5},
+    )
     two.save(d / "two_io.keras")
     m["two_io"] = d / "two_io.keras"
-    np.savez(d / "two_x.npz", a=rng.normal(size=(7, 4)).astype(np.float32),
-             b=rng.normal(size=(7, 3)).astype(np.float32))
-    np.savez(d / "two_y.npz", cls=rng.integers(0, 3, size=(7,)),
-             reg=rng.normal(size=(7, 1)).astype(np.float32))
+    np.savez(
+        d / "two_x.npz",
+        a=rng.normal(size=(7, 4)).astype(np.float32),
+        b=rng.normal(size=(7, 3)).astype(np.float32),
+    )
+    np.savez(
+        d / "two_y.npz",
+        cls=rng.integers(0, 3, size=(7,)),
+        reg=rng.normal(size=(7, 1)).astype(np.float32),
+    )
 
     # a small smooth CNN on 8x8x2 "images" (for IG and PNGs)
     img = keras.Input((8, 8, 2), name="image")

@@ -35,8 +35,9 @@ def test_help_is_fast_and_version_matches():
     from gradcli import __version__
 
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "gradcli", "--version"], capture_output=True,
-                          text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradcli", "--version"], capture_output=True, text=True, cwd=ROOT
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"gradcli {__version__}"
@@ -59,17 +60,20 @@ def test_top_level_help_lists_commands_and_exit_codes(cli):
     assert "Exit codes" in r.out
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["wrt-input", "m.keras"], "Missing argument 'INPUT'"),
-    (["wrt-input", "--bogus", "m.keras", "x.npy"], "No such option: --bogus"),
-    (["wrt-input", "m.keras", "x.npy", "--method", "magic"], "magic"),
-    (["wrt-input", "m.keras", "x.npy", "--batch-size", "0"], "batch-size"),
-    (["wrt-input", "m.keras", "x.npy", "--fail-on", "purple"], "--fail-on 'purple'"),
-    (["wrt-weights", "m.keras", "x.npy", "--shard", "5/2"], "--shard"),
-    (["wrt-input", "m.keras", "x.npy", "--baseline", "b.npy"], "--baseline goes with"),
-    (["check", "m.keras", "x.npy", "--wrt", "layers"], "layers"),
-    (["nonsense"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["wrt-input", "m.keras"], "Missing argument 'INPUT'"),
+        (["wrt-input", "--bogus", "m.keras", "x.npy"], "No such option: --bogus"),
+        (["wrt-input", "m.keras", "x.npy", "--method", "magic"], "magic"),
+        (["wrt-input", "m.keras", "x.npy", "--batch-size", "0"], "batch-size"),
+        (["wrt-input", "m.keras", "x.npy", "--fail-on", "purple"], "--fail-on 'purple'"),
+        (["wrt-weights", "m.keras", "x.npy", "--shard", "5/2"], "--shard"),
+        (["wrt-input", "m.keras", "x.npy", "--baseline", "b.npy"], "--baseline goes with"),
+        (["check", "m.keras", "x.npy", "--wrt", "layers"], "layers"),
+        (["nonsense"], "No such command"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(cli, args, fragment):
     r = cli(*args)
     assert r.code == 2

@@ -23,8 +23,17 @@ def test_jacobian_of_linear_model_is_the_kernel(cli, models, tmp_path):
 def test_jacobian_multi_input_against_tape(cli, models, tmp_path, tf):
     xs = npz(models["dir"] / "two_x.npz")
     out = tmp_path / "j.npz"
-    r = cli("jacobian", models["two_io"], models["dir"] / "two_x.npz", "--output", "cls",
-            "-o", out, "-b", "4")
+    r = cli(
+        "jacobian",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--output",
+        "cls",
+        "-o",
+        out,
+        "-b",
+        "4",
+    )
     assert r.code == 0, r.err
     j = npz(out)
     model = load(models["two_io"])
@@ -32,16 +41,25 @@ def test_jacobian_multi_input_against_tape(cli, models, tmp_path, tf):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([a, b])
         y = model([a, b])["cls"]
-    np.testing.assert_allclose(j["a"][2], tape.jacobian(y, a).numpy()[0, :, 0], rtol=1e-5,
-                               atol=1e-7)
-    np.testing.assert_allclose(j["b"][2], tape.jacobian(y, b).numpy()[0, :, 0], rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        j["a"][2], tape.jacobian(y, a).numpy()[0, :, 0], rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        j["b"][2], tape.jacobian(y, b).numpy()[0, :, 0], rtol=1e-5, atol=1e-7
+    )
     assert j["a"].shape == (7, 3, 4) and j["b"].shape == (7, 3, 3)
 
 
 def test_jacobian_refuses_too_many_elements_and_ambiguous_output(cli, models, tmp_path):
-    r = cli("jacobian", models["linear"], models["dir"] / "x5.npy", "--max-elements", "100",
-            "-o", tmp_path / "j.npz")
+    r = cli(
+        "jacobian",
+        models["linear"],
+        models["dir"] / "x5.npy",
+        "--max-elements",
+        "100",
+        "-o",
+        tmp_path / "j.npz",
+    )
     assert r.code == 2
     assert "105" in r.err and "--max-elements" in r.err
     assert not (tmp_path / "j.npz").exists()
@@ -51,8 +69,16 @@ def test_jacobian_refuses_too_many_elements_and_ambiguous_output(cli, models, tm
 
 @pytest.mark.parametrize("wrt", ["input", "weights"])
 def test_check_passes_on_a_correct_model(cli, models, wrt):
-    r = cli("check", models["two_io"], models["dir"] / "two_x.npz", "--target",
-            models["dir"] / "two_y.npz", "--wrt", wrt, "--json")
+    r = cli(
+        "check",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--target",
+        models["dir"] / "two_y.npz",
+        "--wrt",
+        wrt,
+        "--json",
+    )
     assert r.code == 0, r.err
     rec = json.loads(r.out)
     assert rec["precision"] == "float64"
@@ -62,8 +88,16 @@ def test_check_passes_on_a_correct_model(cli, models, wrt):
 
 def test_check_finite_differences_are_real(cli, models):
     # a step so large that central differences of tanh layers are visibly wrong: exit 1
-    r = cli("check", models["nested"], models["dir"] / "x5.npy", "--eps", "3", "--rtol",
-            "1e-6", "--json")
+    r = cli(
+        "check",
+        models["nested"],
+        models["dir"] / "x5.npy",
+        "--eps",
+        "3",
+        "--rtol",
+        "1e-6",
+        "--json",
+    )
     assert r.code == 1
     rec = json.loads(r.out)
     assert rec["gates"] == ["check"]
@@ -76,8 +110,16 @@ def test_check_finite_differences_are_real(cli, models):
 
 def test_check_autodiff_is_directional_derivative(cli, models):
     # linear model, sum objective: d mean_i o_i along v is <row sums of W / N, v>
-    r = cli("check", models["linear"], models["dir"] / "x5.npy", "--json", "--directions", "2",
-            "--seed", "5")
+    r = cli(
+        "check",
+        models["linear"],
+        models["dir"] / "x5.npy",
+        "--json",
+        "--directions",
+        "2",
+        "--seed",
+        "5",
+    )
     rec = json.loads(r.out)
     kernel = load(models["linear"]).get_layer("dense").kernel.numpy().astype(np.float64)
     rng = np.random.default_rng(5)
@@ -93,8 +135,18 @@ def test_api_matches_cli(cli, models, tmp_path):
     xs = npz(models["dir"] / "two_x.npz")
     ys = npz(models["dir"] / "two_y.npz")
     out = tmp_path / "w.npz"
-    assert cli("wrt-weights", models["two_io"], models["dir"] / "two_x.npz", "--target",
-               models["dir"] / "two_y.npz", "-o", out).code == 0
+    assert (
+        cli(
+            "wrt-weights",
+            models["two_io"],
+            models["dir"] / "two_x.npz",
+            "--target",
+            models["dir"] / "two_y.npz",
+            "-o",
+            out,
+        ).code
+        == 0
+    )
     api = gradcli.wrt_weights(models["two_io"], xs, ys, batch_size=3)
     ref = npz(out)
     assert sorted(api) == sorted(ref)
@@ -104,10 +156,11 @@ def test_api_matches_cli(cli, models, tmp_path):
     x = np.load(models["dir"] / "x5.npy")
     g = gradcli.wrt_input(model, x, class_index=1)
     out = tmp_path / "i.npz"
-    assert cli("wrt-input", models["seqni"], models["dir"] / "x5.npy", "--class", "1", "-o",
-               out).code == 0
-    np.testing.assert_allclose(next(iter(g.values())), next(iter(npz(out).values())),
-                               rtol=1e-6)
+    assert (
+        cli("wrt-input", models["seqni"], models["dir"] / "x5.npy", "--class", "1", "-o", out).code
+        == 0
+    )
+    np.testing.assert_allclose(next(iter(g.values())), next(iter(npz(out).values())), rtol=1e-6)
     layer = gradcli.wrt_layer(models["nested"], x, "block/post")
     assert layer["block/post"].shape == (7, 4)
 

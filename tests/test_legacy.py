@@ -67,25 +67,35 @@ def test_tfkeras_savedmodel_gradients(cli, legacy, tf, tmp_path):
     x_path, y_path = _targets(legacy)
     x = tf.constant(w["x"])
     # wrt-input with the compiled per-output losses and weights
-    r = cli("wrt-input", w["path"], x_path, "--target", y_path, "-o", tmp_path / "i.npz",
-            "-b", "3")
+    r = cli("wrt-input", w["path"], x_path, "--target", y_path, "-o", tmp_path / "i.npz", "-b", "3")
     assert r.code == 0, r.err
     with tf.GradientTape() as tape:
         tape.watch(x)
         _, _, cls, reg = _two_head(tf, w, x)
         o = tf.reduce_sum(_per_sample_loss(tf, w, cls, reg))
-    np.testing.assert_allclose(npz(tmp_path / "i.npz")["x"], tape.gradient(o, x).numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        npz(tmp_path / "i.npz")["x"], tape.gradient(o, x).numpy(), rtol=1e-5, atol=1e-6
+    )
     # wrt-layer on the custom layer
-    r = cli("wrt-layer", w["path"], x_path, "--layer", "scale", "--output", "reg", "-o",
-            tmp_path / "l.npz")
+    r = cli(
+        "wrt-layer",
+        w["path"],
+        x_path,
+        "--layer",
+        "scale",
+        "--output",
+        "reg",
+        "-o",
+        tmp_path / "l.npz",
+    )
     assert r.code == 0, r.err
     _, s, _, _ = _two_head(tf, w, x)
     with tf.GradientTape() as tape:
         tape.watch(s)
         o = tf.reduce_sum(s @ w["reg_kernel"] + w["reg_bias"])
-    np.testing.assert_allclose(npz(tmp_path / "l.npz")["scale"], tape.gradient(o, s).numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        npz(tmp_path / "l.npz")["scale"], tape.gradient(o, s).numpy(), rtol=1e-5, atol=1e-6
+    )
     # wrt-weights: the full-batch mean of the weighted losses
     r = cli("wrt-weights", w["path"], x_path, "--target", y_path, "-o", tmp_path / "w.npz")
     assert r.code == 0, r.err
@@ -96,8 +106,9 @@ def test_tfkeras_savedmodel_gradients(cli, legacy, tf, tmp_path):
         o = tf.reduce_mean(_per_sample_loss(tf, w, cls, reg))
     ref = dict(zip(names, tape.gradient(o, [variables[n] for n in names]), strict=True))
     got = npz(tmp_path / "w.npz")
-    assert sorted(got) == sorted(["h/kernel", "h/bias", "scale/alpha", "cls/kernel", "cls/bias",
-                                  "reg/kernel", "reg/bias"])
+    assert sorted(got) == sorted(
+        ["h/kernel", "h/bias", "scale/alpha", "cls/kernel", "cls/bias", "reg/kernel", "reg/bias"]
+    )
     np.testing.assert_allclose(got["scale/alpha"], ref["alpha"].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["h/kernel"], ref["h_kernel"].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["reg/bias"], ref["reg_bias"].numpy(), rtol=1e-5, atol=1e-6)
@@ -114,8 +125,15 @@ def test_old_h5_loads_with_loss_from_training_config(cli, legacy, tf, tmp_path):
     np.save(d / "old_x.npy", old["x"])
     y = np.ones((len(old["x"]), 2), np.float32)
     np.save(d / "old_y.npy", y)
-    r = cli("wrt-input", old["path"], d / "old_x.npy", "--target", d / "old_y.npy", "-o",
-            tmp_path / "g.npz")
+    r = cli(
+        "wrt-input",
+        old["path"],
+        d / "old_x.npy",
+        "--target",
+        d / "old_y.npy",
+        "-o",
+        tmp_path / "g.npz",
+    )
     assert r.code == 0, r.err
     x = tf.constant(old["x"])
     with tf.GradientTape() as tape:
@@ -129,7 +147,7 @@ def test_old_h5_loads_with_loss_from_training_config(cli, legacy, tf, tmp_path):
 
 # ------------------------------------------------------------------ the oneDNN crash
 
-REFERENCE = textwrap.dedent('''
+REFERENCE = textwrap.dedent("""
     import os, sys
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     import numpy as np, keras, tensorflow as tf
@@ -140,7 +158,7 @@ REFERENCE = textwrap.dedent('''
         o = tf.reduce_sum(model(x))
     gx, gk = tape.gradient(o, [x, model.trainable_variables[0]])
     np.savez(sys.argv[3], x=gx.numpy(), k=gk.numpy() / len(x))
-''')
+""")
 
 
 @pytest.fixture(scope="session")
@@ -152,15 +170,23 @@ def crash_case(tmp_path_factory):
     model.save(d / "strided.keras")
     np.save(d / "x.npy", np.asarray(x))
     (d / "reference.py").write_text(REFERENCE)
-    proc = subprocess.run([sys.executable, str(d / "reference.py"), str(d / "strided.keras"),
-                           str(d / "x.npy"), str(d / "ref.npz")], capture_output=True,
-                          text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(d / "reference.py"),
+            str(d / "strided.keras"),
+            str(d / "x.npy"),
+            str(d / "ref.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     return d
 
 
-@pytest.mark.parametrize("command, key", [("wrt-input", "image"),
-                                          ("wrt-weights", "conv/kernel")])
+@pytest.mark.parametrize("command, key", [("wrt-input", "image"), ("wrt-weights", "conv/kernel")])
 def test_onednn_crash_falls_back_and_matches_reference(crash_case, tmp_path, command, key):
     d = crash_case
     out = tmp_path / "g.npz"
@@ -178,5 +204,6 @@ def test_onednn_crash_falls_back_and_matches_reference(crash_case, tmp_path, com
         assert line.startswith("warning: TensorFlow crashed (SIG")
     assert len(r.out.splitlines()) == 1
     ref = npz(d / "ref.npz")
-    np.testing.assert_allclose(npz(out)[key], ref["x" if command == "wrt-input" else "k"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        npz(out)[key], ref["x" if command == "wrt-input" else "k"], rtol=1e-5, atol=1e-5
+    )

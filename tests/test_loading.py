@@ -76,7 +76,10 @@ def test_info_directory_lists_every_model_sorted(cli):
     assert r.code == 0
     lines = [json.loads(line) for line in r.out.splitlines()]
     assert [rec["model"].rsplit("/", 1)[-1] for rec in lines] == [
-        "epoch_00.keras", "epoch_02.keras", "epoch_10.keras"]
+        "epoch_00.keras",
+        "epoch_02.keras",
+        "epoch_10.keras",
+    ]
 
 
 @pytest.fixture
@@ -91,13 +94,16 @@ def bad_models(tmp_path, models):
     return tmp_path
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("random.keras", "not a .keras archive"),
-    ("truncated.keras", "cannot load"),
-    ("random.h5", "cannot load"),
-    ("model.txt", "unknown model format"),
-    ("notsaved", "cannot load the SavedModel"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("random.keras", "not a .keras archive"),
+        ("truncated.keras", "cannot load"),
+        ("random.h5", "cannot load"),
+        ("model.txt", "unknown model format"),
+        ("notsaved", "cannot load the SavedModel"),
+    ],
+)
 def test_bad_model_files_exit_3(cli, bad_models, name, fragment):
     r = cli("info", bad_models / name)
     assert r.code == 3, r.err
@@ -127,27 +133,33 @@ def bad_inputs(tmp_path):
     (tmp_path / "random.npy").write_bytes(rng.bytes(500))
     full = (tmp_path / "ok.npy").read_bytes()
     (tmp_path / "truncated.npy").write_bytes(full[:-20])
-    np.savez(tmp_path / "missing_key.npz", other=np.zeros((3, 5), np.float32),
-             more=np.zeros((3, 5), np.float32))
+    np.savez(
+        tmp_path / "missing_key.npz",
+        other=np.zeros((3, 5), np.float32),
+        more=np.zeros((3, 5), np.float32),
+    )
     np.savez(tmp_path / "pickled.npz", x=np.array([Boom()], dtype=object))
     np.save(tmp_path / "ints.npy", np.arange(15).reshape(3, 5))
     np.save(tmp_path / "bools.npy", np.ones((3, 5), bool))
     return tmp_path
 
 
-@pytest.mark.parametrize("name, fragment", [
-    ("wrong_shape.npy", "expected shape (N, 5) for input 'x', got (3, 6)"),
-    ("wrong_rank.npy", "expected shape (N, 5) for input 'x', got (3, 5, 1)"),
-    ("strings.npy", "holds strings"),
-    ("zero.npy", "has 0 samples"),
-    ("pickled.npy", "never unpickles"),
-    ("pickled.npz", "never unpickles"),
-    ("scalar.npy", "is a scalar"),
-    ("random.npy", "not a .npy file"),
-    ("truncated.npy", "truncated"),
-    ("missing_key.npz", "no array for 'x'"),
-    ("missing.npy", "no such file"),
-])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("wrong_shape.npy", "expected shape (N, 5) for input 'x', got (3, 6)"),
+        ("wrong_rank.npy", "expected shape (N, 5) for input 'x', got (3, 5, 1)"),
+        ("strings.npy", "holds strings"),
+        ("zero.npy", "has 0 samples"),
+        ("pickled.npy", "never unpickles"),
+        ("pickled.npz", "never unpickles"),
+        ("scalar.npy", "is a scalar"),
+        ("random.npy", "not a .npy file"),
+        ("truncated.npy", "truncated"),
+        ("missing_key.npz", "no array for 'x'"),
+        ("missing.npy", "no such file"),
+    ],
+)
 def test_bad_inputs_exit_3_with_one_line(cli, models, bad_inputs, name, fragment):
     marker = "/tmp/gradcli-pickle-ran"
     import os
@@ -169,8 +181,7 @@ def test_integer_and_bool_inputs_are_cast(cli, models, bad_inputs):
     model = load(models["linear"])
     kernel = model.get_layer("dense").kernel.numpy()
     for name in ("ints.npy", "bools.npy"):
-        r = cli("wrt-input", models["linear"], bad_inputs / name, "-o",
-                bad_inputs / f"{name}.npz")
+        r = cli("wrt-input", models["linear"], bad_inputs / name, "-o", bad_inputs / f"{name}.npz")
         assert r.code == 0, r.err
         g = np.load(bad_inputs / f"{name}.npz")["x"]
         np.testing.assert_allclose(g, np.tile(kernel.sum(axis=1), (3, 1)), rtol=1e-6)
@@ -178,15 +189,19 @@ def test_integer_and_bool_inputs_are_cast(cli, models, bad_inputs):
 
 def test_target_sample_count_must_match(cli, models, tmp_path):
     np.save(tmp_path / "y.npy", np.zeros((4, 3), np.float32))
-    r = cli("wrt-input", models["linear"], models["dir"] / "x5.npy", "--target",
-            tmp_path / "y.npy")
+    r = cli("wrt-input", models["linear"], models["dir"] / "x5.npy", "--target", tmp_path / "y.npy")
     assert r.code == 3
     assert "has 4 samples, but the input has 7" in r.err
 
 
 def test_unknown_compiled_loss_needs_loss(cli, models):
-    r = cli("wrt-input", models["linear_export"], models["dir"] / "x5.npy", "--target",
-            models["dir"] / "y3.npy")
+    r = cli(
+        "wrt-input",
+        models["linear_export"],
+        models["dir"] / "x5.npy",
+        "--target",
+        models["dir"] / "y3.npy",
+    )
     assert r.code == 2
     assert "--loss" in r.err
 

@@ -15,10 +15,10 @@ import pytest
 
 from conftest import ROOT, SAMPLES, npz, run_process
 
-# A custom layer (loaded with --import) that behaves like TensorFlow's oneDNN crash: it kills
-# its process with SIGSEGV whenever oneDNN is on, and is an identity otherwise. It also can
-# sleep, to be interrupted.
-CRASHY = textwrap.dedent('''
+# A custom layer (loaded with --import) that behaves like TensorFlow's oneDNN crash: when armed
+# (CRASHY_ARMED=1, set only for the gradcli processes under test) it kills its process with
+# SIGSEGV whenever oneDNN is on, and is an identity otherwise. It also can sleep.
+CRASHY = textwrap.dedent("""
     import os, signal, time
     import keras
 
@@ -29,7 +29,8 @@ CRASHY = textwrap.dedent('''
             self.sleep = sleep
 
         def call(self, x):
-            if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0":
+            armed = os.environ.get("CRASHY_ARMED") == "1"
+            if armed and os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0":
                 os.kill(os.getpid(), signal.SIGSEGV)
             if self.sleep:
                 time.sleep(self.sleep)
@@ -37,7 +38,10 @@ CRASHY = textwrap.dedent('''
 
         def get_config(self):
             return {**super().get_config(), "sleep": self.sleep}
-''')
+""")
+
+
+ARMED = {"CRASHY_ARMED": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +53,8 @@ def crashy(tmp_path_factory, keras):
         import crashy_layer
     finally:
         sys.path.remove(str(d))
-    for name, sleep in (("crashy", 0.0), ("sleepy", 30.0)):
+    # sleepy sleeps at each call: when the model is built and loaded, and again when traced
+    for name, sleep in (("crashy", 0.0), ("sleepy", 4.0)):
         x = keras.Input((4,), name="x")
         h = crashy_layer.Crashy(sleep=sleep, name="crash")(x)
         model = keras.Model(x, keras.layers.Dense(2, name="dense")(h))
@@ -68,8 +73,9 @@ def test_worker_result_equals_in_process_and_stdout_is_only_json(cli, tmp_path):
     rec = json.loads(lines[0])
     assert rec["command"] == "wrt-input"
     assert cli(*args, "-o", tmp_path / "i.npz").code == 0
-    np.testing.assert_array_equal(npz(tmp_path / "p.npz")["features"],
-                                  npz(tmp_path / "i.npz")["features"])
+    np.testing.assert_array_equal(
+        npz(tmp_path / "p.npz")["features"], npz(tmp_path / "i.npz")["features"]
+    )
 
 
 def test_errors_from_the_worker_are_one_line(tmp_path):
@@ -85,8 +91,17 @@ def test_errors_from_the_worker_are_one_line(tmp_path):
 
 def test_crash_with_onednn_on_is_rerun_with_it_off(crashy, tmp_path):
     out = tmp_path / "g.npz"
-    r = run_process("wrt-input", crashy / "crashy.keras", crashy / "x.npy", "--import",
-                    crashy / "crashy_layer.py", "--json", "-o", out)
+    r = run_process(
+        "wrt-input",
+        crashy / "crashy.keras",
+        crashy / "x.npy",
+        "--import",
+        crashy / "crashy_layer.py",
+        "--json",
+        "-o",
+        out,
+        env=ARMED,
+    )
     assert r.code == 0, r.err
     warnings = r.err.strip().splitlines()
     assert len(warnings) == 1 and warnings[0].startswith("warning: TensorFlow crashed (SIGSEGV)")
@@ -98,6 +113,7 @@ def test_crash_with_onednn_on_is_rerun_with_it_off(crashy, tmp_path):
     sys.path.insert(0, str(crashy))
     try:
         import crashy_layer  # noqa: F401 - registers the layer for loading
+
         kernel = load(crashy / "crashy.keras").get_layer("dense").kernel.numpy()
     finally:
         sys.path.remove(str(crashy))
@@ -107,9 +123,18 @@ def test_crash_with_onednn_on_is_rerun_with_it_off(crashy, tmp_path):
 
 
 def test_crash_without_fallback_is_exit_4(crashy, tmp_path):
-    for extra, env in (([], {"TF_ENABLE_ONEDNN_OPTS": "1"}), (["--onednn", "on"], {})):
-        r = run_process("wrt-weights", crashy / "crashy.keras", crashy / "x.npy", "--import",
-                        crashy / "crashy_layer.py", "-o", tmp_path / "w.npz", *extra, env=env)
+    for extra, env in (([], {**ARMED, "TF_ENABLE_ONEDNN_OPTS": "1"}), (["--onednn", "on"], ARMED)):
+        r = run_process(
+            "wrt-weights",
+            crashy / "crashy.keras",
+            crashy / "x.npy",
+            "--import",
+            crashy / "crashy_layer.py",
+            "-o",
+            tmp_path / "w.npz",
+            *extra,
+            env=env,
+        )
         assert r.code == 4
         assert r.err.strip().startswith("error: TensorFlow crashed (SIGSEGV)")
         assert "--onednn off" in r.err
@@ -123,14 +148,28 @@ def test_interrupt_leaves_no_output_and_exits_130(crashy, tmp_path):
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
     env.pop("GRADCLI_INPROCESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gradcli", "wrt-input", str(crashy / "sleepy.keras"),
-         str(crashy / "x.npy"), "--import", str(crashy / "crashy_layer.py"), "-o", str(out)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "gradcli",
+            "wrt-input",
+            str(crashy / "sleepy.keras"),
+            str(crashy / "x.npy"),
+            "--import",
+            str(crashy / "crashy_layer.py"),
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     # wait until the worker is computing (its temp file exists), then press Ctrl-C
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.endswith(".tmp")
-                                             for p in tmp_path.iterdir()):
+    while time.time() < deadline and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
         time.sleep(0.2)
     assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), "worker never started"
     os.killpg(proc.pid, signal.SIGINT)

@@ -39,8 +39,19 @@ def _seq_reference(tf, model, x, split, objective):
 @pytest.mark.parametrize("batch", ["1", "3"])
 def test_sequential_without_input_by_name_and_index(cli, models, tmp_path, tf, spec, batch):
     x = np.load(models["dir"] / "x5.npy")
-    g, _ = run(cli, tmp_path, "wrt-layer", models["seqni"], models["dir"] / "x5.npy",
-               "--layer", spec, "--class", "3", "-b", batch)
+    g, _ = run(
+        cli,
+        tmp_path,
+        "wrt-layer",
+        models["seqni"],
+        models["dir"] / "x5.npy",
+        "--layer",
+        spec,
+        "--class",
+        "3",
+        "-b",
+        batch,
+    )
     model = load(models["seqni"])
     _, ref = _seq_reference(tf, model, x, 2, lambda y: tf.reduce_sum(y[:, 3]))
     assert list(g) == ["d2"]
@@ -49,8 +60,19 @@ def test_sequential_without_input_by_name_and_index(cli, models, tmp_path, tf, s
 
 def test_layer_two_levels_deep_and_two_layers_together(cli, models, tmp_path, tf):
     x = np.load(models["dir"] / "x5.npy")
-    g, r = run(cli, tmp_path, "wrt-layer", models["nested"], models["dir"] / "x5.npy",
-               "--layer", "block/inner/deep", "--layer", "pre", "-b", "2")
+    g, r = run(
+        cli,
+        tmp_path,
+        "wrt-layer",
+        models["nested"],
+        models["dir"] / "x5.npy",
+        "--layer",
+        "block/inner/deep",
+        "--layer",
+        "pre",
+        "-b",
+        "2",
+    )
     assert sorted(g) == ["block/inner/deep", "pre"]
     model = load(models["nested"])
     block = model.get_layer("block")
@@ -60,8 +82,9 @@ def test_layer_two_levels_deep_and_two_layers_together(cli, models, tmp_path, tf
     with tf.GradientTape() as tape:
         tape.watch(a)
         o = tf.reduce_sum(model.get_layer("head")(block.get_layer("post")(a)))
-    np.testing.assert_allclose(g["block/inner/deep"], tape.gradient(o, a).numpy(), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        g["block/inner/deep"], tape.gradient(o, a).numpy(), rtol=1e-5, atol=1e-7
+    )
     with tf.GradientTape() as tape:
         tape.watch(pre)
         o = tf.reduce_sum(model.get_layer("head")(block(pre)))
@@ -71,8 +94,21 @@ def test_layer_two_levels_deep_and_two_layers_together(cli, models, tmp_path, tf
 
 def test_multi_output_with_output_and_class(cli, models, tmp_path, tf):
     xs = npz(models["dir"] / "two_x.npz")
-    g, _ = run(cli, tmp_path, "wrt-layer", models["two_io"], models["dir"] / "two_x.npz",
-               "--layer", "trunk", "--output", "cls", "--class", "2", "-b", "4")
+    g, _ = run(
+        cli,
+        tmp_path,
+        "wrt-layer",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--layer",
+        "trunk",
+        "--output",
+        "cls",
+        "--class",
+        "2",
+        "-b",
+        "4",
+    )
     model = load(models["two_io"])
     h = model.get_layer("concat")([tf.constant(xs["a"]), tf.constant(xs["b"])])
     t = model.get_layer("trunk")(h)
@@ -85,8 +121,19 @@ def test_multi_output_with_output_and_class(cli, models, tmp_path, tf):
 def test_layer_gradient_with_compiled_loss(cli, models, tmp_path, tf, keras):
     xs = npz(models["dir"] / "two_x.npz")
     ys = npz(models["dir"] / "two_y.npz")
-    g, _ = run(cli, tmp_path, "wrt-layer", models["two_io"], models["dir"] / "two_x.npz",
-               "--layer", "reg_hidden", "--target", models["dir"] / "two_y.npz", "-b", "3")
+    g, _ = run(
+        cli,
+        tmp_path,
+        "wrt-layer",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--layer",
+        "reg_hidden",
+        "--target",
+        models["dir"] / "two_y.npz",
+        "-b",
+        "3",
+    )
     model = load(models["two_io"])
     t = model.get_layer("trunk")(model.get_layer("concat")([xs["a"], xs["b"]]))
     hidden = model.get_layer("reg_hidden")(t)
@@ -94,21 +141,26 @@ def test_layer_gradient_with_compiled_loss(cli, models, tmp_path, tf, keras):
         tape.watch(hidden)
         reg = model.get_layer("reg")(hidden)
         o = tf.reduce_sum(0.5 * keras.losses.mean_squared_error(ys["reg"], reg))
-    np.testing.assert_allclose(g["reg_hidden"], tape.gradient(o, hidden).numpy(), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        g["reg_hidden"], tape.gradient(o, hidden).numpy(), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_input_layer_gradient_equals_wrt_input(cli, models, tmp_path):
-    g, _ = run(cli, tmp_path, "wrt-layer", models["linear"], models["dir"] / "x5.npy",
-               "--layer", "x")
+    g, _ = run(
+        cli, tmp_path, "wrt-layer", models["linear"], models["dir"] / "x5.npy", "--layer", "x"
+    )
     kernel = load(models["linear"]).get_layer("dense").kernel.numpy()
     np.testing.assert_allclose(g["x"], np.tile(kernel.sum(axis=1), (7, 1)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("spec, fragment", [
-    ("d22", "no layer 'd22'"),
-    ("7", "out of range"),
-])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("d22", "no layer 'd22'"),
+        ("7", "out of range"),
+    ],
+)
 def test_unknown_layer_exit_3(cli, models, spec, fragment):
     r = cli("wrt-layer", models["seqni"], models["dir"] / "x5.npy", "--layer", spec)
     assert r.code == 3
@@ -125,8 +177,15 @@ def test_savedmodel_has_no_layers(cli, models):
 
 def test_sample_sequential_h5_layer_by_index(cli, tmp_path, tf, keras):
     x = np.load(SAMPLES / "legacy_x.npy")
-    g, _ = run(cli, tmp_path, "wrt-layer", SAMPLES / "legacy_mlp.h5", SAMPLES / "legacy_x.npy",
-               "--layer", "0")
+    g, _ = run(
+        cli,
+        tmp_path,
+        "wrt-layer",
+        SAMPLES / "legacy_mlp.h5",
+        SAMPLES / "legacy_x.npy",
+        "--layer",
+        "0",
+    )
     model = keras.saving.load_model(SAMPLES / "legacy_mlp.h5", compile=False)
     _, ref = _seq_reference(tf, model, x, 1, tf.reduce_sum)
     np.testing.assert_allclose(g["d1"], ref, rtol=1e-5, atol=1e-6)
@@ -145,15 +204,24 @@ def _mean_weight_grads(tf, model, variables, objective_sum, n):
 def test_weights_full_batch_mean_with_weighted_losses(cli, models, tmp_path, tf, keras, batch):
     xs = npz(models["dir"] / "two_x.npz")
     ys = npz(models["dir"] / "two_y.npz")
-    g, r = run(cli, tmp_path, "wrt-weights", models["two_io"], models["dir"] / "two_x.npz",
-               "--target", models["dir"] / "two_y.npz", "-b", batch)
+    g, r = run(
+        cli,
+        tmp_path,
+        "wrt-weights",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--target",
+        models["dir"] / "two_y.npz",
+        "-b",
+        batch,
+    )
     model = load(models["two_io"])
     # Keras's own reduction of its compiled losses: the batch mean, as SPEC requires
     with tf.GradientTape() as tape:
         out = model([xs["a"], xs["b"]])
-        loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=True)(ys["cls"],
-                                                                             out["cls"])
-                + 0.5 * keras.losses.MeanSquaredError()(ys["reg"], out["reg"]))
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+            ys["cls"], out["cls"]
+        ) + 0.5 * keras.losses.MeanSquaredError()(ys["reg"], out["reg"])
     ref = tape.gradient(loss, model.trainable_variables)
     for v, gv in zip(model.trainable_variables, ref, strict=True):
         np.testing.assert_allclose(g[v.path], gv.numpy(), rtol=1e-5, atol=1e-7)
@@ -163,8 +231,19 @@ def test_weights_full_batch_mean_with_weighted_losses(cli, models, tmp_path, tf,
 def test_weights_on_savedmodel(cli, models, tmp_path, tf, keras):
     x = np.load(models["dir"] / "x5.npy")
     y = np.load(models["dir"] / "y3.npy")
-    g, _ = run(cli, tmp_path, "wrt-weights", models["linear_export"], models["dir"] / "x5.npy",
-               "--target", models["dir"] / "y3.npy", "--loss", "mse", "-b", "3")
+    g, _ = run(
+        cli,
+        tmp_path,
+        "wrt-weights",
+        models["linear_export"],
+        models["dir"] / "x5.npy",
+        "--target",
+        models["dir"] / "y3.npy",
+        "--loss",
+        "mse",
+        "-b",
+        "3",
+    )
     model = load(models["linear"])
     with tf.GradientTape() as tape:
         loss = keras.losses.MeanSquaredError()(y, model(x))
@@ -177,8 +256,16 @@ def test_weights_on_savedmodel(cli, models, tmp_path, tf, keras):
 def test_weights_nested_variables_and_flow(cli, models, tmp_path, tf):
     x = np.load(models["dir"] / "x5.npy")
     out = tmp_path / "w.npz"
-    r = cli("wrt-weights", models["nested"], models["dir"] / "x5.npy", "-o", out, "--json",
-            "--png", tmp_path / "flow.png")
+    r = cli(
+        "wrt-weights",
+        models["nested"],
+        models["dir"] / "x5.npy",
+        "-o",
+        out,
+        "--json",
+        "--png",
+        tmp_path / "flow.png",
+    )
     assert r.code == 0, r.err
     rec = json.loads(r.out)
     model = load(models["nested"])
@@ -192,8 +279,9 @@ def test_weights_nested_variables_and_flow(cli, models, tmp_path, tf):
     assert layers == ["pre", "block/inner/deep", "block/post", "head"]
     kernel = next(t for t in rec["tensors"] if t["name"] == "pre/kernel")
     theta = model.get_layer("pre").kernel.numpy()
-    assert kernel["relative"] == pytest.approx(np.linalg.norm(g["pre/kernel"])
-                                               / np.linalg.norm(theta), rel=1e-5)
+    assert kernel["relative"] == pytest.approx(
+        np.linalg.norm(g["pre/kernel"]) / np.linalg.norm(theta), rel=1e-5
+    )
     assert (tmp_path / "flow.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -203,8 +291,15 @@ def test_nan_weight_trips_nonfinite_gate(cli, models):
     r = cli("wrt-weights", models["nan"], models["dir"] / "x5.npy", *loss)
     assert r.code == 0
     assert "nonfinite" in r.out
-    r = cli("wrt-weights", models["nan"], models["dir"] / "x5.npy", *loss, "--fail-on",
-            "nonfinite", "--json")
+    r = cli(
+        "wrt-weights",
+        models["nan"],
+        models["dir"] / "x5.npy",
+        *loss,
+        "--fail-on",
+        "nonfinite",
+        "--json",
+    )
     assert r.code == 1
     rec = json.loads(r.out)
     assert rec["gates"] == ["nonfinite"]
@@ -212,26 +307,39 @@ def test_nan_weight_trips_nonfinite_gate(cli, models):
 
 def test_other_head_is_disconnected(cli, models, tmp_path):
     out = tmp_path / "w.npz"
-    r = cli("wrt-weights", models["two_io"], models["dir"] / "two_x.npz", "--output", "cls",
-            "--json", "-o", out)
+    r = cli(
+        "wrt-weights",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--output",
+        "cls",
+        "--json",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
     rec = json.loads(r.out)
     status = {t["name"]: t["status"] for t in rec["tensors"]}
-    assert status["reg/kernel"] == "disconnected" and status["reg_hidden/kernel"] == \
-        "disconnected"
+    assert status["reg/kernel"] == "disconnected" and status["reg_hidden/kernel"] == "disconnected"
     assert status["cls/kernel"] == "ok" and status["trunk/kernel"] == "ok"
     # disconnected variables are reported, not written as zeros
     assert "reg/kernel" not in npz(out) and "cls/kernel" in npz(out)
-    r = cli("wrt-weights", models["two_io"], models["dir"] / "two_x.npz", "--output", "cls",
-            "--fail-on", "disconnected,nonfinite")
+    r = cli(
+        "wrt-weights",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--output",
+        "cls",
+        "--fail-on",
+        "disconnected,nonfinite",
+    )
     assert r.code == 1
     assert "disconnected" in r.out and "gates tripped: disconnected" in r.out
 
 
 def test_zero_gradient_gate(cli, models, tmp_path):
     np.save(tmp_path / "zeros.npy", np.zeros((3, 5), np.float32))
-    r = cli("wrt-weights", models["linear"], tmp_path / "zeros.npy", "--json", "--fail-on",
-            "zero")
+    r = cli("wrt-weights", models["linear"], tmp_path / "zeros.npy", "--json", "--fail-on", "zero")
     rec = json.loads(r.out)
     status = {t["name"]: t["status"] for t in rec["tensors"]}
     assert status == {"dense/kernel": "zero", "dense/bias": "ok"}
@@ -239,14 +347,23 @@ def test_zero_gradient_gate(cli, models, tmp_path):
 
 
 def test_directory_of_models_with_shards(cli, tmp_path):
-    args = ["wrt-weights", SAMPLES / "checkpoints", SAMPLES / "tabular_x.npy", "--target",
-            SAMPLES / "tabular_y.npy", "--json"]
+    args = [
+        "wrt-weights",
+        SAMPLES / "checkpoints",
+        SAMPLES / "tabular_x.npy",
+        "--target",
+        SAMPLES / "tabular_y.npy",
+        "--json",
+    ]
     r = cli(*args, "-o", tmp_path / "all")
     assert r.code == 0, r.err
     records = [json.loads(line) for line in r.out.splitlines()]
     assert len(records) == 3
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [
-        "epoch_00.npz", "epoch_02.npz", "epoch_10.npz"]
+        "epoch_00.npz",
+        "epoch_02.npz",
+        "epoch_10.npz",
+    ]
     shard = [json.loads(line) for line in cli(*args, "--shard", "1/2").out.splitlines()]
     assert [rec["model"] for rec in shard] == [records[1]["model"]]
     assert shard[0]["tensors"] == records[1]["tensors"]

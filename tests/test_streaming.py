@@ -1,0 +1,109 @@
+"""Streaming: memory-mapped inputs in batches, .npz written entry by entry and atomically."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import load, npz
+from gradcli.writers import NpzStreamWriter
+
+
+def test_large_memory_mapped_input_equals_in_memory(cli, models, tmp_path):
+    import gradcli
+
+    rng = np.random.default_rng(1)
+    big = np.lib.format.open_memmap(
+        tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(5000, 5)
+    )
+    big[:] = rng.normal(size=(5000, 5)).astype(np.float32)
+    big.flush()
+    in_memory = np.array(big)
+    del big
+    out = tmp_path / "g.npz"
+    r = cli(
+        "wrt-input", models["seqni"], tmp_path / "big.npy", "--class", "1", "-b", "333", "-o", out
+    )
+    assert r.code == 0, r.err
+    ref = gradcli.wrt_input(load(models["seqni"]), in_memory, class_index=1, batch_size=5000)
+    got = npz(out)
+    (key,) = got
+    np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_inputs_stored_and_compressed(cli, models, tmp_path, compressed):
+    xs = npz(models["dir"] / "two_x.npz")
+    save = np.savez_compressed if compressed else np.savez
+    save(tmp_path / "x.npz", **xs)
+    out_a, out_b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert cli("wrt-input", models["two_io"], tmp_path / "x.npz", "-o", out_a).code == 0
+    assert cli("wrt-input", models["two_io"], models["dir"] / "two_x.npz", "-o", out_b).code == 0
+    for k in ("a", "b"):
+        np.testing.assert_array_equal(npz(out_a)[k], npz(out_b)[k])
+
+
+def test_stream_writer_entries_and_atomicity(tmp_path):
+    path = tmp_path / "out.npz"
+    specs = {"first": ((5, 2), "<f4"), "nested/name": ((5, 3), "<f8"), "scalar": ((), "<f4")}
+    with NpzStreamWriter(path, specs) as w:
+        for start in (0, 2, 4):
+            stop = min(5, start + 2)
+            w.write("first", np.full((stop - start, 2), start, np.float32))
+            w.write("nested/name", np.full((stop - start, 3), -start, np.float64))
+        w.write("scalar", np.float32(7))
+        assert not path.exists()  # nothing at PATH before commit
+        w.commit()
+    data = npz(path)
+    assert data["first"][:, 0].tolist() == [0, 0, 2, 2, 4]
+    assert data["nested/name"].dtype == np.float64 and data["nested/name"][4, 0] == -4
+    assert float(data["scalar"]) == 7
+    with zipfile.ZipFile(path) as zf:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]
+
+
+def test_failed_write_leaves_previous_file_untouched(tmp_path):
+    path = tmp_path / "out.npz"
+    path.write_bytes(b"previous")
+    with pytest.raises(RuntimeError, match="boom"):
+        with NpzStreamWriter(path, {"a": ((4, 2), "<f4"), "b": ((4,), "<f4")}) as w:
+            w.write("a", np.zeros((2, 2), np.float32))
+            w.write("b", np.zeros((2,), np.float32))
+            raise RuntimeError("boom")
+    assert path.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]
+    w = NpzStreamWriter(path, {"a": ((4, 2), "<f4")})
+    w.write("a", np.zeros((2, 2), np.float32))
+    with pytest.raises(RuntimeError, match="2 of 4 rows"):
+        w.commit()
+    assert path.read_bytes() == b"previous"
+
+
+def test_gradient_error_leaves_no_output(cli, models, tmp_path):
+    out = tmp_path / "g.npz"
+    out.write_bytes(b"old")
+    r = cli(
+        "wrt-input",
+        models["two_io"],
+        models["dir"] / "two_x.npz",
+        "--target",
+        models["dir"] / "two_y.npz",
+        "--loss",
+        "no_such_loss",
+        "-o",
+        out,
+    )
+    assert r.code == 2
+    assert out.read_bytes() == b"old"
+    r = cli(
+        "wrt-input",
+        models["linear"],
+        models["dir"] / "x5.npy",
+        "-o",
+        tmp_path / "missing_dir" / "g.npz",
+    )
+    assert r.code == 3 and "does not exist" in r.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.npz"]
