@@ -198,10 +198,9 @@ def _walk_layers(model: Any, prefix: str, top: bool, depth: int):
 def _is_model(layer: Any) -> bool:
     if isinstance(layer, keras.Model):
         return True
-    try:
-        return isinstance(layer, tf_keras().Model)
-    except ImportError:  # pragma: no cover - tf-keras is a dependency
+    if "tf_keras" not in sys.modules:  # no tf.keras 2 model was loaded: nothing to check
         return False
+    return isinstance(layer, tf_keras().Model)
 
 
 def _layer_output_shape(layer: Any) -> str:

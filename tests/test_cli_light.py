@@ -94,3 +94,20 @@ def test_remote_and_missing_models_exit_3_without_tensorflow(cli, tmp_path):
     assert r.err.strip() == f"error: {tmp_path / 'missing.keras'}: no such file or directory"
     r = cli("info", tmp_path)
     assert r.code == 3
+
+
+def test_progress_bar_renders_worker_events_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from gradcli.cli import _progress
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=80)
+    with _progress(console, enabled=True) as update:
+        update({"event": "progress", "index": 0, "done": 50, "total": 100})
+        update({"event": "progress", "index": 0, "done": 100, "total": 100})
+    assert "model 1" in buffer.getvalue()
+    with _progress(console, enabled=False) as update:
+        assert update is None
