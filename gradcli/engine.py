@@ -128,6 +128,47 @@ class LayerCapture:
         return result
 
 
+class Compiled:
+    """A tf.function traced once for any batch size, without AutoGraph.
+
+    gradcli's own code has no tensor-dependent Python control flow, and converting it costs
+    about a second per trace; a model whose own Python code needs AutoGraph (`if tensor:`)
+    gets a second trace with it.
+    """
+
+    def __init__(self, fn: Any, signature: list, jit: bool = False) -> None:
+        self.fn = fn
+        self.signature = signature
+        self.jit = jit
+        self.autograph = False
+        self.function = self._make()
+        self.traced = False
+
+    def _make(self) -> Any:
+        return tf.function(
+            self.fn,
+            input_signature=self.signature,
+            jit_compile=self.jit,
+            reduce_retracing=True,
+            autograph=self.autograph,
+        )
+
+    def __call__(self, *args: Any) -> Any:
+        if self.traced:
+            return self.function(*args)
+        try:
+            out = self.function(*args)
+        except tf.errors.OperatorNotAllowedInGraphError:
+            self.autograph = True
+            self.function = self._make()
+            out = self.function(*args)
+        self.traced = True
+        return out
+
+    def tracing_count(self) -> int:
+        return self.function.experimental_get_tracing_count()
+
+
 class GradientEngine:
     """One compiled tape per model, objective and set of watched tensors."""
 
@@ -210,10 +251,7 @@ class GradientEngine:
             )
             return o, grads["inputs"], grads["layers"], grads["weights"]
 
-        signature = [self._input_specs, self._target_specs(targets)]
-        self._grad_fn = tf.function(
-            step, input_signature=signature, jit_compile=self._jit, reduce_retracing=True
-        )
+        self._grad_fn = Compiled(step, [self._input_specs, self._target_specs(targets)], self._jit)
 
     def gradients(
         self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] = ()
@@ -240,9 +278,8 @@ class GradientEngine:
             def forward(xs, ys):
                 return self._objective(list(xs), list(ys))
 
-            signature = [self._input_specs, self._target_specs(targets)]
-            self._forward_fn = tf.function(
-                forward, input_signature=signature, jit_compile=self._jit, reduce_retracing=True
+            self._forward_fn = Compiled(
+                forward, [self._input_specs, self._target_specs(targets)], self._jit
             )
         try:
             return self._forward_fn(list(inputs), list(targets)).numpy()
@@ -273,7 +310,7 @@ def jacobian_function(
         del tape
         return out
 
-    return tf.function(jac, input_signature=[specs], jit_compile=jit, reduce_retracing=True)
+    return Compiled(jac, [specs], jit)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,25 @@ def test_api_errors_are_gradcli_errors(models):
         gradcli.wrt_input(models["two_io"], np.zeros((2, 4), np.float32))
     with pytest.raises(UsageError):
         gradcli.wrt_input(models["linear"], np.zeros((2, 5), np.float32), class_index=9)
+
+
+def test_model_code_that_needs_autograph_still_works(tf):
+    """The tape is traced without AutoGraph; a tf.keras 2 layer with `if tensor:` in its
+    call (tf-keras converts it only when AutoGraph is on) gets a second trace with it."""
+    import tf_keras
+
+    import gradcli
+    from gradcli.loading import KerasHandle
+
+    class Doubler(tf_keras.layers.Layer):
+        def call(self, x):
+            if tf.reduce_sum(x) > 0:  # a Python bool of a tensor: needs AutoGraph
+                return x * 2.0
+            return x * 3.0
+
+    inp = tf_keras.Input((3,), name="x")
+    model = tf_keras.Model(inp, Doubler()(inp))
+    handle = KerasHandle(model, Path("<doubler>"), "keras", "tf_keras", None)
+    x = np.array([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]], np.float32)
+    g = gradcli.wrt_input(handle, x, batch_size=1)
+    np.testing.assert_allclose(g["x"], [[2.0] * 3, [3.0] * 3])
