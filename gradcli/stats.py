@@ -46,14 +46,15 @@ class TensorStats:
         finite = np.isfinite(g)
         bad = int(g.size - np.count_nonzero(finite))
         self.nonfinite += bad
-        clean = np.where(finite, g, 0.0) if bad else g
-        a = np.abs(clean, dtype=np.float64)
+        clean = np.where(finite, g, 0) if bad else g
+        # |g| in the gradient's own dtype; the sums accumulate in float64 without a copy
+        a = np.abs(clean)
         self.count += g.size
-        self.sum_sq += float(np.dot(a.ravel(), a.ravel()))
-        self.sum_abs += float(a.sum())
+        self.sum_sq += float(np.square(a).sum(dtype=np.float64))
+        self.sum_abs += float(a.sum(dtype=np.float64))
         if a.size:
             self.max_abs = max(self.max_abs, float(a.max()))
-        self.zeros += int(np.count_nonzero(clean == 0)) - bad
+        self.zeros += int(a.size - np.count_nonzero(a)) - bad
 
     @property
     def l2(self) -> float:

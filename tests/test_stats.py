@@ -1,0 +1,51 @@
+"""Per-tensor figures accumulated over batches equal the figures of the whole array."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradcli.stats import Gates, TensorStats, layer_summary
+
+
+def test_streamed_figures_equal_whole_array_figures():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(100, 7)).astype(np.float32)
+    g[rng.random(g.shape) < 0.2] = 0
+    st = TensorStats("g", g.shape)
+    for start in range(0, 100, 13):
+        st.update(g[start : start + 13])
+    assert abs(st.l2 - np.linalg.norm(g.astype(np.float64))) < 1e-6 * st.l2
+    assert abs(st.mean_abs - np.abs(g).mean(dtype=np.float64)) < 1e-9
+    assert st.max_abs == float(np.abs(g).max())
+    assert st.zero_fraction == np.count_nonzero(g == 0) / g.size
+    assert st.record(Gates())["status"] == "ok"
+
+
+def test_nonfinite_zero_and_bounds_statuses():
+    st = TensorStats("g", (2, 2))
+    st.update(np.array([[np.nan, 1.0], [np.inf, 0.0]], np.float32))
+    assert st.nonfinite == 2 and st.zeros == 1
+    rec = st.record(Gates(frozenset({"nonfinite"})))
+    assert rec["status"] == "nonfinite" and rec["tripped"]
+    assert rec["l2"] == 1.0
+    zero = TensorStats("z", (3,))
+    zero.update(np.zeros(3, np.float32))
+    assert zero.record(Gates())["status"] == "zero"
+    assert not zero.record(Gates())["tripped"]
+    big = TensorStats("b", (1,))
+    big.update(np.array([5.0]))
+    assert big.record(Gates(max_norm=1.0))["status"] == "too-large"
+    assert big.record(Gates(min_norm=10.0))["tripped"]
+
+
+def test_layer_summary_sums_squares_per_layer():
+    records = [
+        {"status": "ok", "l2": 3.0},
+        {"status": "ok", "l2": 4.0},
+        {"status": "disconnected", "l2": None},
+    ]
+    summary = layer_summary(records, ["a", "a", "b"])
+    assert summary == [
+        {"layer": "a", "l2": 5.0, "status": "ok"},
+        {"layer": "b", "l2": 0.0, "status": "disconnected"},
+    ]
