@@ -382,3 +382,21 @@ def test_directory_failure_of_one_model_goes_on(cli, models, tmp_path):
     assert records[1]["exit_code"] == 3
     r = cli("wrt-weights", d, models["dir"] / "x5.npy")
     assert r.code == 3 and "b_broken.keras" in r.out and "error" in r.out
+
+
+def test_integer_input_has_no_input_gradient_but_layer_gradients_work(cli, keras, tf, tmp_path):
+    tokens = keras.Input((4,), dtype="int32", name="tokens")
+    emb = keras.layers.Embedding(10, 3, name="emb")(tokens)
+    out = keras.layers.Dense(1, name="out")(keras.layers.Flatten(name="flat")(emb))
+    model = keras.Model(tokens, out)
+    model.save(tmp_path / "emb.keras")
+    ids = np.array([[1, 2, 3, 4], [9, 8, 7, 6]], np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    r = cli("wrt-input", tmp_path / "emb.keras", tmp_path / "ids.npy")
+    assert r.code == 4
+    assert "integer" in r.err and "wrt-layer" in r.err
+    g, _ = run(
+        cli, tmp_path, "wrt-layer", tmp_path / "emb.keras", tmp_path / "ids.npy", "--layer", "emb"
+    )
+    kernel = model.get_layer("out").kernel.numpy().reshape(4, 3)
+    np.testing.assert_allclose(g["emb"], np.broadcast_to(kernel, (2, 4, 3)), rtol=1e-6)
