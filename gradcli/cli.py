@@ -303,7 +303,7 @@ def _execute(
             report.render(records, out)
         code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
     except GradcliError as exc:
-        if debug and exc.__traceback__ is not None and not hasattr(exc, "worker"):
+        if debug and exc.__traceback__ is not None:
             traceback.print_exception(exc)
         _stderr_line(f"error: {exc}")
         code = int(exc.exit_code)

@@ -72,15 +72,14 @@ def read_batches(
         )
 
 
-def default_batch_size(handle: ModelHandle, expansion: int = 1) -> int:
+def default_batch_size(handle: ModelHandle) -> int:
     """About 4M input values a tape call, between 1 and 1024 rows, a power of two."""
     per_sample = 0
     for info in handle.inputs:
         per_sample += int(np.prod([d or 32 for d in info.shape], dtype=np.int64)) or 1
     rows = max(1, (1 << 22) // max(1, per_sample))
     rows = min(1024, rows)
-    power = 1 << (rows.bit_length() - 1)
-    return max(1, power // max(1, expansion)) if expansion > 1 else power
+    return 1 << (rows.bit_length() - 1)
 
 
 class LayerCapture:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import keras, tf, tf_keras
-from .errors import GradientError, InputError, ModelError, UsageError
+from .errors import InputError, ModelError, UsageError
 from .paths import H5_SUFFIXES, KERAS_SUFFIXES, check_not_remote, is_savedmodel
 
 
@@ -553,7 +554,7 @@ def _load_keras_file(path: Path, fmt: str, unsafe: bool) -> ModelHandle:
 def _load_h5_with_tf_keras(path: Path, keras_error: Exception, unsafe: bool) -> ModelHandle:
     tfk = tf_keras()
     try:
-        with _tf_keras_safe_mode(tfk, not unsafe):
+        with _tf_keras_safe_mode(not unsafe):
             model = tfk.models.load_model(path, compile=False)
     except Exception:  # noqa: BLE001 - report the Keras 3 error, the more telling one
         raise ModelError(f"{path}: cannot load the model: {_first_line(keras_error)}") from None
@@ -568,14 +569,14 @@ def _load_savedmodel(path: Path, unsafe: bool) -> ModelHandle:
     if (path / "keras_metadata.pb").is_file() or _looks_like_keras2(path):
         tfk = tf_keras()
         try:
-            with _tf_keras_safe_mode(tfk, not unsafe):
+            with _tf_keras_safe_mode(not unsafe):
                 model = tfk.models.load_model(str(path))
             names = _output_names(model)
             losses = _compiled_losses(model, names, tfk)
             note = None
         except Exception:  # noqa: BLE001 - retried without the compile config
             try:
-                with _tf_keras_safe_mode(tfk, not unsafe):
+                with _tf_keras_safe_mode(not unsafe):
                     model = tfk.models.load_model(str(path), compile=False)
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(
@@ -599,27 +600,13 @@ def _looks_like_keras2(path: Path) -> bool:
     return b"_tf_keras_" in data or b"keras_api" in data
 
 
-class _tf_keras_safe_mode:
+def _tf_keras_safe_mode(safe: bool) -> Any:
     """Safe mode for tf-keras deserialization (Lambda layers), where tf-keras supports it."""
-
-    def __init__(self, tfk: Any, safe: bool) -> None:
-        self.scope = None
-        try:
-            from tf_keras.src.saving.serialization_lib import SafeModeScope
-
-            self.scope = SafeModeScope(safe)
-        except ImportError:  # pragma: no cover - older tf-keras
-            self.scope = None
-
-    def __enter__(self):
-        if self.scope is not None:
-            self.scope.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.scope is not None:
-            self.scope.__exit__(*exc)
-        return False
+    try:
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # pragma: no cover - older tf-keras
+        return contextlib.nullcontext()
+    return SafeModeScope(safe)
 
 
 def _check_file_magic(path: Path, fmt: str) -> None:
@@ -664,7 +651,3 @@ def _unsafe_message(path: Path, exc: Exception) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
-
-
-def as_gradient_error(exc: Exception, what: str) -> GradientError:
-    return GradientError(f"{what}: {_first_line(exc)}")

@@ -256,10 +256,6 @@ def _committed(sink) -> str | None:
     return str(path) if path else None
 
 
-def _full_shapes(handle: ModelHandle, n: int) -> dict[str, tuple[int, ...]]:
-    return {i.name: (n, *i.shape) for i in handle.inputs}
-
-
 def _image_like(shape: tuple) -> bool:
     return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 2, 3, 4))
 

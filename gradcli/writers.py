@@ -168,19 +168,6 @@ class NpzStreamWriter:
         return False
 
 
-def write_npz(
-    path: str | os.PathLike,
-    arrays: dict[str, np.ndarray],
-    on_temp: Callable[[str], None] | None = None,
-) -> Path:
-    """Atomically write whole in-memory arrays (small results: weights, Jacobians)."""
-    specs = {k: (np.asarray(v).shape, np.asarray(v).dtype.str) for k, v in arrays.items()}
-    with NpzStreamWriter(path, specs, on_temp) as writer:
-        for key, value in arrays.items():
-            writer.write(key, value)
-        return writer.commit()
-
-
 class MemorySink:
     """The in-memory twin of NpzStreamWriter, for the Python API: rows collected into `store`."""
 

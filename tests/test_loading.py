@@ -211,3 +211,17 @@ def test_pickle_payload_module_never_ran():
 
     assert not os.path.exists("/tmp/gradcli-pickle-ran")
     assert pickle  # the payload class above is what np.save pickled
+
+
+def test_lambda_layer_needs_unsafe(cli, keras, tmp_path):
+    inp = keras.Input((3,), name="x")
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2.0, name="double")(inp))
+    model.save(tmp_path / "lambda.keras")
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
+    r = cli("wrt-input", tmp_path / "lambda.keras", tmp_path / "x.npy")
+    assert r.code == 3
+    assert "--unsafe" in r.err and "\n" not in r.err.strip()
+    out = tmp_path / "g.npz"
+    r = cli("wrt-input", tmp_path / "lambda.keras", tmp_path / "x.npy", "--unsafe", "-o", out)
+    assert r.code == 0, r.err
+    np.testing.assert_allclose(np.load(out)["x"], np.full((2, 3), 2.0))
