@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .backend import keras
 from .engine import GradientEngine, default_batch_size, target_dtype
-from .errors import ExitCode, GradientError, UsageError
+from .errors import GradientError, UsageError
 from .loading import KerasHandle, ModelHandle
 
 _FLOATS = ("float16", "bfloat16", "float32", "mixed_float16", "mixed_bfloat16")
@@ -168,25 +167,15 @@ def gradient_check(ctx: Any) -> dict:
             rows.append(_row(name, original.shape, ad, fd, rtol))
     if not rows:
         raise GradientError("nothing to check: the model has no trainable variables")
-    tripped = any(r["tripped"] for r in rows)
-    rec = {
-        "version": __version__,
-        "command": "check",
-        "model": str(ctx.handle.path),
-        "format": ctx.handle.format,
-        "loader": ctx.handle.loader,
-        "n": n,
-        "objective": ctx.objective.describe(),
-        "wrt": job.wrt,
-        "precision": precision,
-        "eps": eps,
-        "rtol": rtol,
-        "directions": job.directions,
-        "tensors": rows,
-        "gates": ["check"] if tripped else [],
-        "exit_code": int(ExitCode.GATE) if tripped else 0,
-    }
-    return rec
+    return ctx.record_rows(
+        rows,
+        method="finite differences",
+        wrt=job.wrt,
+        precision=precision,
+        eps=eps,
+        rtol=rtol,
+        directions=job.directions,
+    )
 
 
 def _row(name: str, shape: tuple, ad: list[float], fd: list[float], rtol: float) -> dict:

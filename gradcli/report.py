@@ -77,7 +77,7 @@ def _header(rec: dict) -> str:
         parts.append(f"N={rec['n']}")
     if rec.get("objective"):
         parts.append(f"objective: {rec['objective']}")
-    if rec.get("method") and rec["method"] != "vanilla":
+    if rec.get("method") and rec["method"] != "vanilla" and rec["command"] != "check":
         parts.append(f"method: {rec['method']}")
     return " · ".join(parts)
 

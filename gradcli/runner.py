@@ -209,13 +209,16 @@ class _Context:
         self.emit("progress", index=self.index, done=done, total=self.n)
 
     def record(self, tensors: list[TensorStats], **extra: Any) -> dict:
-        gates = self.job.gates
-        rows = [t.record(gates) for t in tensors]
+        return self.record_rows([t.record(self.job.gates) for t in tensors], **extra)
+
+    def record_rows(self, rows: list[dict], **extra: Any) -> dict:
+        """The JSON record of a run: one row per tensor; tripped rows name the gates."""
         tripped = sorted({r["status"] for r in rows if r["tripped"]})
         rec = _base_record(self.job, self.handle)
         rec.update(
             n=self.n,
             objective=self.objective.describe(),
+            method=self.job.method,
             tensors=rows,
             gates=tripped,
             exit_code=int(ExitCode.GATE) if tripped else 0,
