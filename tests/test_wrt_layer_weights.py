@@ -228,7 +228,8 @@ def test_weights_full_batch_mean_with_weighted_losses(cli, models, tmp_path, tf,
     assert set(g) == {v.path for v in model.trainable_variables}
 
 
-def test_weights_on_savedmodel(cli, models, tmp_path, tf, keras):
+@pytest.mark.parametrize("batch", ["1", "3", "7"])
+def test_weights_on_savedmodel(cli, models, tmp_path, tf, keras, batch):
     x = np.load(models["dir"] / "x5.npy")
     y = np.load(models["dir"] / "y3.npy")
     g, _ = run(
@@ -242,7 +243,7 @@ def test_weights_on_savedmodel(cli, models, tmp_path, tf, keras):
         "--loss",
         "mse",
         "-b",
-        "3",
+        batch,
     )
     model = load(models["linear"])
     with tf.GradientTape() as tape:
