@@ -565,7 +565,38 @@ def _load_h5_with_tf_keras(path: Path, keras_error: Exception, unsafe: bool) -> 
     )
 
 
+def _keras2_code_layers(path: Path) -> list[str]:
+    """Lambda layers whose Python bytecode a tf.keras 2 SavedModel would revive and run."""
+    meta_file = path / "keras_metadata.pb"
+    if not meta_file.is_file():
+        return []
+    tf_keras()  # registers the protobuf module below
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    meta = saved_metadata_pb2.SavedMetadata()
+    try:
+        meta.ParseFromString(meta_file.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is a load error
+        raise ModelError(f"{path}: unreadable keras_metadata.pb ({_first_line(exc)})") from None
+    found = []
+    for node in meta.nodes:
+        try:
+            layer = json.loads(node.metadata)
+        except ValueError:
+            continue
+        config = layer.get("config") or {}
+        if layer.get("class_name") == "Lambda" and config.get("function_type") == "lambda":
+            found.append(config.get("name") or layer.get("name") or "?")
+    return found
+
+
 def _load_savedmodel(path: Path, unsafe: bool) -> ModelHandle:
+    if not unsafe and (code := _keras2_code_layers(path)):
+        # tf-keras revives these without asking for safe mode: refuse them here
+        raise ModelError(
+            f"{path}: Lambda layer(s) {', '.join(code)} hold Python code that safe mode does "
+            f"not load; rerun with --unsafe if you trust this file"
+        )
     if (path / "keras_metadata.pb").is_file() or _looks_like_keras2(path):
         tfk = tf_keras()
         try:

@@ -207,3 +207,19 @@ def test_onednn_crash_falls_back_and_matches_reference(crash_case, tmp_path, com
     np.testing.assert_allclose(
         npz(out)[key], ref["x" if command == "wrt-input" else "k"], rtol=1e-5, atol=1e-5
     )
+
+
+def test_tfkeras_savedmodel_with_lambda_needs_unsafe(cli, tmp_path):
+    import tf_keras
+
+    inp = tf_keras.Input((3,), name="x")
+    model = tf_keras.Model(inp, tf_keras.layers.Lambda(lambda t: t * 2.0, name="dbl")(inp))
+    model.save(str(tmp_path / "lam"), save_format="tf")
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
+    r = cli("wrt-input", tmp_path / "lam", tmp_path / "x.npy")
+    assert r.code == 3
+    assert "dbl" in r.err and "--unsafe" in r.err
+    out = tmp_path / "g.npz"
+    r = cli("wrt-input", tmp_path / "lam", tmp_path / "x.npy", "--unsafe", "-o", out)
+    assert r.code == 0, r.err
+    np.testing.assert_allclose(npz(out)["x"], np.full((2, 3), 2.0))
