@@ -63,8 +63,7 @@ def run_job(job: Job, emit: Emit) -> int:
             continue
         out = png = None
         if many:
-            suffix = ".npz"
-            out = _model_out(job.out, Path(job.model), path, suffix)
+            out = _model_out(job.out, Path(job.model), path, ".npz")
             png = _model_out(
                 job.png, Path(job.model), path, ".png" if job.command == "wrt-weights" else ""
             )
@@ -77,10 +76,11 @@ def run_job(job: Job, emit: Emit) -> int:
             if not many:
                 raise
             record = _error_record(job, path, exc.exit_code, str(exc))
-        except (MemoryError, RecursionError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
             if not many:
                 raise
-            record = _error_record(job, path, ExitCode.GRADIENT, f"{type(exc).__name__}")
+            first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+            record = _error_record(job, path, ExitCode.GRADIENT, f"{type(exc).__name__}: {first}")
         worst = max(worst, int(record["exit_code"]))
         emit("result", index=index, record=record)
     return worst
