@@ -310,6 +310,11 @@ def _execute(
     except KeyboardInterrupt:
         _stderr_line("interrupted")
         code = int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # the reader went away (`gradcli ... --json | head -1`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
     except Exception as exc:  # noqa: BLE001 - the funnel: no traceback unless --debug
         if debug:
             traceback.print_exception(exc)

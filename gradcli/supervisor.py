@@ -149,7 +149,7 @@ def _attempt(
                         event.get("traceback"),
                     )
             returncode = proc.wait()
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or stdout closed under us: no half-written output
             _stop(proc)
             _remove(temps)
             raise

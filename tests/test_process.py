@@ -186,3 +186,15 @@ def test_console_script_is_installed():
         pytest.skip("not running from the project's .venv")
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("gradcli ")
+
+
+def test_closed_stdout_stops_quietly(tmp_path):
+    cmd = (
+        f"{sys.executable} -m gradcli wrt-weights {SAMPLES / 'checkpoints'} "
+        f"{SAMPLES / 'tabular_x.npy'} --json 2>err.txt | head -c 10 >/dev/null; "
+        "echo ${PIPESTATUS[0]}; cat err.txt"
+    )
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=tmp_path)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "0", proc.stdout
+    assert "Traceback" not in proc.stdout and "error" not in proc.stdout
