@@ -45,7 +45,7 @@ def _status(rec: dict) -> Text:
     status = rec.get("status", "")
     text = Text(status, style=STATUS_STYLE.get(status, ""))
     if rec.get("tripped"):
-        text = Text(f"{status} ✗ gate", style="bold red")
+        text = Text(f"✗ {status}", style="bold red")
     return text
 
 
@@ -132,7 +132,7 @@ def _render_gradients(rec: dict, console: Console) -> None:
         table.add_column("|g|/|θ|", justify="right")
     for col in ("mean |g|", "max |g|", "zero frac", "non-finite"):
         table.add_column(col, justify="right")
-    table.add_column("status")
+    table.add_column("status", no_wrap=True)
     for t in rec["tensors"]:
         row = [t["name"], _shape(t["shape"]), fmt(t["l2"])]
         if weights:
