@@ -293,7 +293,7 @@ def _execute(
                     onednn=onednn.value,
                     on_record=on_record,
                     on_progress=on_progress,
-                    warn=lambda m: _stderr_line(m),
+                    warn=_stderr_line,
                 )
         if outcome.traceback and debug:
             sys.stderr.write(outcome.traceback)
@@ -303,7 +303,8 @@ def _execute(
             report.render(records, out)
         code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
     except GradcliError as exc:
-        if debug and exc.__traceback__ is not None:
+        # a worker's error came with the worker's own traceback (printed above)
+        if debug and not isinstance(exc, supervisor.WorkerFailed):
             traceback.print_exception(exc)
         _stderr_line(f"error: {exc}")
         code = int(exc.exit_code)
