@@ -323,6 +323,5 @@ __all__ = [
     "StepResult",
     "default_batch_size",
     "jacobian_function",
-    "keras",
     "read_batches",
 ]

@@ -225,3 +225,12 @@ def test_lambda_layer_needs_unsafe(cli, keras, tmp_path):
     r = cli("wrt-input", tmp_path / "lambda.keras", tmp_path / "x.npy", "--unsafe", "-o", out)
     assert r.code == 0, r.err
     np.testing.assert_allclose(np.load(out)["x"], np.full((2, 3), 2.0))
+
+
+def test_gradcli_debug_env_shows_the_traceback(cli, models, bad_inputs, monkeypatch):
+    r = cli("wrt-input", models["linear"], bad_inputs / "wrong_shape.npy")
+    assert r.code == 3 and "Traceback" not in r.err
+    monkeypatch.setenv("GRADCLI_DEBUG", "1")
+    r = cli("wrt-input", models["linear"], bad_inputs / "wrong_shape.npy")
+    assert r.code == 3
+    assert "Traceback" in r.err and r.err.strip().endswith("got (3, 6)")
