@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,19 +156,45 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> np.nda
             raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") from None
 
 
+def _source(path: str | Path, what: str) -> tuple[Path, str, str]:
+    """The file to read, its label for messages, and its kind (.npy/.npz)."""
+    from .paths import check_regular
+
+    if str(path) != "-":
+        label = f"{what} {path}"
+        check_regular(path, label)
+        return Path(path), label, Path(path).suffix.lower()
+    label = f"{what} - (stdin)"
+    st = os.fstat(0)
+    if not stat.S_ISREG(st.st_mode):  # a pipe: read it whole into an unlinked temp file
+        import shutil
+        import tempfile
+
+        spool = tempfile.TemporaryFile()
+        with os.fdopen(os.dup(0), "rb") as src:
+            shutil.copyfileobj(src, spool, 1 << 22)
+        spool.flush()
+        os.dup2(spool.fileno(), 0)
+        spool.close()
+    head = os.pread(0, 6, 0)
+    if head == _NPY_MAGIC:
+        suffix = ".npy"
+    elif head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        suffix = ".npz"
+    else:
+        raise InputError(f"{label}: neither a .npy nor an .npz stream (by its first bytes)")
+    # a new open of /proc/self/fd/0 has its own offset: mapped and read like any file
+    return Path("/proc/self/fd/0"), label, suffix
+
+
 def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, ArraySource]:
     """Open the arrays for `names` (model inputs or outputs) from a .npy or .npz file.
 
     A .npy serves a single name; an .npz is keyed by name (a lone array serves a single name
-    whatever its key).
+    whatever its key). `-` reads stdin whole (a .npy or .npz stream, told by its first bytes).
+    A FIFO or device is refused without being opened.
     """
-    path = Path(path)
-    label = f"{what} {path}"
-    if not path.exists():
-        raise InputError(f"{label}: no such file")
-    if path.is_dir():
-        raise InputError(f"{label}: is a directory; expected a .npy or .npz file")
-    suffix = path.suffix.lower()
+    path, label, suffix = _source(path, what)
     if suffix == ".npy":
         if len(names) != 1:
             raise InputError(

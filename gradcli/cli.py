@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from . import __version__
-from .errors import ExitCode, GradcliError, InputError, UsageError
+from .errors import ExitCode, GradcliError, InputError, UsageError, first_line
 from .job import Job
 from .stats import FAIL_ON_CHOICES
 
@@ -26,10 +26,11 @@ HELP = """Gradients of saved Keras models, from the shell.
 
 MODEL is a .keras file, a legacy .h5/.hdf5, a TensorFlow SavedModel directory, or a
 directory of models (each is processed). INPUT is a .npy (single-input model) or an .npz
-keyed by input name; axis 0 is the sample axis.
+keyed by input name, or - to read one from stdin; axis 0 is the sample axis.
 
 Exit codes: 0 done, 1 a health gate or check tripped, 2 usage error, 3 model/input/target
-cannot be read or does not fit, 4 gradient cannot be computed, 130 interrupted.
+cannot be read or does not fit, 4 gradient cannot be computed, 130 interrupted, 143
+terminated (SIGTERM). Output files change only when a run succeeds.
 """
 
 app = typer.Typer(
@@ -74,7 +75,7 @@ InputArg = Annotated[
     str,
     typer.Argument(
         metavar="INPUT",
-        help=".npy, or .npz keyed by input name (axis 0 = samples).",
+        help=".npy, or .npz keyed by input name (axis 0 = samples); - reads it from stdin.",
         show_default=False,
     ),
 ]
@@ -244,14 +245,64 @@ def _shard(value: str | None) -> tuple[int, int] | None:
 
 
 def _check_paths(job: Job) -> None:
-    from .paths import check_model_path
+    """Everything about the paths that can be checked before TensorFlow loads: models and
+    inputs exist and are regular files (a FIFO is never opened), every output can be
+    written; leftovers of killed runs beside the outputs are removed."""
+    from .paths import (
+        check_model_path,
+        check_output,
+        check_regular,
+        is_savedmodel,
+        output_file,
+        remove_stale_temps,
+    )
 
     check_model_path(job.model)
-    for label, value in (("input", job.input), ("target", job.target)):
-        if value is not None and not Path(value).exists():
-            raise InputError(f"{label} {value}: no such file")
+    from_stdin = []
+    for label, value in (("input", job.input), ("target", job.target), ("baseline", job.baseline)):
+        if value == "-":
+            from_stdin.append(label)
+        elif value is not None:
+            check_regular(value, f"{label} {value}")
+    if len(from_stdin) > 1:
+        raise UsageError(f"only one of {' and '.join(from_stdin)} can be - (stdin)")
+    if from_stdin:
+        _spool_stdin(from_stdin[0])
     if job.shard and not Path(job.model).is_dir():
         raise UsageError("--shard needs a directory of models as MODEL")
+    many = Path(job.model).is_dir() and not is_savedmodel(Path(job.model))
+    outputs = []
+    if job.out is not None:
+        outputs.append(("--out", job.out, ".npz", many))
+    if job.png is not None:
+        outputs.append(("--png", job.png, ".png", many or job.command == "wrt-input"))
+    for label, value, suffix, directory in outputs:
+        path = Path(value) if directory else output_file(value, suffix)
+        check_output(path, label, directory=directory)
+        remove_stale_temps(path)
+
+
+def _spool_stdin(label: str) -> None:
+    """INPUT - : stdin becomes a regular file (a pipe is copied to an unlinked temp file), so
+    the worker can map it, and a rerun after a crash reads it again."""
+    import shutil
+    import stat
+    import tempfile
+
+    try:
+        st = os.fstat(0)
+    except OSError:
+        raise InputError(f"{label} -: stdin is closed") from None
+    if os.isatty(0):
+        raise UsageError(f"{label} -: stdin is a terminal; pipe a .npy or .npz into gradcli")
+    if stat.S_ISREG(st.st_mode):
+        return
+    spool = tempfile.TemporaryFile()
+    with os.fdopen(os.dup(0), "rb") as src:
+        shutil.copyfileobj(src, spool, 1 << 22)
+    spool.flush()
+    os.dup2(spool.fileno(), 0)
+    spool.close()
 
 
 def _execute(
@@ -266,6 +317,7 @@ def _execute(
     from . import report, supervisor
 
     debug = debug or os.environ.get("GRADCLI_DEBUG", "") not in ("", "0")
+    supervisor.handle_sigterm()
     out = Console(soft_wrap=False)
     if not out.is_terminal:  # piped or redirected: room for every column, no wrapping
         out = Console(soft_wrap=False, width=120)
@@ -308,9 +360,8 @@ def _execute(
             traceback.print_exception(exc)
         _stderr_line(f"error: {exc}")
         code = int(exc.exit_code)
-    except KeyboardInterrupt:
-        _stderr_line("interrupted")
-        code = int(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        code = _interrupted(exc)
     except BrokenPipeError:
         # the reader went away (`gradcli ... --json | head -1`): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -319,10 +370,20 @@ def _execute(
     except Exception as exc:  # noqa: BLE001 - the funnel: no traceback unless --debug
         if debug:
             traceback.print_exception(exc)
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
-        _stderr_line(f"error: {type(exc).__name__}: {first}")
+        _stderr_line(f"error: {type(exc).__name__}: {first_line(exc)}")
         code = int(ExitCode.GRADIENT)
     raise typer.Exit(code)
+
+
+def _interrupted(exc: BaseException) -> int:
+    """Ctrl-C exits 130, SIGTERM 143 (what a shell reports for them), after cleaning up."""
+    from .supervisor import Terminated
+
+    if isinstance(exc, Terminated):
+        _stderr_line("terminated")
+        return int(ExitCode.TERMINATED)
+    _stderr_line("interrupted")
+    return int(ExitCode.INTERRUPTED)
 
 
 def _stderr_line(message: str) -> None:
@@ -511,8 +572,6 @@ def wrt_input(
         unsafe=unsafe,
         imports=imports or [],
     )
-    if job.baseline is not None and not Path(job.baseline).exists():
-        raise InputError(f"baseline {job.baseline}: no such file")
     _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
 
 
@@ -758,7 +817,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE)))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort:
         _stderr_line("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
+    except KeyboardInterrupt as exc:
+        sys.exit(_interrupted(exc))
     sys.exit(code if isinstance(code, int) else 0)

@@ -313,8 +313,9 @@ def jacobian_function(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    from .errors import first_line
+
+    return first_line(exc)
 
 
 __all__ = [

@@ -680,5 +680,6 @@ def _unsafe_message(path: Path, exc: Exception) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    from .errors import first_line
+
+    return first_line(exc)

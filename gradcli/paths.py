@@ -1,7 +1,15 @@
-"""Model paths without TensorFlow: remote refusal, SavedModel detection, directory scans."""
+"""Paths without TensorFlow: models (remote refusal, SavedModel detection, directory scans),
+inputs (never a FIFO or device), and outputs (checked writable up front; temp-file names).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import socket
+import stat
+import time
 from pathlib import Path
 
 from .errors import InputError, ModelError
@@ -22,12 +30,60 @@ def is_savedmodel(path: Path) -> bool:
     return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
+def _kind(mode: int) -> str | None:
+    """What a non-regular, non-directory file is; None for regular files and directories."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+STDIN_HINT = " (to pipe arrays in, give - and use stdin)"
+
+
+def check_regular(
+    path: str | Path,
+    label: str,
+    *,
+    allow_dir: bool = False,
+    hint: str = STDIN_HINT,
+    error: type[InputError] = InputError,
+) -> os.stat_result:
+    """stat() a path that will be read, without opening it: a FIFO would block forever and a
+    device never ends, so anything but a regular file (or a directory, if allowed) is refused."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{label}: no such file") from None
+    except OSError as exc:
+        raise error(f"{label}: cannot read: {exc.strerror}") from None
+    kind = _kind(st.st_mode)
+    if kind is not None:
+        raise error(f"{label}: is {kind}, not a regular file; gradcli never opens those{hint}")
+    if stat.S_ISDIR(st.st_mode) and not allow_dir:
+        raise InputError(f"{label}: is a directory; expected a .npy or .npz file")
+    return st
+
+
 def check_model_path(path: str) -> None:
     """Fail fast (before TensorFlow loads) on a MODEL that cannot be a model."""
     check_not_remote(path)
     p = Path(path)
     if not p.exists():
         raise ModelError(f"{path}: no such file or directory")
+    try:
+        check_regular(p, str(path), allow_dir=True)
+    except InputError as exc:
+        raise ModelError(
+            str(exc).replace(" (to pipe arrays in, give - and use stdin)", "")
+        ) from None
     if p.is_file() and p.suffix.lower() not in MODEL_SUFFIXES:
         raise ModelError(
             f"{path}: unknown model format {p.suffix or '(no suffix)'!r}; "
@@ -36,14 +92,35 @@ def check_model_path(path: str) -> None:
 
 
 def find_models(directory: Path) -> list[Path]:
-    """Every model below a directory (not descending into SavedModels), sorted by path."""
+    """Every model below a directory (not descending into SavedModels), sorted by path.
+
+    Symlinked directories are followed, but each real directory is visited once (by device
+    and inode), so a symlink loop neither explodes the walk nor repeats a model. A FIFO or
+    device with a model suffix is listed (and then refused by check_model_path, never opened).
+    """
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
 
     def visit(d: Path) -> None:
-        for child in sorted(d.iterdir()):
+        try:
+            st = os.stat(d)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            children = sorted(d.iterdir())
+        except OSError:
+            return
+        for child in children:
             if child.name.startswith("."):
                 continue
-            if child.is_dir():
+            try:
+                mode = os.stat(child).st_mode
+            except OSError:  # a dangling symlink, or one that loops on itself
+                continue
+            if stat.S_ISDIR(mode):
                 if is_savedmodel(child):
                     found.append(child)
                 else:
@@ -53,3 +130,131 @@ def find_models(directory: Path) -> list[Path]:
 
     visit(directory)
     return sorted(found)
+
+
+# ------------------------------------------------------------------ outputs
+#
+# Every file gradcli writes is first written to a temp file next to its destination (same
+# directory, so the final rename is atomic) named `.<name>.<pid>@<host>.<random>.tmp` (or
+# `.part` for spooled pieces). The pid and a short hash of the host name make stale ones
+# recognisable: a temp file whose process is gone on this host, older than the current run,
+# is a leftover of a killed run and is removed (see remove_stale_temps).
+
+_HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest()
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[0-9a-f]{6})\.[^.]+\.(tmp|part)$")
+
+
+def temp_prefix(dest: Path) -> str:
+    """The name prefix of gradcli's temp files for `dest` (mkstemp adds the random part)."""
+    return f".{dest.name}.{os.getpid()}@{_HOST}."
+
+
+def staging_dir(dest: Path) -> Path:
+    """Where temp files for `dest` live: beside it, in its nearest existing ancestor."""
+    parent = dest.parent if str(dest.parent) else Path(".")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def output_file(path: str | Path, suffix: str) -> Path:
+    """The file an output option names: `suffix` is appended only to a new name without one
+    (`-o grads` writes grads.npz), never to an existing path (`-o /dev/full` stays itself)."""
+    p = Path(path)
+    if p.suffix or os.path.lexists(p):
+        return p
+    return p.with_name(p.name + suffix)
+
+
+def check_output(path: str | Path, label: str, *, directory: bool = False) -> None:
+    """Fail before any work when an output cannot be written: a device, FIFO or (for a file)
+    a directory at the path, a missing or unwritable directory. Writability is probed by
+    really creating (and removing) a temp file, as permissions alone do not tell (root,
+    read-only mounts, ACLs)."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:  # e.g. a path through a regular file: "Not a directory"
+        raise InputError(f"{label} {path}: cannot write there: {exc.strerror}") from None
+    if st is not None:
+        kind = _kind(st.st_mode)
+        if kind is not None:
+            raise InputError(
+                f"{label} {path}: is {kind}, not a regular file; gradcli writes only "
+                f"regular files (and never appends a suffix to an existing path)"
+            )
+        if stat.S_ISDIR(st.st_mode) and not directory:
+            raise InputError(f"{label} {path}: is a directory; expected a file name")
+        if stat.S_ISREG(st.st_mode) and directory:
+            raise InputError(f"{label} {path}: is a file; expected a directory")
+    where = p if (directory and st is not None) else staging_dir(p)
+    try:
+        wst = os.stat(where)
+    except OSError as exc:
+        raise InputError(f"{label} {path}: cannot write there: {exc.strerror}") from None
+    if not stat.S_ISDIR(wst.st_mode):
+        raise InputError(f"{label} {path}: cannot write there: {where} is not a directory")
+    if not directory and st is None and where != (p.parent if str(p.parent) else Path(".")):
+        raise InputError(f"{label} {path}: directory {p.parent} does not exist")
+    probe = where / f"{temp_prefix(p)}probe.tmp"
+    try:
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(
+            f"{label} {path}: cannot write in {where}: {exc.strerror or exc}"
+        ) from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(dest: str | Path, started: float | None = None) -> list[Path]:
+    """Remove leftovers of killed runs next to `dest`: gradcli temp files (or staging
+    directories) for this name whose process is gone on this host and that are older than
+    `started` (default: now). Others' live temp files and anything else are left alone."""
+    p = Path(dest)
+    started = time.time() if started is None else started
+    removed: list[Path] = []
+    places = {staging_dir(p)}
+    if p.is_dir():
+        places.add(p)
+    for where in places:
+        try:
+            entries = list(os.scandir(where))
+        except OSError:
+            continue
+        for entry in entries:
+            m = _TEMP_RE.match(entry.name)
+            if not m or m["host"] != _HOST or m["name"] != p.name:
+                continue
+            if int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_mtime >= started:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    import shutil
+
+                    shutil.rmtree(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    os.unlink(entry.path)
+                else:
+                    continue
+            except OSError:
+                continue
+            removed.append(Path(entry.path))
+    return removed

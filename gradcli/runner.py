@@ -16,14 +16,14 @@ import numpy as np
 from . import __version__
 from .arrays import ArraySource, check_samples, read_arrays
 from .engine import GradientEngine, default_batch_size, jacobian_function, read_batches
-from .errors import ExitCode, GradcliError, GradientError, InputError, UsageError
+from .errors import ExitCode, GradcliError, GradientError, InputError, UsageError, first_line
 from .job import Job
 from .loading import ModelHandle, import_custom_code, load_model
 from .methods import MethodOptions, attribute
 from .objective import Objective, build_objective
-from .paths import find_models, is_savedmodel
+from .paths import check_model_path, find_models, is_savedmodel, output_file
 from .stats import TensorStats, TopFeatures, layer_summary
-from .writers import MemorySink, NpzStreamWriter, check_writable
+from .writers import MemorySink, NpzStreamWriter, Outputs, check_writable
 
 Emit = Callable[..., None]
 
@@ -79,7 +79,7 @@ def run_job(job: Job, emit: Emit) -> int:
         except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
             if not many:
                 raise
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+            first = first_line(exc)
             record = _error_record(job, path, ExitCode.GRADIENT, f"{type(exc).__name__}: {first}")
         worst = max(worst, int(record["exit_code"]))
         emit("result", index=index, record=record)
@@ -113,11 +113,15 @@ def run_one(
 ) -> dict:
     if out is not None:
         check_writable(out)
+    check_model_path(str(path))  # a FIFO named like a model is refused, never opened
     handle = load_model(path, unsafe=job.unsafe)
     if job.command == "info":
         return info_record(job, handle)
     ctx = _Context(job, handle, emit, index)
-    return RUNNERS[job.command](ctx, out, png)
+    with Outputs(ctx.temp) as ctx.outputs:  # every output file of the run, all or nothing
+        record = RUNNERS[job.command](ctx, out, png)
+        ctx.outputs.commit()
+    return record
 
 
 def info_record(job: Job, handle: ModelHandle) -> dict:
@@ -161,6 +165,7 @@ class _Context:
         target_arrays: dict[str, ArraySource] | None = None,
     ) -> None:
         self.job = job
+        self.outputs: Outputs | None = None  # where run_one stages output files
         self.collect = collect  # the Python API gathers arrays here instead of an .npz
         self.handle = handle
         self.emit = emit
@@ -234,7 +239,7 @@ class _Context:
         if self.collect is not None:
             return MemorySink(self.collect, specs)
         if out is not None:
-            return NpzStreamWriter(out, specs, self.temp)
+            return NpzStreamWriter(out, specs, self.temp, self.outputs)
         return None
 
     def save_whole(self, out: Path | None, arrays: dict[str, np.ndarray]) -> str | None:
@@ -314,7 +319,9 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                 gaps.append(att.completeness["gap"])
                 deltas.append(att.completeness["delta"])
             ctx.progress(batch.stop)
-        pictures = _write_heatmaps(png, keep, job, ctx.objective.describe()) if png else []
+        pictures = (
+            _write_heatmaps(png, keep, job, ctx.objective.describe(), ctx.outputs) if png else []
+        )
         written = _committed(writer)
     except BaseException:
         if writer:
@@ -369,10 +376,12 @@ def _read_baseline(ctx: _Context, path: str) -> list[np.ndarray]:
     return out
 
 
-def _write_heatmaps(png: Path, keep: dict, job: Job, objective: str) -> list[str]:
+def _write_heatmaps(
+    png: Path, keep: dict, job: Job, objective: str, outputs: Outputs | None = None
+) -> list[str]:
     from .pictures import write_heatmaps
 
-    png.mkdir(parents=True, exist_ok=True)
+    stage = outputs.stage_dir(png) if outputs is not None else png
     written = []
     for name, parts in keep.items():
         if not parts:
@@ -381,7 +390,7 @@ def _write_heatmaps(png: Path, keep: dict, job: Job, objective: str) -> list[str
         g = np.concatenate([p[1] for p in parts])[: job.png_limit]
         prefix = name.replace("/", "_")
         title = f"{Path(job.model).name}: {job.method}, {objective}, w.r.t. {name}"
-        written += [str(p) for p in write_heatmaps(png, prefix, x, g, title=title)]
+        written += [str(png / p.name) for p in write_heatmaps(stage, prefix, x, g, title=title)]
     return written
 
 
@@ -496,16 +505,15 @@ def _wrt_weights(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     if png is not None:
         from .pictures import write_flow_chart
 
-        if png.suffix.lower() != ".png":
-            png = png.with_suffix(".png") if not png.suffix else png
-        chart = str(
-            write_flow_chart(
-                png,
-                [s["layer"] for s in summary],
-                [s["l2"] for s in summary],
-                [s["status"] for s in summary],
-                title=f"{Path(handle.path).name}: gradient flow",
-            )
+        png = output_file(png, ".png")
+        staged = ctx.outputs.stage_file(png) if ctx.outputs is not None else png
+        chart = str(png)
+        write_flow_chart(
+            staged,
+            [s["layer"] for s in summary],
+            [s["l2"] for s in summary],
+            [s["status"] for s in summary],
+            title=f"{Path(handle.path).name}: gradient flow",
         )
     return ctx.record(stats, out=written, layer_summary=summary, png=chart)
 

@@ -2,15 +2,21 @@
 
 TensorFlow's oneDNN CPU kernels can kill the process (SIGSEGV, SIGABRT) on some gradients.
 The light CLI process never imports TensorFlow: it starts `python -m gradcli.worker`, relays
-its results as they arrive, and if the child dies from a signal with oneDNN on, runs the
-models not yet done once more with oneDNN off. Temporary files of a crashed attempt are
-removed; results already relayed are not repeated.
+its results as they arrive, and if the child dies from SIGSEGV, SIGABRT or SIGBUS with oneDNN
+on, runs the models not yet done once more with oneDNN off. Temporary files of a crashed
+attempt are removed; results already relayed are not repeated.
+
+The worker's life is tied to this process: it gets the job on a pipe that stays open as a
+lifeline until it exits, and the kernel sends it SIGTERM when this process dies (see
+worker.py). A worker whose parent is gone stops and never commits its output files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +26,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ExitCode, GradcliError, GradientError
+from .errors import ExitCode, GradcliError, GradientError, first_line
 
 ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
+JOB_FD_VAR = "GRADCLI_JOB_FD"
+PARENT_VAR = "GRADCLI_SUPERVISOR"
+# the signals oneDNN's failures end a process with; only these trigger the rerun
+CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: handled like Ctrl-C (clean up, stop), but exits 143."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def handle_sigterm() -> None:
+    """Make SIGTERM raise Terminated in the main thread (a no-op outside it)."""
+    try:
+        signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread
+        pass
 
 
 @dataclass
@@ -87,7 +113,15 @@ def run(
         if result is not None:
             return result
         # the worker died from a signal
-        if may_retry and attempt == 1:
+        if -returncode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            raise Terminated
+        if -returncode == signal.SIGKILL:
+            err = GradientError(
+                "the worker process was killed (SIGKILL), most likely by the kernel's "
+                "out-of-memory killer; try a smaller --batch-size"
+            )
+            return Outcome(int(ExitCode.GRADIENT), records, err)
+        if may_retry and attempt == 1 and -returncode in CRASH_SIGNALS:
             warn(
                 f"warning: TensorFlow crashed ({_signal_name(returncode)}) in "
                 f"its oneDNN CPU kernels; computing again with oneDNN off "
@@ -116,17 +150,25 @@ def _attempt(
     """One worker run: its outcome, or None when a signal killed it; and its return code."""
     temps: list[str] = []
     error: Outcome | None = None
+    job_r, lifeline = os.pipe()
+    env = {**env, JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
     with tempfile.TemporaryFile() as raw_err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gradcli.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None if debug else raw_err,
-            env=env,
-        )
         try:
-            proc.stdin.write(json.dumps(data).encode("utf-8"))
-            proc.stdin.close()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gradcli.worker"],
+                stdout=subprocess.PIPE,
+                stderr=None if debug else raw_err,
+                env=env,
+                pass_fds=(job_r,),
+            )
+        except BaseException:
+            os.close(lifeline)
+            raise
+        finally:
+            os.close(job_r)
+        try:
+            # the job, then nothing: the worker sees EOF on this pipe when we are gone
+            os.write(lifeline, json.dumps(data).encode("utf-8") + b"\n")
             for line in proc.stdout:
                 try:
                     event = json.loads(line)
@@ -149,13 +191,17 @@ def _attempt(
                         event.get("traceback"),
                     )
             returncode = proc.wait()
-        except BaseException:  # Ctrl-C, or stdout closed under us: no half-written output
-            _stop(proc)
-            _remove(temps)
+        except BaseException:  # Ctrl-C, SIGTERM, or stdout closed under us: no partial output
+            with _signals_held():
+                _stop(proc, lifeline)
+                lifeline = -1
+                _remove(temps)
             raise
         finally:
             if proc.poll() is None:
-                _stop(proc)
+                _stop(proc, lifeline)
+            elif lifeline >= 0:
+                os.close(lifeline)
         if returncode < 0:
             _remove(temps)
             return None, returncode
@@ -165,11 +211,14 @@ def _attempt(
         if returncode == int(ExitCode.INTERRUPTED):
             _remove(temps)
             raise KeyboardInterrupt
+        if returncode == int(ExitCode.TERMINATED):
+            _remove(temps)
+            raise Terminated
         if returncode not in (0, 1) and not records:
             raw_err.seek(0)
-            tail = raw_err.read().decode("utf-8", "replace").strip().splitlines()[-3:]
+            tail = raw_err.read().decode("utf-8", "replace").strip()
             _remove(temps)
-            detail = f": {tail[-1][:300]}" if tail else ""
+            detail = f": {first_line(RuntimeError(tail.splitlines()[-1]))}" if tail else ""
             return Outcome(
                 int(ExitCode.GRADIENT),
                 records,
@@ -178,18 +227,42 @@ def _attempt(
         return Outcome(returncode, records), returncode
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, lifeline: int) -> None:
+    """Stop the worker: close its lifeline (it cleans up and exits at once, even inside
+    TensorFlow's C++ code), tell it with SIGINT too; kill it if it is not gone in 5 s."""
+    if lifeline >= 0:
+        os.close(lifeline)
     try:
-        proc.send_signal(signal.SIGINT)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
         proc.wait(timeout=5)
     except (subprocess.TimeoutExpired, OSError):
         proc.kill()
         proc.wait()
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """While cleaning up after Ctrl-C or SIGTERM, a second one must not cut the cleanup short."""
+    try:
+        saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        saved = {}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
 def _remove(paths: list[str]) -> None:
     for p in paths:
-        Path(p).unlink(missing_ok=True)
+        path = Path(p)
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def run_inprocess(

@@ -1,32 +1,148 @@
 """The child process that does the TensorFlow work of one CLI run (see supervisor.py).
 
-It reads a Job as JSON on stdin and writes JSON events, one per line, to the pipe that was
-its stdout; its own fd 1 is pointed at stderr so stray prints cannot corrupt the protocol.
+It reads a Job as JSON from the pipe named by GRADCLI_JOB_FD (stdin when run by hand) and
+writes JSON events, one per line, to the pipe that was its stdout; its own fd 1 is pointed
+at stderr so stray prints cannot corrupt the protocol. Its stdin stays the user's (INPUT -).
+
+Its life is tied to the supervisor's: the kernel sends it SIGTERM when the supervisor dies
+(prctl PR_SET_PDEATHSIG on Linux), and a thread watches the job pipe, which the supervisor
+keeps open: at EOF the supervisor is gone, and the worker removes its temp files and exits
+at once, even while the main thread is inside TensorFlow. Every commit of output files runs
+under a guard that refuses it once the supervisor is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import signal
 import sys
+import threading
 import traceback
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _Lifeline:
+    """The supervisor's liveness, as seen from the worker."""
+
+    def __init__(self, fd: int, parent: int | None) -> None:
+        self.fd = fd
+        self.parent = parent
+        self.gone = threading.Event()
+        self.lock = threading.Lock()  # held while output files are renamed into place
+        self.temps: list[str] = []
+
+    def alive(self) -> bool:
+        if self.gone.is_set():
+            return False
+        if self.parent is not None and os.getppid() != self.parent:
+            return False
+        try:  # the supervisor writes nothing after the job: readable means EOF
+            readable, _, _ = select.select([self.fd], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def watch(self) -> None:
+        """Thread body: block until the supervisor closes the pipe (or dies), then stop."""
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except OSError:
+            pass
+        self.gone.set()
+        with self.lock:  # a commit already under way finishes; none starts after this
+            for temp in self.temps:
+                _remove(temp)
+            os._exit(143)
+
+    @contextlib.contextmanager
+    def committing(self):
+        with self.lock:
+            if not self.alive():
+                from .supervisor import Terminated
+
+                raise Terminated
+            yield
+
+
+def _remove(path: str) -> None:
+    import shutil
+
+    p = Path(path)
+    with contextlib.suppress(OSError):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _arm_parent_death(parent: int | None) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies; stop now if it already has."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - the lifeline still works
+            pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(143)
 
 
 def main() -> int:
+    from .supervisor import Terminated
+
+    try:
+        return _main()
+    except Terminated:  # SIGTERM before the job ran (e.g. while reading it)
+        return 143
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main() -> int:
+    from .supervisor import JOB_FD_VAR, PARENT_VAR, Terminated, handle_sigterm
+
+    parent = int(os.environ[PARENT_VAR]) if os.environ.get(PARENT_VAR) else None
+    _arm_parent_death(parent)
+    handle_sigterm()
     protocol = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    job_data = json.loads(sys.stdin.read())
+    job_fd = int(os.environ.get(JOB_FD_VAR, "0"))
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(job_fd, 1 << 16)
+        if not chunk:
+            break
+        line += chunk
+    job_data = json.loads(line)
     debug = bool(job_data.pop("debug", False))
+    lifeline = None
+    if job_fd != 0:
+        lifeline = _Lifeline(job_fd, parent)
+        threading.Thread(target=lifeline.watch, name="lifeline", daemon=True).start()
 
     def emit(event: str, **fields) -> None:
+        if event == "temp" and lifeline is not None:
+            lifeline.temps.append(fields["path"])
         protocol.write(json.dumps({"event": event, **fields}) + "\n")
         protocol.flush()
 
     try:
-        from .errors import ExitCode, GradcliError
+        from .errors import ExitCode, GradcliError, first_line
         from .job import Job
 
+        if lifeline is not None:
+            from .writers import set_commit_guard
+
+            set_commit_guard(lifeline.committing)
         job = Job(**job_data)
         try:
             code = _run(job, emit)
@@ -38,6 +154,8 @@ def main() -> int:
                 traceback=traceback.format_exc() if debug else None,
             )
             return int(exc.exit_code)
+        except Terminated:
+            return int(ExitCode.TERMINATED)
         except KeyboardInterrupt:
             return int(ExitCode.INTERRUPTED)
         except MemoryError:
@@ -49,17 +167,17 @@ def main() -> int:
             )
             return int(ExitCode.GRADIENT)
         except Exception as exc:  # noqa: BLE001 - the one funnel for unexpected failures
-            first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
             emit(
                 "error",
                 code=int(ExitCode.GRADIENT),
-                message=f"{type(exc).__name__}: {first}",
+                message=f"{type(exc).__name__}: {first_line(exc)}",
                 traceback=traceback.format_exc() if debug else None,
             )
             return int(ExitCode.GRADIENT)
         return code
     finally:
-        protocol.close()
+        with contextlib.suppress(OSError):
+            protocol.close()
 
 
 def _run(job, emit) -> int:
