@@ -295,14 +295,18 @@ def _spool_stdin(label: str) -> None:
         raise InputError(f"{label} -: stdin is closed") from None
     if os.isatty(0):
         raise UsageError(f"{label} -: stdin is a terminal; pipe a .npy or .npz into gradcli")
-    if stat.S_ISREG(st.st_mode):
-        return
-    spool = tempfile.TemporaryFile()
-    with os.fdopen(os.dup(0), "rb") as src:
-        shutil.copyfileobj(src, spool, 1 << 22)
-    spool.flush()
-    os.dup2(spool.fileno(), 0)
-    spool.close()
+    if not stat.S_ISREG(st.st_mode):
+        spool = tempfile.TemporaryFile()
+        with os.fdopen(os.dup(0), "rb") as src:
+            shutil.copyfileobj(src, spool, 1 << 22)
+        spool.flush()
+        os.dup2(spool.fileno(), 0)
+        spool.close()
+    head = os.pread(0, 6, 0)
+    if head != b"\x93NUMPY" and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise InputError(
+            f"{label} - (stdin): neither a .npy nor an .npz stream (by its first bytes)"
+        )
 
 
 def _execute(
