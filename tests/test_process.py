@@ -89,10 +89,11 @@ def test_errors_from_the_worker_are_one_line(tmp_path):
     assert r.code == 3 and "Traceback" in r.err
 
 
-def test_crash_with_onednn_on_is_rerun_with_it_off(crashy, tmp_path):
+@pytest.mark.parametrize("command", ["wrt-input", "wrt-weights"])
+def test_crash_with_onednn_on_is_rerun_with_it_off(crashy, tmp_path, command):
     out = tmp_path / "g.npz"
     r = run_process(
-        "wrt-input",
+        command,
         crashy / "crashy.keras",
         crashy / "x.npy",
         "--import",
@@ -117,7 +118,15 @@ def test_crash_with_onednn_on_is_rerun_with_it_off(crashy, tmp_path):
         kernel = load(crashy / "crashy.keras").get_layer("dense").kernel.numpy()
     finally:
         sys.path.remove(str(crashy))
-    np.testing.assert_allclose(npz(out)["x"], np.tile(kernel.sum(axis=1), (6, 1)), rtol=1e-6)
+    if command == "wrt-input":
+        np.testing.assert_allclose(npz(out)["x"], np.tile(kernel.sum(axis=1), (6, 1)), rtol=1e-6)
+    else:  # d mean_i sum(x_i W + b) / dW = outer(mean x, 1); / db = 1
+        x = np.load(crashy / "x.npy")
+        got = npz(out)
+        np.testing.assert_allclose(
+            got["dense/kernel"], np.tile(x.mean(axis=0)[:, None], (1, 2)), rtol=1e-5
+        )
+        np.testing.assert_allclose(got["dense/bias"], np.ones(2), rtol=1e-6)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "g.npz"]
     assert leftovers == []
 
