@@ -8,11 +8,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# pip's and setuptools' chatter goes to $(VENV)/install.log, shown in full if set-up fails
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@echo "Setting up $(VENV) (the first time installs TensorFlow: a minute or two)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@( $(BIN)/python -m pip install --quiet --upgrade pip \
+	  && $(BIN)/python -m pip install --quiet -e '.[dev]' ) >$(VENV)/install.log 2>&1 \
+	  || { cat $(VENV)/install.log; echo "set-up failed (log: $(VENV)/install.log)"; exit 1; }
+	@touch $(STAMP)
+	@echo "Set up: $(BIN)/gradcli"
 
 demo: $(STAMP)
 	@bash sample_models/demo.sh
