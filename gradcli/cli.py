@@ -7,6 +7,7 @@ work runs in a worker process (supervisor.py).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from enum import StrEnum
@@ -321,7 +322,7 @@ def _execute(
     from . import report, supervisor
 
     debug = debug or os.environ.get("GRADCLI_DEBUG", "") not in ("", "0")
-    supervisor.handle_sigterm()
+    previous = supervisor.handle_sigterm()
     out = Console(soft_wrap=False)
     if not out.is_terminal:  # piped or redirected: room for every column, no wrapping
         out = Console(soft_wrap=False, width=120)
@@ -376,6 +377,8 @@ def _execute(
             traceback.print_exception(exc)
         _stderr_line(f"error: {type(exc).__name__}: {first_line(exc)}")
         code = int(ExitCode.GRADIENT)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(code)
 
 

@@ -212,13 +212,18 @@ def check_output(path: str | Path, label: str, *, directory: bool = False) -> No
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
-        return True
-    return True
+        pass
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat_line[stat_line.rindex(")") + 2 :][:1] != "Z"
 
 
 def remove_stale_temps(dest: str | Path, started: float | None = None) -> list[Path]:

@@ -43,12 +43,13 @@ def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def handle_sigterm() -> None:
-    """Make SIGTERM raise Terminated in the main thread (a no-op outside it)."""
+def handle_sigterm() -> Any:
+    """Make SIGTERM raise Terminated in the main thread (a no-op outside it); the handler
+    it replaces is returned, to be restored by a caller that lives on (tests, notebooks)."""
     try:
-        signal.signal(signal.SIGTERM, raise_terminated)
+        return signal.signal(signal.SIGTERM, raise_terminated)
     except ValueError:  # not the main thread
-        pass
+        return None
 
 
 @dataclass

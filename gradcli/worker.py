@@ -186,5 +186,15 @@ def _run(job, emit) -> int:
     return run_job(job, emit)
 
 
+def _exit(code: int) -> None:
+    """Exit; when stopped (Ctrl-C, SIGTERM, gradcli gone), skip the interpreter's slow
+    teardown (TensorFlow's atexit work takes seconds): nothing is left to finish."""
+    if code in (130, 143):
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
