@@ -407,10 +407,15 @@ def jacobian_function(
         # known while tracing: whether the output reaches each input at all
         reached = tape.gradient(total, xs, unconnected_gradients=tf.UnconnectedGradients.NONE)
         disconnected[:] = [k for k, g in enumerate(reached) if g is None]
-        out = [
-            tape.batch_jacobian(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            for x in xs
-        ]
+        out = []
+        for k, x in enumerate(xs):
+            if k in disconnected:  # zeros, without tracing a Jacobian loop for nothing
+                shape = tf.concat([tf.shape(y), tf.shape(x)[1:]], axis=0)
+                out.append(tf.zeros(shape, dtype=y.dtype))
+            else:
+                out.append(
+                    tape.batch_jacobian(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                )
         del tape
         return out
 
@@ -580,7 +585,7 @@ def token_input_error(handle: ModelHandle, index: int) -> GradientError | None:
         hint = "this SavedModel has no layers; wrt-weights gives the table's gradient"
     return GradientError(
         f"input {name!r} holds token ids ({what}): there is no gradient with respect to "
-        f"token ids; {hint}"
+        f"integer ids; {hint}"
     )
 
 
