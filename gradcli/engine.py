@@ -283,7 +283,6 @@ class GradientEngine:
         self._grad_fn = None
         self._forward_fn = None
         self._class_checked = False
-        self._disconnected_ok: set[int] = set()
 
     def _target_specs(self, targets: Sequence[np.ndarray]) -> list[Any]:
         return [tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(t.dtype)) for t in targets]
@@ -338,12 +337,8 @@ class GradientEngine:
         except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
             raise GradientError(f"the gradient cannot be computed: {_first_line(exc)}") from exc
         for k, g in enumerate(gi):
-            if g is None and k not in self._disconnected_ok:
-                # an input the objective does not reach: token ids are the usual reason
-                error = token_input_error(self.handle, k)
-                if error is not None:
-                    raise error
-                self._disconnected_ok.add(k)
+            if g is None:  # the objective does not reach it: token ids are the usual reason
+                raise missing_input_gradient(self.handle, k)
         if self.sparse_weights:
             weights = [_weight_numpy(g, v) for g, v in zip(gw, self.variables, strict=True)]
         else:
@@ -597,6 +592,24 @@ def _integer_input_error(handle: ModelHandle, index: int) -> GradientError:
     )
 
 
+def _disconnected_input_error(handle: ModelHandle, index: int) -> GradientError:
+    name = handle.inputs[index].name
+    where = (
+        "wrt-weights, or wrt-layer on the layer that consumes it"
+        if handle.layers
+        else "wrt-weights (a SavedModel function hides which op consumes it)"
+    )
+    return GradientError(
+        f"input {name!r} has no gradient: the objective does not depend on it "
+        f"differentiably (token ids cast to integers, or an unused input); use {where}"
+    )
+
+
+def missing_input_gradient(handle: ModelHandle, index: int) -> GradientError:
+    """Why input `index` got no gradient: token ids (naming the layer), else disconnected."""
+    return token_input_error(handle, index) or _disconnected_input_error(handle, index)
+
+
 def input_gradient_error(handle: ModelHandle, index: int) -> GradientError | None:
     """Why input `index` has no gradient (integer dtype or token ids), or None if it has."""
     if _input_dtype(handle.inputs[index].dtype).kind != "f":
@@ -618,6 +631,7 @@ __all__ = [
     "default_batch_size",
     "input_gradient_error",
     "jacobian_function",
+    "missing_input_gradient",
     "read_batches",
     "token_input_error",
     "token_uses",

@@ -21,6 +21,7 @@ from .engine import (
     default_batch_size,
     input_gradient_error,
     jacobian_function,
+    missing_input_gradient,
     read_batches,
 )
 from .errors import ExitCode, GradcliError, GradientError, InputError, UsageError
@@ -574,10 +575,8 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                 raise GradientError(
                     f"the Jacobian cannot be computed: {str(exc).splitlines()[0][:300]}"
                 ) from exc
-            for k in fn.disconnected:  # as wrt-input: token ids are an error, else a status
-                if start == 0 and (error := input_gradient_error(handle, k)) is not None:
-                    raise error
-                stats[names[k]].disconnected = True
+            if fn.disconnected:  # the same error as wrt-input's, naming the embedding
+                raise missing_input_gradient(handle, fn.disconnected[0])
             for n, j in zip(names, js, strict=True):
                 j = j.numpy().reshape(shapes[n][0:0] + (stop - start, *shapes[n][1:]))
                 stats[n].update(j)

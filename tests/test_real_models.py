@@ -470,3 +470,16 @@ def test_legacy_reshape_h5_loads_with_its_declared_input(cli, reshape_h5, tf, tm
     ref = tape.gradient(y, x).numpy()
     (got,) = npz(out).values()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-8)
+
+
+def test_an_unused_input_is_a_clear_error_in_wrt_input_and_jacobian(keras):
+    import gradcli
+    from gradcli.errors import GradientError
+
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    model = keras.Model([a, b], keras.layers.Dense(2, name="d")(a))
+    xs = [np.ones((2, 3), np.float32), np.ones((2, 2), np.float32)]
+    for fn in (gradcli.wrt_input, gradcli.jacobian):
+        with pytest.raises(GradientError, match="input 'b' has no gradient"):
+            fn(model, xs)
