@@ -349,14 +349,14 @@ class GradientEngine:
         """--class against the output's real size, where its declared shape leaves it open."""
         if self._class_checked or self.objective.kind != "class":
             return
+        self._class_checked = True
         index = self.objective.outputs[0]
         if None in self.handle.outputs[index].shape and len(inputs[0]):
-            try:
+            try:  # one sample's forward pass gives the real size
                 y = self.handle.call([x[:1] for x in inputs], training=False)[index]
             except Exception:  # noqa: BLE001 - the gradient call reports model errors itself
                 return
             self.objective.check_class_range(self.handle, tuple(y.shape[1:]))
-        self._class_checked = True
 
     def objective_values(
         self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] = ()
