@@ -361,7 +361,11 @@ def _loss_table(
     if isinstance(weights, dict):
         w = {name: float(weights.get(name, 1.0)) for name in output_names}
     elif isinstance(weights, list | tuple) and len(weights) == len(output_names):
-        w = {name: float(x) for name, x in zip(output_names, weights, strict=True)}
+        # tf.keras 2 keeps [None] when compile() was given no loss_weights
+        w = {
+            name: 1.0 if x is None else float(x)
+            for name, x in zip(output_names, weights, strict=True)
+        }
     else:
         w = dict.fromkeys(output_names, 1.0)
     table = {}
@@ -538,6 +542,8 @@ def _load_keras_file(path: Path, fmt: str, unsafe: bool) -> ModelHandle:
             if fmt == "h5":
                 return _load_h5_with_tf_keras(path, exc, unsafe)
             raise ModelError(f"{path}: cannot load the model: {_first_line(exc)}") from exc
+        if fmt == "h5" and (misread := _keras3_misread_input(path, model)):
+            return _load_declared_input_shape(path, misread, unsafe)
         names = _output_names(model)
         losses = _losses_from_training_config(path, names) if fmt == "h5" else None
         loader = "keras (compile config skipped)"
@@ -547,8 +553,64 @@ def _load_keras_file(path: Path, fmt: str, unsafe: bool) -> ModelHandle:
             note = f"compile config did not load ({_first_line(first)})"
         return KerasHandle(model, path, fmt, loader, losses, note)
     _ensure_called(model, path)
+    if fmt == "h5" and (misread := _keras3_misread_input(path, model)):
+        return _load_declared_input_shape(path, misread, unsafe)
     losses = _compiled_losses(model, _output_names(model), keras)
     return KerasHandle(model, path, fmt, "keras", losses)
+
+
+def _h5_declared_input(path: Path) -> tuple[int | None, ...] | None:
+    """The batch input shape a legacy Sequential `.h5` declares on its first layer."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    try:
+        config = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    if not isinstance(config, dict) or config.get("class_name") != "Sequential":
+        return None
+    layers = (config.get("config") or {}).get("layers")
+    if isinstance(config.get("config"), list):  # Keras 2.0/2.1 wrote the layer list itself
+        layers = config["config"]
+    if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+        return None
+    first = layers[0].get("config") or {}
+    shape = first.get("batch_input_shape") or first.get("batch_shape")
+    if not isinstance(shape, list) or not all(d is None or isinstance(d, int) for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _keras3_misread_input(path: Path, model: Any) -> str | None:
+    """Keras 3 reads some legacy Sequential `.h5` files (a first Reshape layer carrying
+    `batch_input_shape`) with a spurious extra input axis. The mismatch, described, or None."""
+    declared = _h5_declared_input(path)
+    inputs = _flat(getattr(model, "inputs", None) or [])
+    if declared is None or len(inputs) != 1:
+        return None
+    loaded = tuple(inputs[0].shape)
+    if len(loaded) == len(declared) and all(
+        a is None or b is None or a == b for a, b in zip(declared, loaded, strict=True)
+    ):
+        return None
+    return (
+        f"Keras 3 reads its input as {_shape_text(loaded)}, but the file declares "
+        f"{_shape_text(declared)}"
+    )
+
+
+def _load_declared_input_shape(path: Path, misread: str, unsafe: bool) -> ModelHandle:
+    """Load with tf_keras (safe mode), which reads the declared input shape as written."""
+    handle = _load_h5_with_tf_keras(path, ModelError(misread), unsafe)
+    handle.loader = "tf_keras (Keras 3 misreads this file's input shape)"
+    return handle
 
 
 def _load_h5_with_tf_keras(path: Path, keras_error: Exception, unsafe: bool) -> ModelHandle:

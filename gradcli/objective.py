@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from .arrays import ArraySource
 from .backend import keras, tf
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .loading import LossSpec, ModelHandle, resolve_loss
 
 
@@ -19,6 +23,7 @@ class Objective:
     output_names: list[str]
     class_index: int | None = None
     losses: dict[int, LossSpec] = field(default_factory=dict)  # per output index (kind "loss")
+    output_shapes: dict[int, tuple] = field(default_factory=dict)  # declared, without N
 
     @property
     def needs_targets(self) -> bool:
@@ -37,8 +42,62 @@ class Objective:
                 parts.append(f"{w}{spec.description} on {self.output_names[i]}")
             return "per-sample loss: " + " + ".join(parts)
         if self.kind == "class":
-            return f"class {self.class_index} of {names}"
+            shape = self.output_shapes.get(self.outputs[0], ())
+            summed = " (summed over positions)" if len(shape) > 1 else ""
+            return f"class {self.class_index} of {names}{summed}"
         return f"sum of {names}"
+
+    def check_class_range(self, handle: ModelHandle, shape: tuple[int | None, ...]) -> None:
+        """--class K indexes the output's last (class) axis: refuse K outside it (exit 2)."""
+        k = self.class_index
+        name = self.output_names[self.outputs[0]]
+        classes = shape[-1] if shape else 1
+        if k is None or (k >= 0 and (classes is None or k < classes)):
+            return
+        text = _shape_text(shape)
+        declared = tuple(handle.outputs[self.outputs[0]].shape)
+        if tuple(shape) != declared:
+            text += f" on this input (declared {_shape_text(declared)})"
+        if classes is None:
+            raise UsageError(f"--class {k}: K must be 0 or more; output {name!r} has shape {text}")
+        where = "classes on its last axis" if len(shape) > 1 else "classes"
+        raise UsageError(
+            f"--class {k}: output {name!r} has shape {text}, {classes} {where}; "
+            f"K must be in 0..{classes - 1}"
+        )
+
+    def sparse_labels(self, handle: ModelHandle) -> list[tuple[int, int, int | None]]:
+        """(target position, number of classes, ignore_class) of each sparse-label loss."""
+        found = []
+        for position, (i, spec) in enumerate(self.losses.items()):
+            if self.kind != "loss" or not _is_sparse_loss(spec):
+                continue
+            shape = handle.outputs[i].shape
+            classes = shape[-1] if shape else None
+            if classes:
+                found.append((position, int(classes), _ignore_class(spec.fn)))
+        return found
+
+    def check_targets(self, handle: ModelHandle, targets: Sequence[ArraySource]) -> None:
+        """Labels a sparse loss cannot take (7 or -1 for 3 classes): exit 3 before any work.
+
+        The target is scanned in chunks of about a million values, so a memory-mapped
+        target of any size is checked in bounded memory.
+        """
+        for position, classes, ignore in self.sparse_labels(handle):
+            source = targets[position]
+            bad = _first_out_of_range(source, classes, ignore)
+            if bad is None:
+                continue
+            value, sample = bad
+            index = list(self.losses)[position]
+            spec = self.losses[index]
+            raise InputError(
+                f"{source.label}: label {value} (sample {sample}) is out of range for "
+                f"{spec.description} on output {self.output_names[index]!r}, which has "
+                f"{classes} classes: labels must be in 0..{classes - 1}"
+                + ("" if ignore is None else f" (or {ignore}, the ignored class)")
+            )
 
     def per_sample(self, outputs: list, targets: list) -> Any:
         """o for a batch: shape (B,), float32. `targets` aligns with `self.losses`."""
@@ -49,15 +108,80 @@ class Objective:
                 total = value if total is None else total + value
             return total
         if self.kind == "class":
-            y = outputs[self.outputs[0]]
-            flat = tf.reshape(y, [tf.shape(y)[0], -1])
-            return _wide(flat[:, self.class_index])
+            y = _wide(outputs[self.outputs[0]])
+            if y.shape.rank == 1:  # (N,): one unit per sample, K = 0
+                return y
+            score = y[..., self.class_index]  # class K at every position
+            if score.shape.rank == 1:
+                return score
+            return tf.reduce_sum(score, axis=list(range(1, score.shape.rank)))
         total = None
         for i in self.outputs:
             y = _wide(outputs[i])
             s = tf.reduce_sum(tf.reshape(y, [tf.shape(y)[0], -1]), axis=1)
             total = s if total is None else total + s
         return total
+
+
+def _units(shape: Sequence[int | None]) -> int | None:
+    units = 1
+    for d in shape:
+        if d is None:
+            return None
+        units *= int(d)
+    return units
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join(["N", *("?" if d is None else str(d) for d in shape)]) + ")"
+
+
+def _loss_names(fn: Any) -> str:
+    """Every name a loss goes by (class, function, wrapped function), squashed for matching."""
+    names = [type(fn).__name__, getattr(fn, "__name__", ""), getattr(fn, "name", "")]
+    inner = getattr(fn, "fn", None)
+    if inner is not None:
+        names.append(getattr(inner, "__name__", ""))
+    return " ".join(str(n) for n in names).replace("_", "").lower()
+
+
+def _is_sparse_loss(spec: LossSpec) -> bool:
+    text = _loss_names(spec.fn) + " " + spec.description.replace("_", "").lower()
+    return "sparsecategorical" in text
+
+
+def _ignore_class(fn: Any) -> int | None:
+    for source in (getattr(fn, "_fn_kwargs", None), getattr(fn, "ignore_class", None)):
+        if isinstance(source, dict) and source.get("ignore_class") is not None:
+            return int(source["ignore_class"])
+        if isinstance(source, int) and not isinstance(source, bool):
+            return int(source)
+    return None
+
+
+def _first_out_of_range(
+    source: ArraySource, classes: int, ignore: int | None, chunk_values: int = 1 << 20
+) -> tuple[int | float, int] | None:
+    """The first label outside 0..classes-1 (value, sample index), scanning in chunks."""
+    per_sample = max(1, int(np.prod(source.shape[1:], dtype=np.int64)))
+    rows = max(1, chunk_values // per_sample)
+    n = len(source)
+    for start in range(0, n, rows):
+        part = source.read(start, min(n, start + rows))
+        if part.dtype.kind == "b":
+            part = part.astype(np.int8)
+        bad = (part < 0) | (part >= classes)
+        if part.dtype.kind == "f":
+            bad &= np.isfinite(part)  # NaN labels are the loss's business, not a range error
+        if ignore is not None:
+            bad &= part != ignore
+        if bad.any():
+            flat = int(np.flatnonzero(bad.reshape(-1))[0])
+            value = part.reshape(-1)[flat].item()
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            return value, start + flat // per_sample
+    return None
 
 
 def _wide(x: Any) -> Any:
@@ -159,14 +283,14 @@ def build_objective(
             raise UsageError(
                 f"--class on a model with {len(names)} outputs needs --output ({', '.join(names)})"
             )
-        shape = handle.outputs[selected[0]].shape
-        units = 1
-        for d in shape:
-            units = units * d if d is not None and units is not None else None
-        if class_index < 0 or (units is not None and class_index >= units):
-            raise UsageError(
-                f"--class {class_index}: output {names[selected[0]]!r} has "
-                f"{units} units (0..{units - 1 if units else '?'})"
-            )
-        return Objective("class", selected, names, class_index=class_index)
+        objective = Objective(
+            "class",
+            selected,
+            names,
+            class_index=class_index,
+            output_shapes={selected[0]: tuple(handle.outputs[selected[0]].shape)},
+        )
+        # an output whose class axis is open is checked again on the first batch
+        objective.check_class_range(handle, tuple(handle.outputs[selected[0]].shape))
+        return objective
     return Objective("sum", selected, names)

@@ -146,6 +146,13 @@ def _render_gradients(rec: dict, console: Console) -> None:
         ]
         table.add_row(*row)
     console.print(table)
+    for t in rec["tensors"]:
+        sparse = t.get("sparse")
+        if sparse:  # an embedding table: shown dense, its untouched rows are zero
+            console.print(
+                f"{t['name']}: sparse gradient, {sparse['rows_touched']:,} of "
+                f"{sparse['rows']:,} rows touched (the others are zero)"
+            )
     comp = rec.get("completeness")
     if comp:
         console.print(

@@ -15,7 +15,15 @@ import numpy as np
 
 from . import __version__
 from .arrays import ArraySource, check_samples, read_arrays
-from .engine import GradientEngine, default_batch_size, jacobian_function, read_batches
+from .engine import (
+    GradientEngine,
+    GradientSum,
+    default_batch_size,
+    input_gradient_error,
+    jacobian_function,
+    missing_input_gradient,
+    read_batches,
+)
 from .errors import ExitCode, GradcliError, GradientError, InputError, UsageError, first_line
 from .job import Job
 from .loading import ModelHandle, import_custom_code, load_model
@@ -199,6 +207,7 @@ class _Context:
                 raise InputError(f"no target for output(s) {', '.join(missing)}")
             check_samples(sources, {}, "target", n=self.n)
             self.targets = [sources[t] for t in tnames]
+            self.objective.check_targets(handle, self.targets)
 
     @property
     def input_sources(self) -> list[ArraySource]:
@@ -466,12 +475,18 @@ def _unique(names: list[str]) -> list[str]:
 def _wrt_weights(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
     engine = GradientEngine(
-        handle, ctx.objective, wrt_weights=True, training=job.training, jit=job.jit
+        handle,
+        ctx.objective,
+        wrt_weights=True,
+        training=job.training,
+        jit=job.jit,
+        sparse_weights=True,
     )
     if not engine.variables:
         raise GradientError(f"{handle.path.name} has no trainable variables")
     names = _unique(engine.variable_names)
-    sums: list[np.ndarray | None] = [None] * len(names)
+    # embedding tables' gradients arrive as rows: summed into one float64 table each
+    sums = [GradientSum(tuple(v.shape)) for v in engine.variables]
     connected = [True] * len(names)
     for batch in ctx.batches(engine, ctx.batch_size()):
         result = engine.gradients(batch.inputs, batch.targets)
@@ -479,8 +494,7 @@ def _wrt_weights(ctx: _Context, out: Path | None, png: Path | None) -> dict:
             if g is None:
                 connected[k] = False
                 continue
-            g = np.asarray(g, dtype=np.float64)
-            sums[k] = g if sums[k] is None else sums[k] + g
+            sums[k].add(g)
         ctx.progress(batch.stop)
     grads: dict[str, np.ndarray] = {}
     stats = []
@@ -489,12 +503,17 @@ def _wrt_weights(ctx: _Context, out: Path | None, png: Path | None) -> dict:
         value = np.asarray(engine.variables[k].numpy())
         st = TensorStats(name, tuple(value.shape))
         st.param_norm = float(np.linalg.norm(value.astype(np.float64).ravel()))
-        if not connected[k] or sums[k] is None:
+        if not connected[k] or sums[k].total is None:
             st.disconnected = True
         else:
-            g = (sums[k] / ctx.n).astype(value.dtype if value.dtype.kind == "f" else np.float32)
+            total = sums[k].total
+            total /= ctx.n
+            g = total.astype(value.dtype if value.dtype.kind == "f" else np.float32)
+            sums[k].total = None  # the float64 table goes before the next one is made
             grads[name] = g
             st.update(g)
+            if sums[k].sparse:
+                st.extra["sparse"] = {"rows_touched": sums[k].rows_touched, "rows": g.shape[0]}
         stats.append(st)
     records_gates = job.gates
     rows = [s.record(records_gates) for s in stats]
@@ -545,8 +564,9 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
             f"raise --max-elements"
         )
     dtypes = [np.dtype(i.dtype) if np.dtype(i.dtype).kind == "f" else None for i in handle.inputs]
-    if None in dtypes:
-        raise GradientError("jacobian needs float inputs; an integer input has no derivative")
+    for k, dt in enumerate(dtypes):
+        if dt is None:  # integer inputs: the same message as wrt-input's, naming the embedding
+            raise input_gradient_error(handle, k)
     fn = jacobian_function(handle, outputs[0], training=job.training, jit=job.jit)
     per_sample = max(1, total // ctx.n)
     size = job.batch_size or max(1, min(default_batch_size(handle), (1 << 24) // per_sample))
@@ -563,6 +583,8 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                 raise GradientError(
                     f"the Jacobian cannot be computed: {str(exc).splitlines()[0][:300]}"
                 ) from exc
+            if fn.disconnected:  # the same error as wrt-input's, naming the embedding
+                raise missing_input_gradient(handle, fn.disconnected[0])
             for n, j in zip(names, js, strict=True):
                 j = j.numpy().reshape(shapes[n][0:0] + (stop - start, *shapes[n][1:]))
                 stats[n].update(j)
