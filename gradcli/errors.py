@@ -16,9 +16,16 @@ class ExitCode(IntEnum):
 
 
 class GradcliError(Exception):
-    """An error a user can act on; its message is printed as one line."""
+    """An error a user can act on; its message is printed as one line.
+
+    Parameters in the message are marked with `param(...)`: `str(exc)` names them as a Python
+    caller knows them (`class_index=`), `render(exc, CLI_FLAGS)` as the CLI's flags.
+    """
 
     exit_code: ExitCode = ExitCode.GRADIENT
+
+    def __str__(self) -> str:
+        return render(self)
 
 
 class UsageError(GradcliError):
@@ -67,3 +74,62 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
             head = f"{head} {text}"
             break
     return head[:limit]
+
+
+# ------------------------------------------------------------------ naming parameters
+#
+# The library speaks Python and the CLI speaks flags. A message names a parameter with
+# `param("class_index")`; `str(exc)` (what a Python caller sees) shows `class_index=`, and
+# the CLI's funnel shows the flag (`--class`) through `render(exc, CLI_FLAGS)`.
+
+_MARK = "\x1f"
+
+CLI_FLAGS: dict[str, str] = {
+    "class_index": "--class",
+    "output": "--output",
+    "loss": "--loss",
+    "from_logits": "--from-logits",
+    "target": "--target",
+    "training": "--training",
+    "batch_size": "--batch-size",
+    "method": "--method",
+    "layers": "--layer",
+    "baseline": "--baseline",
+    "samples": "--samples",
+    "noise": "--noise",
+    "seed": "--seed",
+    "steps": "--steps",
+    "png": "--png",
+    "out": "--out",
+    "top": "--top",
+    "max_elements": "--max-elements",
+    "wrt": "--wrt",
+    "directions": "--directions",
+    "eps": "--eps",
+    "rtol": "--rtol",
+    "shard": "--shard",
+    "fail_on": "--fail-on",
+    "unsafe": "--unsafe",
+    "imports": "--import",
+    "jit": "--jit",
+}
+
+
+def param(name: str) -> str:
+    """A parameter's name inside an error message, shown as a flag by the CLI."""
+    return f"{_MARK}{name}{_MARK}"
+
+
+def render(exc: BaseException, names: dict[str, str] | None = None) -> str:
+    """An error's text with its parameters named by `names` (default: Python `name=`)."""
+    text = Exception.__str__(exc)
+    if _MARK not in text:
+        return text
+    parts = text.split(_MARK)
+    for i in range(1, len(parts), 2):
+        key = parts[i]
+        if names is None:
+            parts[i] = f"{key}="
+        else:
+            parts[i] = names.get(key, "--" + key.replace("_", "-"))
+    return "".join(parts)
