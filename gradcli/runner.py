@@ -113,7 +113,7 @@ def run_one(
 ) -> dict:
     if out is not None:
         check_writable(out)
-    handle = load_model(path, unsafe=job.unsafe)
+    handle = load_model(path, unsafe=job.unsafe, describe_only=job.command == "info")
     if job.command == "info":
         return info_record(job, handle)
     ctx = _Context(job, handle, emit, index)
