@@ -33,12 +33,15 @@ REFUSED_OP_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
                 "WriteFile",
                 "MatchingFiles",
                 "FileSystemSetConfiguration",
-                "ImmutableConst",  # memory-maps a file named in an attribute
                 "LoadAndRemapMatrix",  # reads a checkpoint file
                 "GenerateVocabRemapping",  # reads vocabulary files
                 "RecordInput",  # reads record files matching a pattern
             }
         ),
+    ),
+    "memory-mapped file": (
+        "maps a file named in an attribute into memory",
+        frozenset({"ImmutableConst"}),
     ),
     "file reader": (
         "reads records from files",
