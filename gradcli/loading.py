@@ -570,7 +570,15 @@ def load_model(path: str | Path, unsafe: bool = False, describe_only: bool = Fal
         if not unsafe:
             _check_savedmodel(path)
         if describe_only and not _is_keras2_savedmodel(path):
-            return SavedModelSummary(path, describe_savedmodel(path))
+            try:
+                described = describe_savedmodel(path)
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a malformed protobuf is a load error
+                raise ModelError(
+                    f"{path}: cannot load the SavedModel: {_first_line(exc)}"
+                ) from None
+            return SavedModelSummary(path, described)
         return _load_savedmodel(path, unsafe)
     suffix = path.suffix.lower()
     if suffix in KERAS_SUFFIXES:

@@ -248,6 +248,32 @@ def scan_savedmodel(path: Path) -> None:
         ) from None
     for meta in saved.meta_graphs:
         _scan_meta_graph(path, meta, op_def_registry)
+        _check_variable_sizes(path, meta)
+
+
+def _check_variable_sizes(path: Path, meta: Any) -> None:
+    """Refuse variables declaring more bytes than the SavedModel's checkpoint holds."""
+    from tensorflow.python.framework import dtypes
+
+    declared = 0
+    for node in meta.object_graph_def.nodes:
+        if node.WhichOneof("kind") != "variable":
+            continue
+        dims = [d.size for d in node.variable.shape.dim]
+        if node.variable.shape.unknown_rank or any(d < 0 for d in dims):
+            continue
+        try:
+            itemsize = max(1, dtypes.as_dtype(node.variable.dtype).size)
+        except (TypeError, ValueError):
+            itemsize = 1
+        declared += math.prod(dims) * itemsize
+    variables = path / "variables"
+    stored = sum(f.stat().st_size for f in variables.glob("*") if f.is_file())
+    if declared > stored + _PARAM_SLACK:
+        raise ModelError(
+            f"{path}: refused: its variables declare {size_text(declared)} but its checkpoint "
+            f"holds {size_text(stored)}; sizes this large cannot be real"
+        )
 
 
 def _scan_meta_graph(path: Path, meta: Any, registry: Any) -> None:

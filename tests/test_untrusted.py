@@ -327,6 +327,64 @@ def hostile(tmp_path_factory, tf, keras):
                 assert b"1000000000" in data
             dst.writestr(item, data)
 
+    # a .keras whose weights file keeps the kernel in a local file
+    weights = d / "model.weights.h5"
+    with zipfile.ZipFile(d / "base.keras") as src:
+        weights.write_bytes(src.read("model.weights.h5"))
+    leak60 = d / "leak60.bin"
+    leak60.write_bytes((SECRET * 8).encode()[:60])  # 5 x 3 float32
+    with h5py.File(weights, "r+") as f:
+        kernels = []
+        f.visititems(
+            lambda n, o: kernels.append(n) if getattr(o, "shape", None) == (5, 3) else None
+        )
+        del f[kernels[0]]
+        f.create_dataset(kernels[0], shape=(5, 3), dtype="<f4", external=[(str(leak60), 0, 60)])
+    h["keras_external"] = d / "keras_external.keras"
+    with (
+        zipfile.ZipFile(d / "base.keras") as src,
+        zipfile.ZipFile(h["keras_external"], "w") as dst,
+    ):
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "model.weights.h5":
+                data = weights.read_bytes()
+            dst.writestr(item, data)
+
+    # an .h5 with a layer only tf_keras knows (Keras 3 fails, the tf_keras fallback loads it):
+    # as is, with a 10^9-unit Dense in its config, and with a Lambda layer
+    x = tf_keras.Input((5,), name="x")
+    lc = tf_keras.layers.Reshape((5, 1))(x)
+    lc = tf_keras.layers.Flatten()(tf_keras.layers.LocallyConnected1D(2, 1, name="lc")(lc))
+    tf_keras.Model(x, tf_keras.layers.Dense(3, name="out")(lc)).save(d / "tfk_plain.h5")
+    h["tfk_plain"] = d / "tfk_plain.h5"
+    h["tfk_1e9"] = d / "tfk_1e9.h5"
+    shutil.copy(d / "tfk_plain.h5", h["tfk_1e9"])
+    with h5py.File(h["tfk_1e9"], "r+") as f:
+        config = f.attrs["model_config"]
+        config = config.decode() if isinstance(config, bytes) else config
+        assert '"units": 3' in config
+        f.attrs["model_config"] = config.replace('"units": 3', '"units": 1000000000')
+    lam = tf_keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    lc = tf_keras.layers.Flatten()(
+        tf_keras.layers.LocallyConnected1D(2, 1, name="lc")(tf_keras.layers.Reshape((5, 1))(lam))
+    )
+    tf_keras.Model(x, lc).save(d / "tfk_lambda.h5")
+    h["tfk_lambda"] = d / "tfk_lambda.h5"
+
+    # a plain SavedModel whose variable declares 8 GB that its checkpoint does not hold
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    _module_savedmodel(tf, d / "sm_huge_variable")
+    pb = d / "sm_huge_variable" / "saved_model.pb"
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString(pb.read_bytes())
+    for node in saved.meta_graphs[0].object_graph_def.nodes:
+        if node.WhichOneof("kind") == "variable" and node.variable.name == "w":
+            node.variable.shape.dim[0].size = 10**9
+    pb.write_bytes(saved.SerializeToString())
+    h["sm_huge_variable"] = d / "sm_huge_variable"
+
     # a ~3 MB .npz whose deflated member inflates to 3 GiB, shape (N, 7) against 5 features
     h["npz_bomb"] = d / "bomb.npz"
     _write_npz_bomb(h["npz_bomb"], rows=(3 * GiB) // 28, features=7)
@@ -420,7 +478,7 @@ def test_savedmodel_op_family_refused(cli, hostile, family, tmp_path):
 def zoo(hostile, tmp_path_factory):
     """`gradcli info` on a directory of hostile models: one real process, its peak memory."""
     d = tmp_path_factory.mktemp("zoo")
-    for key in ("declared_5g", "params_1e9", "vocab_h5", "init_write", "keras2_sneaky"):
+    for key in ("declared_5g", "params_1e9", "vocab_h5", "init_write", "keras2_sneaky", "tfk_1e9"):
         src = hostile[key]
         (shutil.copytree if src.is_dir() else shutil.copy)(src, d / src.name)
     shutil.copytree(hostile["families"]["write_file"][0], d / "sm_write_file")
@@ -431,7 +489,7 @@ def zoo(hostile, tmp_path_factory):
 
 def test_real_process_refuses_every_hostile_model_in_bounded_memory(zoo, hostile):
     assert zoo["code"] == 3, zoo["err"]
-    assert len(zoo["records"]) == 6
+    assert len(zoo["records"]) == 7
     assert all(r["exit_code"] == 3 for r in zoo["records"].values()), zoo["out"]
     assert "Traceback" not in zoo["err"] and SECRET not in zoo["out"] + zoo["err"]
     assert not any(hostile["markers"].iterdir())
@@ -535,6 +593,36 @@ def test_tf_keras_only_layer_loads_with_unsafe(cli, hostile):
     record = json.loads(r.out)
     assert record["loader"] == "tf_keras"
     assert "LocallyConnected1D" in {layer["class"] for layer in record["layers"]}
+
+
+def test_keras_archive_weights_with_external_storage(cli, hostile, tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((2, 5), np.float32))
+    r = cli("wrt-weights", hostile["keras_external"], x, "-o", tmp_path / "g.npz")
+    assert_refused(r.code, r.out, r.err, "model.weights.h5", "external file")
+    assert not (tmp_path / "g.npz").exists()
+
+
+def test_tf_keras_fallback_bounded_like_the_primary_loader(zoo, cli, hostile):
+    # the fallback (tf_keras) would build this model; its weights are refused by size first
+    _zoo_error(zoo, "tfk_1e9.h5", "(10, 1000000000)", "parameters")
+    r = cli("info", hostile["tfk_plain"], "--json")  # the same file, honest: no false refusal
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["loader"] == "tf_keras"
+
+
+def test_tf_keras_fallback_refuses_lambda(cli, hostile):
+    r = cli("info", hostile["tfk_lambda"])
+    assert_refused(r.code, r.out, r.err, "Lambda", "'double'", "--unsafe")
+    r = cli("info", hostile["tfk_lambda"], "--unsafe", "--json")
+    assert r.code == 0, r.err
+    assert "Lambda" in {layer["class"] for layer in json.loads(r.out)["layers"]}
+
+
+def test_savedmodel_variable_larger_than_its_checkpoint(cli, hostile, tmp_path):
+    model = hostile["sm_huge_variable"]
+    r = cli("wrt-input", model, hostile["dir"] / "x3.npy", "-o", tmp_path / "g.npz")
+    assert_refused(r.code, r.out, r.err, "variables declare", "GiB")
 
 
 # ------------------------------------------------------------------ size bombs
