@@ -634,9 +634,12 @@ def describe_savedmodel(path: Path) -> dict:
     saved.ParseFromString((path / "saved_model.pb").read_bytes())
     meta = saved.meta_graphs[0]
     graph = meta.object_graph_def
-    root = graph.nodes[0]
-    children = {c.local_name: c.node_id for c in root.children}
-    described: dict = {"variables": _proto_variables(graph)}
+    if not graph.nodes:  # a TF1 SavedModel: no object graph, only signatures
+        children: dict = {}
+        described: dict = {"variables": _tf1_variables(meta)}
+    else:
+        children = {c.local_name: c.node_id for c in graph.nodes[0].children}
+        described = {"variables": _proto_variables(graph)}
     serve = graph.nodes[children["serve"]] if "serve" in children else None
     if (
         serve is not None
@@ -706,6 +709,25 @@ def _proto_variables(graph: Any) -> list[tuple[str, Any]]:
                     found.append((path, _Shaped(shape)))
             else:
                 todo.append((f"{path}/", child.node_id))
+    return found
+
+
+def _tf1_variables(meta: Any) -> list[tuple[str, Any]]:
+    """Trainable variables of a TF1 graph: its collection, shapes from the variable nodes."""
+    from tensorflow.core.framework import variable_pb2
+
+    nodes = {n.name: n for n in meta.graph_def.node}
+    found: list[tuple[str, Any]] = []
+    collection = meta.collection_def.get("trainable_variables")
+    for raw in collection.bytes_list.value if collection is not None else []:
+        var = variable_pb2.VariableDef()
+        var.ParseFromString(raw)
+        name = var.variable_name.split(":")[0]
+        node = nodes.get(name)
+        if node is None or "shape" not in node.attr:
+            continue
+        shape = tuple(max(d.size, 0) for d in node.attr["shape"].shape.dim)
+        found.append((name, _Shaped(shape)))
     return found
 
 

@@ -278,11 +278,8 @@ def _check_variable_sizes(path: Path, meta: Any) -> None:
 
 def _scan_meta_graph(path: Path, meta: Any, registry: Any) -> None:
     library = {f.signature.name: f for f in meta.graph_def.library.function}
-    saver_nodes = {
-        name.split(":")[0].lstrip("^")
-        for name in (meta.saver_def.save_tensor_name, meta.saver_def.restore_op_name)
-        if name
-    }
+    graph_nodes = list(meta.graph_def.node)
+    save_ok_nodes = _saver_only_nodes(meta, graph_nodes)
 
     def callees(nodes) -> Iterator[str]:
         for node in nodes:
@@ -305,9 +302,8 @@ def _scan_meta_graph(path: Path, meta: Any, registry: Any) -> None:
             todo.extend(callees(library[name].node_def))
         return seen
 
-    graph_nodes = list(meta.graph_def.node)
-    from_saver = reachable(list(callees(n for n in graph_nodes if n.name in saver_nodes)))
-    others = [n for n in graph_nodes if n.name not in saver_nodes]
+    from_saver = reachable(list(callees(n for n in graph_nodes if n.name in save_ok_nodes)))
+    others = [n for n in graph_nodes if n.name not in save_ok_nodes]
     # every library function is loaded (and may be called by the object graph); only those
     # reached solely from the saver's save/restore nodes may hold checkpoint ops
     from_elsewhere = reachable(
@@ -315,10 +311,44 @@ def _scan_meta_graph(path: Path, meta: Any, registry: Any) -> None:
     )
     save_ok = from_saver - from_elsewhere
     for node in graph_nodes:
-        _check_node(path, node, "the graph", node.name in saver_nodes, library, registry)
+        _check_node(path, node, "the graph", node.name in save_ok_nodes, library, registry)
     for name, function in library.items():
         for node in function.node_def:
             _check_node(path, node, f"function {name}", name in save_ok, library, registry)
+
+
+def _saver_only_nodes(meta: Any, graph_nodes: list) -> set[str]:
+    """Graph nodes that only TensorFlow's own variable save/restore runs.
+
+    The nodes the `saver_def` names and their inputs (a TF1 graph's save/SaveV2 and
+    save/RestoreV2 live there), minus every node that a signature, an init op or a
+    collection (what a loader or a serving call runs) depends on.
+    """
+    by_name = {n.name: n for n in graph_nodes}
+
+    def closure(names) -> set[str]:
+        seen: set[str] = set()
+        todo = [_node_name(n) for n in names if n]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in by_name:
+                continue
+            seen.add(name)
+            todo.extend(_node_name(i) for i in by_name[name].input)
+        return seen
+
+    saver = meta.saver_def
+    roots: list[str] = []
+    for signature in meta.signature_def.values():
+        for info in list(signature.inputs.values()) + list(signature.outputs.values()):
+            roots.append(info.name)
+    for collection in meta.collection_def.values():
+        roots.extend(collection.node_list.value)
+    return closure([saver.save_tensor_name, saver.restore_op_name]) - closure(roots)
+
+
+def _node_name(tensor: str) -> str:
+    return tensor.lstrip("^").split(":")[0]
 
 
 def _check_node(

@@ -705,7 +705,49 @@ def friendly(tmp_path_factory, tf):
 
     _module_savedmodel(tf, d / "table", lambda s, x: s.t.lookup(tf.constant(1, tf.int64)), table)
     np.save(d / "x.npy", np.random.default_rng(3).normal(size=(5, 3)).astype(np.float32))
+
+    class OnlySignature(tf.Module):  # no `serve`: used through its serving_default signature
+        def __init__(self):
+            self.k = tf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2), name="k")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="feats")])
+        def predict(self, feats):
+            return {"score": tf.matmul(feats, self.k)}
+
+    _tf1_savedmodel(tf, d / "tf1")
+    _tf1_savedmodel(tf, d / "tf1_save", save_to=str(d / "tf1_marker"))
+
+    module = OnlySignature()
+    tf.saved_model.save(
+        module, str(d / "signature"), signatures={"serving_default": module.predict}
+    )
     return d
+
+
+def _tf1_savedmodel(tf, path: Path, save_to: str | None = None) -> None:
+    """A TF1 SavedModel (graph, Saver, signature): y = x @ w; `save_to` makes the serving
+    signature depend on a SaveV2 op outside the saver's own restore path."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        w = tf.compat.v1.get_variable("w", initializer=np.arange(6, dtype=np.float32).reshape(3, 2))
+        deps = []
+        if save_to is not None:
+            deps.append(
+                tf.raw_ops.SaveV2(
+                    prefix=save_to, tensor_names=["x"], shape_and_slices=[""], tensors=[x]
+                )
+            )
+        with tf.control_dependencies(deps):
+            y = tf.identity(tf.matmul(x, w), name="y")
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            builder = tf.compat.v1.saved_model.Builder(str(path))
+            signature = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+            builder.add_meta_graph_and_variables(
+                sess, ["serve"], signature_def_map={"serving_default": signature}
+            )
+            builder.save()
 
 
 def _module_reference(tf, x, scale=1.0):
@@ -786,3 +828,32 @@ def test_tf_keras_savedmodel_with_custom_layer(cli, tf, tmp_path):
     np.testing.assert_allclose(
         npz(tmp_path / "g.npz")["x"], tape.gradient(y, x), rtol=1e-4, atol=1e-6
     )
+
+
+def test_info_from_the_protobuf_matches_the_loaded_model(cli, tf, friendly, tmp_path):
+    model = friendly / "signature"
+    r = cli("info", model, "--json")
+    assert r.code == 0, r.err
+    record = json.loads(r.out)
+    assert record["endpoint"] == "serving_default"
+    assert record["inputs"] == [{"name": "feats", "shape": [3], "dtype": "float32"}]
+    assert record["outputs"] == [{"name": "score", "shape": [2], "dtype": "float32"}]
+    assert record["trainable_params"] == 6
+    r = cli("wrt-input", model, friendly / "x.npy", "-o", tmp_path / "g.npz")
+    assert r.code == 0, r.err
+    k = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_allclose(npz(tmp_path / "g.npz")["feats"], np.tile(k.sum(axis=1), (5, 1)))
+
+
+def test_tf1_savedmodel_loads_and_its_save_ops_stay_in_the_saver(cli, friendly, tmp_path):
+    k = np.arange(6, dtype=np.float32).reshape(3, 2)
+    r = cli("info", friendly / "tf1", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["trainable_params"] == 6
+    r = cli("wrt-input", friendly / "tf1", friendly / "x.npy", "-o", tmp_path / "g.npz")
+    assert r.code == 0, r.err
+    np.testing.assert_allclose(npz(tmp_path / "g.npz")["x"], np.tile(k.sum(axis=1), (5, 1)))
+    # the same graph whose serving signature depends on a SaveV2 of its input
+    r = cli("wrt-input", friendly / "tf1_save", friendly / "x.npy", "-o", tmp_path / "h.npz")
+    assert_refused(r.code, r.out, r.err, "'SaveV2'", "the graph", "--unsafe")
+    assert not list(friendly.glob("tf1_marker*")) and not (tmp_path / "h.npz").exists()
