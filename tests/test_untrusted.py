@@ -187,6 +187,19 @@ def _families(tf, secret: Path, marker: str) -> dict:
             None,
             "ImmutableConst",
         ),
+        "descriptor_file": (
+            lambda s, x: tf.size(
+                tf.io.decode_proto(
+                    tf.constant([b""]),
+                    message_type="tensorflow.Example",
+                    field_names=["features"],
+                    output_types=[tf.string],
+                    descriptor_source=str(secret),
+                ).sizes
+            ),
+            None,
+            "DecodeProtoV2",
+        ),
         "print_to_file": (
             lambda s, x: (tf.print(x, output_stream="file://" + marker), None)[1],
             None,
@@ -458,6 +471,7 @@ FAMILIES = [
     "save_v2",
     "immutable_const",
     "print_to_file",
+    "descriptor_file",
     "custom_op",
 ]
 
