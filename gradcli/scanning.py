@@ -612,8 +612,9 @@ _PARAM_SLACK = 64 << 20
 
 
 class _WeightBudget:
-    def __init__(self, limit: int, label: str) -> None:
-        self.limit = limit
+    def __init__(self, file_bytes: int, label: str, slack: int) -> None:
+        self.limit = file_bytes + slack
+        self.file_bytes = file_bytes
         self.label = label
         self.used = 0
         self.refusal: ModelError | None = None
@@ -632,7 +633,7 @@ class _WeightBudget:
             self.refusal = ModelError(
                 f"{self.label}: refused: the model declares a weight of shape {tuple(dims)} "
                 f"({count:,} parameters); its weights would need {size_text(self.used)} or "
-                f"more, but the file holds {size_text(self.limit - _PARAM_SLACK)}"
+                f"more, but the file holds {size_text(self.file_bytes)}"
             )
             raise self.refusal
 
@@ -648,28 +649,31 @@ def _itemsize(dtype: Any) -> int:
 
 
 @contextlib.contextmanager
-def bounded_weights(file_bytes: int, label: str, with_tf_keras: bool = False):
+def bounded_weights(
+    file_bytes: int, label: str, with_tf_keras: bool = False, slack: int = _PARAM_SLACK
+):
     """Refuse, before allocating it, any weight beyond what the model file holds.
 
-    Wraps variable creation of Keras 3 (and of tf_keras, which it then imports) for the
+    Wraps `Layer.add_weight` of Keras 3 (and of tf_keras, which it then imports) for the
     duration of a load; a refusal is raised again after the loader, whatever the loader
     made of it.
     """
-    budget = _WeightBudget(file_bytes + _PARAM_SLACK, label)
+    budget = _WeightBudget(file_bytes, label, slack)
     patches = []
-    from keras.src.backend.common import variables as k3vars
+    from keras.src.layers import layer as k3layer
 
-    original_k3 = k3vars.Variable.__init__
+    # layer weights only: an optimizer's slots are built from them (bounded with them) and
+    # a compiled model that was never trained saved none
+    original_k3 = k3layer.Layer.add_weight
     k3sig = inspect.signature(original_k3)
 
-    def k3_init(self, *args, **kwargs):
+    def k3_add_weight(self, *args, **kwargs):
         bound = k3sig.bind_partial(self, *args, **kwargs).arguments
-        init = bound.get("initializer")
-        if callable(init) and bound.get("shape") is not None:
+        if bound.get("shape") is not None:
             budget.take(bound["shape"], bound.get("dtype"))
         return original_k3(self, *args, **kwargs)
 
-    patches.append((k3vars.Variable, "__init__", original_k3, k3_init))
+    patches.append((k3layer.Layer, "add_weight", original_k3, k3_add_weight))
     try:
         if with_tf_keras:
             from tf_keras.src.engine import base_layer as tfk_layer

@@ -871,3 +871,20 @@ def test_tf1_savedmodel_loads_and_its_save_ops_stay_in_the_saver(cli, friendly, 
     r = cli("wrt-input", friendly / "tf1_save", friendly / "x.npy", "-o", tmp_path / "h.npz")
     assert_refused(r.code, r.out, r.err, "'SaveV2'", "the graph", "--unsafe")
     assert not list(friendly.glob("tf1_marker*")) and not (tmp_path / "h.npz").exists()
+
+
+def test_weight_bound_counts_layer_weights_not_optimizer_slots(keras, tmp_path):
+    from gradcli import scanning
+
+    inp = keras.Input((200,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(100, name="d")(inp))
+    model.compile(optimizer="adam", loss="mse")  # never trained: the file holds no slots
+    model.save(tmp_path / "m.keras")
+    weights = 200 * 100 * 4 + 100 * 4
+    budget = scanning.check_keras_archive(tmp_path / "m.keras")
+    assert weights <= budget < 2 * weights  # with the slots, 3 x weights would be built
+    with scanning.bounded_weights(budget, "m", slack=0):  # Adam builds 2 slots per weight
+        keras.saving.load_model(tmp_path / "m.keras")
+    with pytest.raises(scanning.ModelError, match="declares a weight of shape \\(100,\\)"):
+        with scanning.bounded_weights(weights - 1, "m", slack=0):
+            keras.saving.load_model(tmp_path / "m.keras")
