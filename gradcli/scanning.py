@@ -670,7 +670,8 @@ def bounded_weights(
     def k3_add_weight(self, *args, **kwargs):
         bound = k3sig.bind_partial(self, *args, **kwargs).arguments
         if bound.get("shape") is not None:
-            budget.take(bound["shape"], bound.get("dtype"))
+            dtype = bound.get("dtype") or getattr(self, "variable_dtype", None)
+            budget.take(bound["shape"], dtype)
         return original_k3(self, *args, **kwargs)
 
     patches.append((k3layer.Layer, "add_weight", original_k3, k3_add_weight))
@@ -684,7 +685,7 @@ def bounded_weights(
             def tfk_add_weight(self, *args, **kwargs):
                 bound = tfksig.bind_partial(self, *args, **kwargs).arguments
                 if bound.get("shape") is not None:
-                    budget.take(bound["shape"], bound.get("dtype"))
+                    budget.take(bound["shape"], bound.get("dtype") or getattr(self, "dtype", None))
                 return original_tfk(self, *args, **kwargs)
 
             patches.append((tfk_layer.Layer, "add_weight", original_tfk, tfk_add_weight))
