@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import stat
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,8 +114,8 @@ def _read_header(f, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     return read(f)
 
 
-def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> np.ndarray:
-    """A stored (uncompressed) member is memory-mapped in place; a compressed one is read."""
+def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> Any:
+    """A stored (uncompressed) member is memory-mapped in place; a compressed one streamed."""
     info = zf.getinfo(key + ".npy")
     if info.compress_type == zipfile.ZIP_STORED:
         with open(path, "rb") as f:
@@ -145,15 +147,143 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> np.nda
         return np.memmap(
             path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
         )
-    with zf.open(info) as member:
+    return DeflatedMember(path, info, key, label)
+
+
+# DEFLATE cannot expand data more than about 1032:1: a member declaring more than this times
+# its compressed size lies about its shape (a bomb), whatever it really holds.
+_MAX_EXPANSION = 1100
+_SMALL = 1 << 20  # members below this declared size are never refused for their ratio
+
+
+def _machine_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 34
+
+
+class DeflatedMember:
+    """A compressed .npz member read as a stream, rows in order, never whole.
+
+    Its shape and dtype come from the .npy header alone, so they are checked against the
+    model before anything is inflated; sizes the member cannot hold are refused.
+    """
+
+    def __init__(self, path: Path, info: zipfile.ZipInfo, key: str, label: str) -> None:
+        self.path = path
+        self.info = info
+        self.key = key
+        self.label = label
+        self._zf: zipfile.ZipFile | None = None
+        self._stream = None
+        self._row = 0
+        stream = self._open()
         try:
-            return np.lib.format.read_array(member, allow_pickle=False)
-        except ValueError as exc:
-            if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-                raise InputError(
-                    f"{label}: entry {key!r} holds pickled Python objects; gradcli never unpickles"
-                ) from None
-            raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") from None
+            if stream.read(6) != _NPY_MAGIC:
+                raise InputError(f"{label}: entry {key!r} is not a .npy array")
+            stream.seek(0)
+            try:
+                shape, fortran, dtype = _read_header(stream, f"{label} entry {key!r}")
+            except (ValueError, EOFError) as exc:
+                raise InputError(f"{label}: cannot read entry {key!r}: {_describe(exc)}") from None
+            self._data_start = stream.tell()
+        finally:
+            self._close()
+        if dtype.hasobject:
+            raise InputError(
+                f"{label}: entry {key!r} holds pickled Python objects; gradcli never unpickles"
+            )
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self.ndim = len(self.shape)
+        self.fortran = fortran
+        declared = math.prod(self.shape) * dtype.itemsize
+        self.nbytes = declared
+        shape_text = f"shape {self.shape} {dtype}"
+        if declared > _SMALL and declared > _MAX_EXPANSION * max(info.compress_size, 1):
+            raise InputError(
+                f"{label}: entry {key!r} declares {shape_text} ({declared:,} bytes) but "
+                f"compresses to {info.compress_size:,} bytes; that shape cannot be real"
+            )
+        if self._data_start + declared > info.file_size:
+            raise InputError(
+                f"{label}: entry {key!r} declares {shape_text} ({declared:,} bytes) but "
+                f"holds {info.file_size:,} bytes: truncated or corrupt"
+            )
+        if fortran and self.ndim > 1 and declared > _machine_memory() // 4:
+            raise InputError(
+                f"{label}: entry {key!r} is a compressed Fortran-order array of {shape_text} "
+                f"({declared:,} bytes), too large to read whole; save it in C order"
+            )
+
+    def _open(self):
+        if self._zf is None:
+            self._zf = zipfile.ZipFile(self.path)
+        self._stream = self._zf.open(self.info)
+        self._row = 0
+        return self._stream
+
+    def _close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if self._zf is not None:
+            self._zf.close()
+            self._zf = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def _read_exact(self, n: int) -> bytes:
+        chunks = []
+        while n > 0:
+            chunk = self._stream.read(min(n, 1 << 24))
+            if not chunk:
+                raise InputError(f"{self.label}: entry {self.key!r} is truncated")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _whole(self) -> np.ndarray:
+        self._open()
+        try:
+            self._stream.seek(self._data_start)
+            data = self._read_exact(self.nbytes)
+        finally:
+            self._close()
+        return np.frombuffer(data, dtype=self.dtype).reshape(
+            self.shape, order="F" if self.fortran else "C"
+        )
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if self.ndim == 0 or self.fortran:
+            return self._whole()[index]
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            return self._whole()[index]
+        start, stop, _ = index.indices(self.shape[0])
+        stop = max(start, stop)
+        if self._stream is None or start < self._row:
+            self._open()
+            self._stream.seek(self._data_start)
+        row_bytes = self._row_bytes()
+        if start > self._row:  # skip forward, inflating but keeping nothing
+            skip = (start - self._row) * row_bytes
+            while skip > 0:
+                skip -= len(self._read_exact(min(skip, 1 << 24)))
+            self._row = start
+        data = self._read_exact((stop - start) * row_bytes)
+        self._row = stop
+        if self._row >= self.shape[0]:
+            self._close()
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._whole()
+        return whole if dtype is None else whole.astype(dtype)
 
 
 def _source(path: str | Path, what: str) -> tuple[Path, str, str]:

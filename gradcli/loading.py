@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import scanning
 from .backend import keras, tf, tf_keras
 from .errors import InputError, ModelError, UsageError
 from .paths import H5_SUFFIXES, KERAS_SUFFIXES, check_not_remote, is_savedmodel
@@ -478,7 +479,58 @@ class ServingHandle(ModelHandle):
         return tf.nest.flatten(out)
 
     def named_variables(self) -> list[tuple[str, Any]]:
-        return [(_variable_path(v), v) for v in self.loaded.trainable_variables]
+        if hasattr(self.loaded, "trainable_variables"):  # Keras exports track them
+            return [(_variable_path(v), v) for v in self.loaded.trainable_variables]
+        return module_variables(self.loaded)
+
+
+def module_variables(root: Any) -> list[tuple[str, Any]]:
+    """Trainable variables of a restored tf.Module, named by their path in the object graph.
+
+    A plain `tf.Module` SavedModel comes back as a `_UserObject` without
+    `trainable_variables`; its variables are reached through the tracked children.
+    """
+    found: list[tuple[str, Any]] = []
+    seen = {id(root)}
+    todo: list[tuple[str, Any]] = [("", root)]
+    while todo:
+        prefix, obj = todo.pop(0)
+        try:
+            children = tf.train.TrackableView(obj).children(obj)
+        except Exception:  # noqa: BLE001 - an object that tracks nothing has no variables
+            continue
+        for name, child in sorted(children.items()):
+            if id(child) in seen or name in ("signatures",):
+                continue
+            seen.add(id(child))
+            path = f"{prefix}{name}"
+            if isinstance(child, tf.Variable):
+                if child.trainable:
+                    found.append((path, child))
+            else:
+                todo.append((f"{path}/", child))
+    return found
+
+
+class SavedModelSummary(ModelHandle):
+    """What `info` shows of a SavedModel, read from its protobuf: nothing of it runs."""
+
+    def __init__(self, path: Path, described: dict) -> None:
+        self.path = path
+        self.format = "savedmodel"
+        self.loader = "tf.saved_model"
+        self.losses = None
+        self.loss_note = "a SavedModel export keeps no loss: give --loss with --target"
+        self.endpoint = described["endpoint"]
+        self.inputs = [TensorInfo(*t) for t in described["inputs"]]
+        self.outputs = [TensorInfo(*t) for t in described["outputs"]]
+        self._variables = described["variables"]
+
+    def call(self, inputs: list, training: bool = False) -> list:  # pragma: no cover
+        raise ModelError(f"{self.path}: only described, not loaded")
+
+    def named_variables(self) -> list[tuple[str, Any]]:
+        return list(self._variables)
 
 
 # ---------------------------------------------------------------- finding and loading
@@ -506,8 +558,12 @@ def import_custom_code(specs: list[str]) -> None:
                 raise InputError(f"--import {spec}: {_first_line(exc)}") from exc
 
 
-def load_model(path: str | Path, unsafe: bool = False) -> ModelHandle:
-    """Load a .keras, .h5/.hdf5 or SavedModel; safe mode unless `unsafe`."""
+def load_model(path: str | Path, unsafe: bool = False, describe_only: bool = False) -> ModelHandle:
+    """Load a .keras, .h5/.hdf5 or SavedModel; safe mode unless `unsafe`.
+
+    Unless `unsafe`, the file is checked first (see scanning.py). `describe_only` (for
+    `info`) reads what a plain SavedModel is from its protobuf without loading it.
+    """
     check_not_remote(str(path))
     path = Path(path)
     if not path.exists():
@@ -515,16 +571,173 @@ def load_model(path: str | Path, unsafe: bool = False) -> ModelHandle:
     if path.is_dir():
         if not is_savedmodel(path):
             raise ModelError(f"{path}: a directory without saved_model.pb is not a SavedModel")
+        if not unsafe:
+            _check_savedmodel(path)
+        if describe_only and not _is_keras2_savedmodel(path):
+            try:
+                described = describe_savedmodel(path)
+            except ModelError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a malformed protobuf is a load error
+                raise ModelError(
+                    f"{path}: cannot load the SavedModel: {_first_line(exc)}"
+                ) from None
+            return SavedModelSummary(path, described)
         return _load_savedmodel(path, unsafe)
     suffix = path.suffix.lower()
     if suffix in KERAS_SUFFIXES:
-        return _load_keras_file(path, "keras", unsafe)
+        return _load_checked_file(path, "keras", unsafe)
     if suffix in H5_SUFFIXES:
-        return _load_keras_file(path, "h5", unsafe)
+        return _load_checked_file(path, "h5", unsafe)
     raise ModelError(
         f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected .keras, .h5, "
         f".hdf5 or a SavedModel directory"
     )
+
+
+def _load_checked_file(path: Path, fmt: str, unsafe: bool) -> ModelHandle:
+    """Check a .keras/.h5 file as data, then load it (every loader, fallbacks included)
+    with no weight allowed beyond what the file holds."""
+    if unsafe:
+        return _load_keras_file(path, fmt, unsafe)
+    _check_file_magic(path, fmt)
+    if fmt == "keras":
+        budget = scanning.check_keras_archive(path)
+    else:
+        scanning.check_hdf5(path, str(path))
+        config = scanning.h5_model_config(path)
+        if config is not None:
+            scanning.check_layer_configs(config, str(path))
+        budget = path.stat().st_size
+        tf_keras()  # the fallback loader: its weights are bounded too
+    with scanning.bounded_weights(budget, str(path), with_tf_keras=fmt == "h5"):
+        return _load_keras_file(path, fmt, unsafe)
+
+
+def _check_savedmodel(path: Path) -> None:
+    """Scan every graph of a SavedModel, and a tf.keras 2 one's layer configs."""
+    scanning.scan_savedmodel(path)
+    for config in scanning.keras_metadata_configs(path):
+        scanning.check_layer_configs(config, str(path))
+
+
+def _is_keras2_savedmodel(path: Path) -> bool:
+    return (path / "keras_metadata.pb").is_file() or _looks_like_keras2(path)
+
+
+def describe_savedmodel(path: Path) -> dict:
+    """Endpoint, inputs, outputs and trainable variables of a SavedModel, from its protobuf.
+
+    Mirrors ServingHandle: the `serve` function's first concrete function, else the
+    `serving_default` signature.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.saved_model import nested_structure_coder
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / "saved_model.pb").read_bytes())
+    meta = saved.meta_graphs[0]
+    graph = meta.object_graph_def
+    if not graph.nodes:  # a TF1 SavedModel: no object graph, only signatures
+        children: dict = {}
+        described: dict = {"variables": _tf1_variables(meta)}
+    else:
+        children = {c.local_name: c.node_id for c in graph.nodes[0].children}
+        described = {"variables": _proto_variables(graph)}
+    serve = graph.nodes[children["serve"]] if "serve" in children else None
+    if (
+        serve is not None
+        and serve.WhichOneof("kind") == "function"
+        and serve.function.concrete_functions
+    ):
+        concrete = graph.concrete_functions[serve.function.concrete_functions[0]]
+        args, _ = nested_structure_coder.decode_proto(concrete.canonicalized_input_signature)
+        specs = tf.nest.flatten(args)
+        described["endpoint"] = "serve"
+        described["inputs"] = [
+            (s.name or f"input_{i}", tuple(s.shape[1:]), s.dtype.name) for i, s in enumerate(specs)
+        ]
+        outputs = nested_structure_coder.decode_proto(concrete.output_signature)
+        if isinstance(outputs, dict):
+            items = list(outputs.items())
+        else:
+            items = [(f"output_{i}", s) for i, s in enumerate(tf.nest.flatten(outputs))]
+        described["outputs"] = [(k, tuple(s.shape[1:]), s.dtype.name) for k, s in items]
+        return described
+    if "serving_default" in meta.signature_def:
+        sig = meta.signature_def["serving_default"]
+
+        def rows(tensors) -> list:
+            return [
+                (
+                    key,
+                    tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim[1:]),
+                    tf.dtypes.as_dtype(info.dtype).name,
+                )
+                for key, info in tensors.items()
+            ]
+
+        described["endpoint"] = "serving_default"
+        described["inputs"] = rows(sig.inputs)
+        described["outputs"] = rows(sig.outputs)
+        return described
+    raise ModelError(
+        f"{path}: SavedModel has neither a `serve` nor a `serving_default` function to call"
+    )
+
+
+def _proto_variables(graph: Any) -> list[tuple[str, Any]]:
+    """Trainable variables of an object graph as (path, an object with .shape)."""
+    found: list[tuple[str, Any]] = []
+    listed = {c.local_name: c.node_id for c in graph.nodes[0].children}
+    if "trainable_variables" in listed:  # a Keras export lists them, as ServingHandle uses
+        for child in graph.nodes[listed["trainable_variables"]].children:
+            node = graph.nodes[child.node_id]
+            if node.WhichOneof("kind") == "variable":
+                shape = tuple(max(d.size, 0) for d in node.variable.shape.dim)
+                found.append((node.variable.name or child.local_name, _Shaped(shape)))
+        return found
+    seen = {0}
+    todo = [("", 0)]
+    while todo:
+        prefix, node_id = todo.pop(0)
+        for child in graph.nodes[node_id].children:
+            if child.node_id in seen or child.local_name == "signatures":
+                continue
+            seen.add(child.node_id)
+            node = graph.nodes[child.node_id]
+            path = f"{prefix}{child.local_name}"
+            if node.WhichOneof("kind") == "variable":
+                if node.variable.trainable:
+                    shape = tuple(max(d.size, 0) for d in node.variable.shape.dim)
+                    found.append((path, _Shaped(shape)))
+            else:
+                todo.append((f"{path}/", child.node_id))
+    return found
+
+
+def _tf1_variables(meta: Any) -> list[tuple[str, Any]]:
+    """Trainable variables of a TF1 graph: its collection, shapes from the variable nodes."""
+    from tensorflow.core.framework import variable_pb2
+
+    nodes = {n.name: n for n in meta.graph_def.node}
+    found: list[tuple[str, Any]] = []
+    collection = meta.collection_def.get("trainable_variables")
+    for raw in collection.bytes_list.value if collection is not None else []:
+        var = variable_pb2.VariableDef()
+        var.ParseFromString(raw)
+        name = var.variable_name.split(":")[0]
+        node = nodes.get(name)
+        if node is None or "shape" not in node.attr:
+            continue
+        shape = tuple(max(d.size, 0) for d in node.attr["shape"].shape.dim)
+        found.append((name, _Shaped(shape)))
+    return found
+
+
+@dataclass
+class _Shaped:
+    shape: tuple[int, ...]
 
 
 def _load_keras_file(path: Path, fmt: str, unsafe: bool) -> ModelHandle:

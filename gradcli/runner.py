@@ -122,7 +122,7 @@ def run_one(
     if out is not None:
         check_writable(out)
     check_model_path(str(path))  # a FIFO named like a model is refused, never opened
-    handle = load_model(path, unsafe=job.unsafe)
+    handle = load_model(path, unsafe=job.unsafe, describe_only=job.command == "info")
     if job.command == "info":
         return info_record(job, handle)
     ctx = _Context(job, handle, emit, index)
