@@ -88,7 +88,9 @@ def test_check_passes_on_a_correct_model(cli, models, wrt):
 
 
 def test_check_finite_differences_are_real(cli, models):
-    # a step so large that central differences of tanh layers are visibly wrong: exit 1
+    # a step so large that central differences of tanh layers are visibly off; the error
+    # estimate (the forward/backward gap: curvature) says so, and the recheck at eps / 8
+    # comes closer to autodiff, which decides the row
     r = cli(
         "check",
         models["nested"],
@@ -99,14 +101,21 @@ def test_check_finite_differences_are_real(cli, models):
         "1e-6",
         "--json",
     )
-    assert r.code == 1
+    assert r.code == 0, r.err
     rec = json.loads(r.out)
-    assert rec["gates"] == ["mismatch"]
-    assert rec["tensors"][0]["status"] == "mismatch"
-    ad = rec["tensors"][0]["autodiff"]
+    t = rec["tensors"][0]
+    assert t["status"] == "ok" and t["rel_error"] > 1e-2
+    assert all(e > 1e-4 for e in t["fd_error"])
+    far = [abs(a - f) for a, f in zip(t["autodiff"], t["finite_diff"], strict=True)]
+    for k, tries in enumerate(t["rechecks"]):
+        if tries:
+            assert tries[0]["eps"] == 3 / 8 and tries[0]["autodiff"] == t["autodiff"][k]
+            assert abs(tries[0]["autodiff"] - tries[0]["finite_diff"]) < far[k] / 10
+    ad = t["autodiff"]
     # the autodiff side does not depend on eps
     r2 = json.loads(cli("check", models["nested"], models["dir"] / "x5.npy", "--json").out)
     np.testing.assert_allclose(ad, r2["tensors"][0]["autodiff"], rtol=1e-9)
+    assert r2["tensors"][0]["rel_error"] < 1e-6
 
 
 def test_check_autodiff_is_directional_derivative(cli, models):
