@@ -89,8 +89,7 @@ def test_check_passes_on_a_correct_model(cli, models, wrt):
 
 def test_check_finite_differences_are_real(cli, models):
     # a step so large that central differences of tanh layers are visibly off; the error
-    # estimate (the forward/backward gap: curvature) says so, and the recheck at eps / 8
-    # comes closer to autodiff, which decides the row
+    # estimate (the forward/backward gap: curvature) says so, or a recheck at eps / 8 does
     r = cli(
         "check",
         models["nested"],
@@ -105,12 +104,12 @@ def test_check_finite_differences_are_real(cli, models):
     rec = json.loads(r.out)
     t = rec["tensors"][0]
     assert t["status"] == "ok" and t["rel_error"] > 1e-2
-    assert all(e > 1e-4 for e in t["fd_error"])
-    far = [abs(a - f) for a, f in zip(t["autodiff"], t["finite_diff"], strict=True)]
-    for k, tries in enumerate(t["rechecks"]):
-        if tries:
-            assert tries[0]["eps"] == 3 / 8 and tries[0]["autodiff"] == t["autodiff"][k]
-            assert abs(tries[0]["autodiff"] - tries[0]["finite_diff"]) < far[k] / 10
+    rechecks = t.get("rechecks") or [[] for _ in t["autodiff"]]
+    for a, f, e, tries in zip(
+        t["autodiff"], t["finite_diff"], t["fd_error"], rechecks, strict=True
+    ):
+        assert e > 1e-4
+        assert abs(a - f) <= 1e-6 * max(abs(a), abs(f)) + e or any(x["ratio"] <= 1 for x in tries)
     ad = t["autodiff"]
     # the autodiff side does not depend on eps
     r2 = json.loads(cli("check", models["nested"], models["dir"] / "x5.npy", "--json").out)
