@@ -231,8 +231,7 @@ def _render_check(rec: dict, console: Console) -> None:
         )
     console.print(table)
     console.print(
-        "  a direction passes when |autodiff - finite diff| <= rtol * max(|ad|, |fd|) + fd error"
-        " (ratio <= 1), at eps or on a recheck"
+        "  a direction passes when |ad - fd| <= rtol * max(|ad|, |fd|) + fd error (ratio <= 1)"
     )
     _render_footer(rec, console)
 
