@@ -338,16 +338,17 @@ def _row(name: str, shape: Any, measured: list[dict]) -> dict:
     for m in measured:
         scale = max(abs(m["autodiff"]), abs(m["finite_diff"]))
         errors.append(0.0 if scale == 0.0 else abs(m["autodiff"] - m["finite_diff"]) / scale)
-    worst = max(errors)
+    worst = max(errors) if all(np.isfinite(e) for e in errors) else float("inf")
     bad = not all(m["ok"] for m in measured)
     status = "mismatch" if bad else ("unresolved" if all(m["weak"] for m in measured) else "ok")
     ratio = max(m["ratio"] for m in measured)
     row = {
         "name": name,
         "shape": list(shape),
-        "autodiff": [m["autodiff"] for m in measured],
-        "finite_diff": [m["finite_diff"] for m in measured],
-        "fd_error": [m["fd_error"] for m in measured],
+        # NaN / Inf become null, as everywhere in the JSON
+        "autodiff": [_finite(m["autodiff"]) for m in measured],
+        "finite_diff": [_finite(m["finite_diff"]) for m in measured],
+        "fd_error": [_finite(m["fd_error"]) for m in measured],
         "rel_error": float(worst) if np.isfinite(worst) else None,
         "error_ratio": float(ratio) if np.isfinite(ratio) else None,
         "status": status,

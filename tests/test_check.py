@@ -287,3 +287,19 @@ def test_check_reports_progress_per_direction(check_models):
     assert {e["total"] for e in events} == {2 * rows}
     done = [e["done"] for e in events]
     assert done == list(range(1, 2 * rows + 1))
+
+
+def test_check_with_a_nan_is_a_mismatch_and_valid_json(cli, check_models, tmp_path):
+    d = check_models
+    x = np.load(d / "triple_x.npy")[:4]
+    x[1, 2] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    r = cli(
+        "check", d / "triple.keras", tmp_path / "x.npy", "--import", d / "triple_grad.py", "--json"
+    )
+    assert r.code == 1, r.err
+    rec = json.loads(r.out)  # strict JSON: NaN became null
+    t = rec["tensors"][0]
+    assert t["status"] == "mismatch" and t["tripped"]
+    assert t["rel_error"] is None and t["error_ratio"] is None
+    assert t["finite_diff"] == [None, None, None]
