@@ -17,6 +17,7 @@ STATUS_STYLE = {
     "nonfinite": "red",
     "disconnected": "magenta",
     "mismatch": "red",
+    "unresolved": "yellow",
 }
 
 
@@ -201,9 +202,10 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
 
 def _render_check(rec: dict, console: Console) -> None:
     console.print(_header(rec))
+    subset = f"; the first {rec['samples']} of {rec['n']} samples" if rec.get("samples") else ""
     console.print(
         f"finite differences: {rec['precision']}, eps {fmt(rec['eps'])}, "
-        f"{rec['directions']} random direction(s) per tensor, rtol {fmt(rec['rtol'])}"
+        f"{rec['directions']} random direction(s) per tensor, rtol {fmt(rec['rtol'])}{subset}"
     )
     table = Table(show_edge=False)
     for col, justify in (
@@ -211,23 +213,43 @@ def _render_check(rec: dict, console: Console) -> None:
         ("shape", "left"),
         ("autodiff", "right"),
         ("finite diff", "right"),
+        ("fd error", "right"),
         ("rel error", "right"),
+        ("ratio", "right"),
         ("status", "left"),
     ):
         table.add_column(col, justify=justify)
     for t in rec["tensors"]:
-        ad = t["autodiff"][0] if t["autodiff"] else None
-        fd = t["finite_diff"][0] if t["finite_diff"] else None
+        ad = fd = err = None
+        if t["autodiff"]:
+            # the direction furthest outside its allowance
+            k = max(range(len(t["autodiff"])), key=lambda i: _excess(t, rec["rtol"], i))
+            ad, fd = t["autodiff"][k], t["finite_diff"][k]
+            err = (t.get("fd_error") or [None] * (k + 1))[k]
         table.add_row(
             t["name"],
             _shape(t["shape"]),
             fmt(ad, 6),
             fmt(fd, 6),
+            fmt(err, 2),
             fmt(t["rel_error"], 3),
+            fmt(t.get("error_ratio"), 3),
             _status(t),
         )
     console.print(table)
+    console.print(
+        "  a direction passes when |ad - fd| <= rtol * max(|ad|, |fd|) + fd error (ratio <= 1)"
+    )
     _render_footer(rec, console)
+
+
+def _excess(t: dict, rtol: float, i: int) -> float:
+    a, f = t["autodiff"][i], t["finite_diff"][i]
+    if a is None or f is None:
+        return math.inf
+    err = (t.get("fd_error") or [0.0] * (i + 1))[i] or 0.0
+    allowed = rtol * max(abs(a), abs(f)) + err
+    return abs(a - f) / allowed if allowed else (0.0 if a == f else math.inf)
 
 
 def _render_footer(rec: dict, console: Console) -> None:

@@ -88,7 +88,8 @@ def test_check_passes_on_a_correct_model(cli, models, wrt):
 
 
 def test_check_finite_differences_are_real(cli, models):
-    # a step so large that central differences of tanh layers are visibly wrong: exit 1
+    # a step so large that central differences of tanh layers are visibly off; the error
+    # estimate (the forward/backward gap: curvature) says so, or a recheck at eps / 8 does
     r = cli(
         "check",
         models["nested"],
@@ -99,14 +100,21 @@ def test_check_finite_differences_are_real(cli, models):
         "1e-6",
         "--json",
     )
-    assert r.code == 1
+    assert r.code == 0, r.err
     rec = json.loads(r.out)
-    assert rec["gates"] == ["mismatch"]
-    assert rec["tensors"][0]["status"] == "mismatch"
-    ad = rec["tensors"][0]["autodiff"]
+    t = rec["tensors"][0]
+    assert t["status"] == "ok" and t["rel_error"] > 1e-2
+    rechecks = t.get("rechecks") or [[] for _ in t["autodiff"]]
+    for a, f, e, tries in zip(
+        t["autodiff"], t["finite_diff"], t["fd_error"], rechecks, strict=True
+    ):
+        assert e > 1e-4
+        assert abs(a - f) <= 1e-6 * max(abs(a), abs(f)) + e or any(x["ratio"] <= 1 for x in tries)
+    ad = t["autodiff"]
     # the autodiff side does not depend on eps
     r2 = json.loads(cli("check", models["nested"], models["dir"] / "x5.npy", "--json").out)
     np.testing.assert_allclose(ad, r2["tensors"][0]["autodiff"], rtol=1e-9)
+    assert r2["tensors"][0]["rel_error"] < 1e-6
 
 
 def test_check_autodiff_is_directional_derivative(cli, models):
