@@ -41,8 +41,8 @@ def _retype(config: Any) -> Any:
 
 def float64_handle(handle: ModelHandle, unsafe: bool) -> tuple[ModelHandle, str]:
     """A float64 copy of a Keras 3 model where its config allows; else the model itself."""
-    model = getattr(handle, "model", None)
-    if model is None or not isinstance(model, keras.Model):
+    model = handle.model if handle.has_layers else None
+    if not isinstance(model, keras.Model):
         return handle, "float32 (the model's own dtype: it cannot be rebuilt in float64)"
     try:
         from keras.src.saving.serialization_lib import SafeModeScope
