@@ -219,3 +219,28 @@ def test_light_modules_import_neither_tensorflow_nor_numpy():
         cwd=Path(__file__).parents[1],
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_table_covers_every_format_and_every_handle_states_its_capabilities():
+    """Each format ends with a strategy that claims all its remaining paths (so a path of a
+    known format always finds a loader), and every handle class says what it can do."""
+    from gradcli.handles import KerasHandle, ModelHandle
+    from gradcli.loading import STRATEGIES
+    from gradcli.savedmodels import SavedModelSummary, ServingHandle
+
+    for fmt in ModelFormat:
+        mine = [s for s in STRATEGIES if s.format is fmt]
+        assert mine, fmt
+        assert mine[-1].claims(Path("/no/such/model")), fmt
+        for s in mine:
+            assert s.steps and len({step.name for step in s.steps}) == len(s.steps), s.name
+            assert issubclass(s.handle, ModelHandle)
+    capabilities = {
+        cls: (cls.has_layers, cls.supports_training)
+        for cls in (KerasHandle, ServingHandle, SavedModelSummary)
+    }
+    assert capabilities == {
+        KerasHandle: (True, True),
+        ServingHandle: (False, False),
+        SavedModelSummary: (False, False),
+    }
