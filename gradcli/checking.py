@@ -52,13 +52,13 @@ def float64_handle(handle: ModelHandle, unsafe: bool) -> tuple[ModelHandle, str]
 
     Else the model itself, with the reason in the precision string.
     """
-    model = getattr(handle, "model", None)
+    model = handle.model if handle.has_layers else None
     tf2 = _tf_keras_model(model)
     if model is None or not (isinstance(model, keras.Model) or tf2):
         return handle, "float32 (the model's own dtype: it cannot be rebuilt in float64)"
     try:
         if tf2:
-            from .loading import _tf_keras_safe_mode as safe_mode
+            from .keras_files import tf_keras_safe_mode as safe_mode
         else:
             from keras.src.saving.serialization_lib import SafeModeScope as safe_mode
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from . import __version__
-from .errors import ExitCode, GradcliError, InputError, UsageError, first_line
+from .errors import CLI_FLAGS, ExitCode, GradcliError, InputError, UsageError, first_line, render
 from .job import Job
 from .stats import FAIL_ON_CHOICES
 
@@ -363,7 +363,7 @@ def _execute(
         # a worker's error came with the worker's own traceback (printed above)
         if debug and not isinstance(exc, supervisor.WorkerFailed):
             traceback.print_exception(exc)
-        _stderr_line(f"error: {exc}")
+        _stderr_line(f"error: {render(exc, CLI_FLAGS)}")
         code = int(exc.exit_code)
     except KeyboardInterrupt as exc:
         code = _interrupted(exc)
@@ -455,7 +455,7 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except GradcliError as exc:
-            _stderr_line(f"error: {exc}")
+            _stderr_line(f"error: {render(exc, CLI_FLAGS)}")
             raise typer.Exit(int(exc.exit_code)) from None
 
     return wrapper

@@ -261,7 +261,7 @@ class GradientEngine:
         self.layers = list(layers)
         self.wrt_weights = wrt_weights
         self.training = training
-        if training and not hasattr(handle, "model"):
+        if training and not handle.supports_training:
             raise UsageError(
                 "--training needs a Keras model; a SavedModel export runs its "
                 "serving function in inference mode"

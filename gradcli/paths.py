@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 from .errors import InputError, ModelError
+from .formats import SUFFIXES, ModelFormat, model_format, unknown_format
+from .formats import is_savedmodel as is_savedmodel  # re-exported for the CLI and runner
 
-KERAS_SUFFIXES = (".keras",)
-H5_SUFFIXES = (".h5", ".hdf5")
-MODEL_SUFFIXES = KERAS_SUFFIXES + H5_SUFFIXES
+KERAS_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f is ModelFormat.KERAS)
+H5_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f is ModelFormat.H5)
+MODEL_SUFFIXES = tuple(SUFFIXES)
 REMOTE_PREFIXES = ("hf://", "gs://", "s3://", "http://", "https://", "ftp://")
 
 
@@ -24,10 +26,6 @@ def check_not_remote(path: str) -> None:
     text = str(path)
     if text.lower().startswith(REMOTE_PREFIXES) or "://" in text:
         raise InputError(f"{text}: remote paths are not supported; download the file first")
-
-
-def is_savedmodel(path: Path) -> bool:
-    return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
 def _kind(mode: int) -> str | None:
@@ -84,11 +82,8 @@ def check_model_path(path: str) -> None:
         raise ModelError(
             str(exc).replace(" (to pipe arrays in, give - and use stdin)", "")
         ) from None
-    if p.is_file() and p.suffix.lower() not in MODEL_SUFFIXES:
-        raise ModelError(
-            f"{path}: unknown model format {p.suffix or '(no suffix)'!r}; "
-            f"expected .keras, .h5, .hdf5 or a SavedModel directory"
-        )
+    if p.is_file() and model_format(p) is None:
+        raise ModelError(unknown_format(path))
 
 
 def find_models(directory: Path) -> list[Path]:
@@ -121,11 +116,11 @@ def find_models(directory: Path) -> list[Path]:
             except OSError:  # a dangling symlink, or one that loops on itself
                 continue
             if stat.S_ISDIR(mode):
-                if is_savedmodel(child):
+                if model_format(child) is ModelFormat.SAVEDMODEL:
                     found.append(child)
                 else:
                     visit(child)
-            elif child.suffix.lower() in MODEL_SUFFIXES:
+            elif model_format(child) is not None:
                 found.append(child)
 
     visit(directory)

@@ -24,7 +24,16 @@ from .engine import (
     missing_input_gradient,
     read_batches,
 )
-from .errors import ExitCode, GradcliError, GradientError, InputError, UsageError, first_line
+from .errors import (
+    CLI_FLAGS,
+    ExitCode,
+    GradcliError,
+    GradientError,
+    InputError,
+    UsageError,
+    first_line,
+    render,
+)
 from .job import Job
 from .loading import ModelHandle, import_custom_code, load_model
 from .methods import MethodOptions, attribute
@@ -83,7 +92,7 @@ def run_job(job: Job, emit: Emit) -> int:
         except GradcliError as exc:
             if not many:
                 raise
-            record = _error_record(job, path, exc.exit_code, str(exc))
+            record = _error_record(job, path, exc.exit_code, render(exc, CLI_FLAGS))
         except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
             if not many:
                 raise

@@ -136,7 +136,7 @@ def _main() -> int:
         protocol.flush()
 
     try:
-        from .errors import ExitCode, GradcliError, first_line
+        from .errors import CLI_FLAGS, ExitCode, GradcliError, first_line, render
         from .job import Job
 
         if lifeline is not None:
@@ -150,7 +150,7 @@ def _main() -> int:
             emit(
                 "error",
                 code=int(exc.exit_code),
-                message=str(exc),
+                message=render(exc, CLI_FLAGS),
                 traceback=traceback.format_exc() if debug else None,
             )
             return int(exc.exit_code)
