@@ -151,6 +151,10 @@ def test_crash_without_fallback_is_exit_4(crashy, tmp_path):
         assert list(tmp_path.iterdir()) == []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupt_leaves_no_output_and_exits_130(crashy, tmp_path):
     out = tmp_path / "g.npz"
     out.write_bytes(b"previous result")
@@ -175,6 +179,9 @@ def test_interrupt_leaves_no_output_and_exits_130(crashy, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # a shell starts background jobs with SIGINT ignored, and Python then never turns
+        # it into KeyboardInterrupt: give gradcli the disposition a terminal would
+        preexec_fn=_default_sigint,
     )
     # wait until the worker is computing (its temp file exists), then press Ctrl-C
     deadline = time.time() + 60
