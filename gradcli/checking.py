@@ -9,7 +9,7 @@ import numpy as np
 
 from .backend import keras
 from .engine import GradientEngine, default_batch_size, target_dtype
-from .errors import GradientError, UsageError
+from .errors import GradientError, UsageError, param
 from .loading import KerasHandle, ModelHandle
 
 _FLOATS = ("float16", "bfloat16", "float32", "mixed_float16", "mixed_bfloat16")
@@ -214,9 +214,9 @@ def _judge(ad: float, fd: float, err: float, rtol: float) -> dict:
 def gradient_check(ctx: Any) -> dict:
     job = ctx.job
     if job.wrt not in ("input", "weights"):
-        raise UsageError(f"--wrt {job.wrt}: expected input or weights")
+        raise UsageError(f"{param('wrt', job.wrt)}: expected input or weights")
     if job.directions < 1:
-        raise UsageError("--directions must be at least 1")
+        raise UsageError(f"{param('directions')} must be at least 1")
     handle, precision = float64_handle(ctx.handle, job.unsafe)
     f64 = precision == "float64"
     eps = job.eps or (1e-5 if f64 else 1e-2)

@@ -19,7 +19,16 @@ from rich.console import Console
 from typer.exceptions import TyperException
 
 from . import __version__
-from .errors import ExitCode, GradcliError, InputError, UsageError, first_line
+from .errors import (
+    CLI_FLAGS,
+    ExitCode,
+    GradcliError,
+    InputError,
+    UsageError,
+    exit_code,
+    marked,
+    render_text,
+)
 from .job import Job
 from .stats import FAIL_ON_CHOICES
 
@@ -333,6 +342,8 @@ def _execute(
         records: list[dict] = []
 
         def on_record(record: dict) -> None:
+            if record.get("error"):
+                record["error"] = render_text(record["error"], CLI_FLAGS)
             if as_json:
                 sys.stdout.write(report.to_json(record) + "\n")
                 sys.stdout.flush()
@@ -359,12 +370,6 @@ def _execute(
         if not as_json:
             report.render(records, out)
         code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
-    except GradcliError as exc:
-        # a worker's error came with the worker's own traceback (printed above)
-        if debug and not isinstance(exc, supervisor.WorkerFailed):
-            traceback.print_exception(exc)
-        _stderr_line(f"error: {exc}")
-        code = int(exc.exit_code)
     except KeyboardInterrupt as exc:
         code = _interrupted(exc)
     except BrokenPipeError:
@@ -373,13 +378,22 @@ def _execute(
         os.dup2(devnull, sys.stdout.fileno())
         code = 0
     except Exception as exc:  # noqa: BLE001 - the funnel: no traceback unless --debug
-        if debug:
-            traceback.print_exception(exc)
-        _stderr_line(f"error: {type(exc).__name__}: {first_line(exc)}")
-        code = int(ExitCode.GRADIENT)
+        code = _fail(exc, debug)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(code)
+
+
+def _fail(exc: BaseException, debug: bool = False) -> int:
+    """The one place an error becomes the user's `error: ...` line, its parameters named as
+    the CLI's flags; whether it was raised here, in process, or reported by the worker."""
+    from .supervisor import WorkerFailed
+
+    # a worker's error came with the worker's own traceback (printed before)
+    if debug and not isinstance(exc, WorkerFailed):
+        traceback.print_exception(exc)
+    _stderr_line(f"error: {render_text(marked(exc), CLI_FLAGS)}")
+    return exit_code(exc)
 
 
 def _interrupted(exc: BaseException) -> int:
@@ -455,8 +469,7 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except GradcliError as exc:
-            _stderr_line(f"error: {exc}")
-            raise typer.Exit(int(exc.exit_code)) from None
+            raise typer.Exit(_fail(exc)) from None
 
     return wrapper
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .arrays import ArraySource
 from .backend import keras, tf
-from .errors import GradientError, InputError, UsageError
+from .errors import GradientError, InputError, UsageError, first_line
 from .loading import LayerInfo, ModelHandle
 from .objective import Objective
 
@@ -335,7 +335,7 @@ class GradientEngine:
         except (GradientError, UsageError, InputError):
             raise
         except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
-            raise GradientError(f"the gradient cannot be computed: {_first_line(exc)}") from exc
+            raise GradientError(f"the gradient cannot be computed: {first_line(exc)}") from exc
         for k, g in enumerate(gi):
             if g is None:  # the objective does not reach it: token ids are the usual reason
                 raise missing_input_gradient(self.handle, k)
@@ -375,7 +375,7 @@ class GradientEngine:
         try:
             return self._forward_fn(list(inputs), list(targets)).numpy()
         except (tf.errors.OpError, ValueError, TypeError) as exc:
-            raise GradientError(f"the model cannot be evaluated: {_first_line(exc)}") from exc
+            raise GradientError(f"the model cannot be evaluated: {first_line(exc)}") from exc
 
 
 def jacobian_function(
@@ -616,12 +616,6 @@ def input_gradient_error(handle: ModelHandle, index: int) -> GradientError | Non
     if _input_dtype(handle.inputs[index].dtype).kind != "f":
         return token_input_error(handle, index) or _integer_input_error(handle, index)
     return token_input_error(handle, index)
-
-
-def _first_line(exc: BaseException) -> str:
-    from .errors import first_line
-
-    return first_line(exc)
 
 
 __all__ = [

@@ -10,7 +10,7 @@ import numpy as np
 
 from .arrays import ArraySource
 from .backend import keras, tf
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, param
 from .loading import LossSpec, ModelHandle, resolve_loss
 
 
@@ -59,10 +59,12 @@ class Objective:
         if tuple(shape) != declared:
             text += f" on this input (declared {_shape_text(declared)})"
         if classes is None:
-            raise UsageError(f"--class {k}: K must be 0 or more; output {name!r} has shape {text}")
+            raise UsageError(
+                f"{param('class_index', k)}: K must be 0 or more; output {name!r} has shape {text}"
+            )
         where = "classes on its last axis" if len(shape) > 1 else "classes"
         raise UsageError(
-            f"--class {k}: output {name!r} has shape {text}, {classes} {where}; "
+            f"{param('class_index', k)}: output {name!r} has shape {text}, {classes} {where}; "
             f"K must be in 0..{classes - 1}"
         )
 
@@ -220,11 +222,12 @@ def _select_outputs(handle: ModelHandle, output: str | None) -> list[int]:
         if 0 <= index < len(names):
             return [index]
         raise UsageError(
-            f"--output {output}: the model has {len(names)} outputs "
+            f"{param('output', output)}: the model has {len(names)} outputs "
             f"(0..{len(names) - 1}: {', '.join(names)})"
         )
     raise UsageError(
-        f"--output {output!r}: no such output; the model's outputs are {', '.join(names)}"
+        f"{param('output', repr(output))}: no such output; "
+        f"the model's outputs are {', '.join(names)}"
     )
 
 
@@ -241,13 +244,16 @@ def build_objective(
     selected = _select_outputs(handle, output)
     names = [o.name for o in handle.outputs]
     if loss is not None and not has_target:
-        raise UsageError("--loss needs --target (the labels the loss compares against)")
+        raise UsageError(
+            f"{param('loss')} needs {param('target')} (the labels the loss compares against)"
+        )
     if from_logits and loss is None and not has_target:
-        raise UsageError("--from-logits goes with --loss and --target")
+        raise UsageError(f"{param('from_logits')} goes with {param('loss')} and {param('target')}")
     if has_target:
         if class_index is not None:
             raise UsageError(
-                "--class and --target are exclusive: the objective is either "
+                f"{param('class_index')} and {param('target')} are exclusive: the objective is "
+                "either "
                 "a class score or a loss"
             )
         losses: dict[int, LossSpec] = {}
@@ -262,11 +268,12 @@ def build_objective(
                 why = f" ({handle.loss_note})" if handle.loss_note else ""
                 raise UsageError(
                     f"{handle.path.name}: the compiled loss is unknown{why}; "
-                    f"give --loss NAME with --target"
+                    f"give {param('loss', 'NAME')} with {param('target')}"
                 )
             if from_logits:
                 raise UsageError(
-                    "--from-logits goes with --loss; the compiled loss keeps its own setting"
+                    f"{param('from_logits')} goes with {param('loss')}; the compiled loss keeps "
+                    "its own setting"
                 )
             for i in selected:
                 spec = handle.losses.get(names[i])
@@ -275,13 +282,14 @@ def build_objective(
             if not losses:
                 raise UsageError(
                     f"no compiled loss for output(s) "
-                    f"{', '.join(names[i] for i in selected)}; give --loss"
+                    f"{', '.join(names[i] for i in selected)}; give {param('loss')}"
                 )
         return Objective("loss", selected, names, losses=losses)
     if class_index is not None:
         if len(selected) != 1:
             raise UsageError(
-                f"--class on a model with {len(names)} outputs needs --output ({', '.join(names)})"
+                f"{param('class_index')} on a model with {len(names)} outputs needs "
+                f"{param('output')} ({', '.join(names)})"
             )
         objective = Objective(
             "class",

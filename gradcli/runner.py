@@ -24,7 +24,7 @@ from .engine import (
     missing_input_gradient,
     read_batches,
 )
-from .errors import ExitCode, GradcliError, GradientError, InputError, UsageError, first_line
+from .errors import ExitCode, GradientError, InputError, UsageError, exit_code, marked, param
 from .job import Job
 from .loading import ModelHandle, import_custom_code, load_model
 from .methods import MethodOptions, attribute
@@ -80,15 +80,10 @@ def run_job(job: Job, emit: Emit) -> int:
             png = Path(job.png) if job.png else None
         try:
             record = run_one(job, path, out, png, emit, index)
-        except GradcliError as exc:
-            if not many:
-                raise
-            record = _error_record(job, path, exc.exit_code, str(exc))
         except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
             if not many:
                 raise
-            first = first_line(exc)
-            record = _error_record(job, path, ExitCode.GRADIENT, f"{type(exc).__name__}: {first}")
+            record = _error_record(job, path, exit_code(exc), marked(exc))
         worst = max(worst, int(record["exit_code"]))
         emit("result", index=index, record=record)
     return worst
@@ -302,7 +297,7 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     keep = {name: [] for name in names if png and _image_like(shapes[name][1:])}
     if png and not keep:
         raise UsageError(
-            f"--png: input shapes {', '.join(str(shapes[n][1:]) for n in names)} "
+            f"{param('png')}: input shapes {', '.join(str(shapes[n][1:]) for n in names)} "
             f"are not image-like (H, W) or (H, W, C)"
         )
     gaps, deltas = [], []
@@ -406,11 +401,13 @@ def _write_heatmaps(
 def _wrt_layer(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
     if not job.layers:
-        raise UsageError("wrt-layer needs --layer NAME|PATH|INDEX (see `gradcli info`)")
+        raise UsageError(
+            f"wrt-layer needs {param('layers', 'NAME|PATH|INDEX')} (see `gradcli info`)"
+        )
     infos = [handle.find_layer(spec) for spec in job.layers]
     keys = [i.path for i in infos]
     if len(set(keys)) != len(keys):
-        raise UsageError("--layer names the same layer twice")
+        raise UsageError(f"{param('layers')} names the same layer twice")
     engine = GradientEngine(handle, ctx.objective, layers=infos, training=job.training, jit=job.jit)
     size = ctx.batch_size()
     stats = {k: TensorStats(k) for k in keys}
@@ -541,13 +538,13 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
     if job.target is not None or job.class_index is not None:
         raise UsageError(
-            "jacobian differentiates a model output itself: --target and --class "
-            "do not apply (use --output)"
+            f"jacobian differentiates a model output itself: {param('target')} and "
+            f"{param('class_index')} do not apply (use {param('output')})"
         )
     outputs = ctx.objective.outputs
     if len(outputs) != 1:
         raise UsageError(
-            f"jacobian needs --output on a model with {len(handle.outputs)} "
+            f"jacobian needs {param('output')} on a model with {len(handle.outputs)} "
             f"outputs ({', '.join(o.name for o in handle.outputs)})"
         )
     o = handle.outputs[outputs[0]]
@@ -559,9 +556,9 @@ def _jacobian(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     total = sum(ctx.n * math.prod(out_shape) * math.prod(in_shapes[n]) for n in names)
     if total > job.max_elements:
         raise UsageError(
-            f"the Jacobian would have {total:,} elements (above --max-elements "
-            f"{job.max_elements:,.0f}); select fewer samples or one --output, or "
-            f"raise --max-elements"
+            f"the Jacobian would have {total:,} elements (above "
+            f"{param('max_elements', f'{job.max_elements:,.0f}')}); select fewer samples or "
+            f"one {param('output')}, or raise {param('max_elements')}"
         )
     dtypes = [np.dtype(i.dtype) if np.dtype(i.dtype).kind == "f" else None for i in handle.inputs]
     for k, dt in enumerate(dtypes):

@@ -1,0 +1,33 @@
+"""Architecture contracts: one error funnel (Python names vs CLI flags), a light `--help`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import run_process
+
+
+def test_api_names_parameters_the_cli_names_flags(models, cli):
+    """The same error: a Python caller is told `class_index=9`, the CLI user `--class 9`;
+    in process, through the worker, and in a directory run's per-model record alike."""
+    import gradcli
+    from gradcli.errors import UsageError
+
+    x = np.zeros((2, 5), np.float32)
+    with pytest.raises(UsageError) as info:
+        gradcli.wrt_input(models["linear"], x, class_index=9)
+    text = str(info.value)
+    assert text.startswith("class_index=9: output 'dense' has shape (N, 3), 3 classes")
+    assert "--class" not in text
+    with pytest.raises(UsageError, match=r"^loss= needs target= "):
+        gradcli.wrt_input(models["linear"], x, loss="mse")
+
+    expected = "error: --class 9: output 'dense' has shape (N, 3), 3 classes; K must be in 0..2\n"
+    r = cli("wrt-input", models["linear"], models["dir"] / "x5.npy", "--class", "9")
+    assert (r.code, r.err) == (2, expected)
+    r = run_process("wrt-input", models["linear"], models["dir"] / "x5.npy", "--class", "9")
+    assert (r.code, r.err) == (2, expected)
+    r = cli("wrt-input", models["linear"], models["dir"] / "x5.npy", "--loss", "mse")
+    assert r.code == 2
+    assert r.err.startswith("error: --loss needs --target (the labels")
