@@ -30,7 +30,7 @@ from .errors import (
     render_text,
 )
 from .job import Job
-from .stats import FAIL_ON_CHOICES
+from .status import FAIL_ON_CHOICES
 
 HELP = """Gradients of saved Keras models, from the shell.
 

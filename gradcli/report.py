@@ -9,16 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-STATUS_STYLE = {
-    "ok": "green",
-    "zero": "yellow",
-    "too-small": "yellow",
-    "too-large": "red",
-    "nonfinite": "red",
-    "disconnected": "magenta",
-    "mismatch": "red",
-    "unresolved": "yellow",
-}
+from .status import style
+from .status import worst as worst_status
 
 
 def to_json(record: dict) -> str:
@@ -44,7 +36,7 @@ def _shape(shape: list) -> str:
 
 def _status(rec: dict) -> Text:
     status = rec.get("status", "")
-    text = Text(status, style=STATUS_STYLE.get(status, ""))
+    text = Text(status, style=style(status))
     if rec.get("tripped"):
         text = Text(f"✗ {status}", style="bold red")
     return text
@@ -189,7 +181,7 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
     table.add_column("log-norm")
     for s in summary:
         if s["status"] != "ok" or not s["l2"]:
-            bar = Text(s["status"], style=STATUS_STYLE.get(s["status"], "red"))
+            bar = Text(s["status"], style=style(s["status"], "red"))
         else:
             frac = (math.log10(s["l2"]) - lo) / span if logs and hi > lo else 1.0
             n = max(1, round(1 + frac * (width - 1)))
@@ -295,7 +287,7 @@ def _render_many(records: list[dict], console: Console) -> None:
             continue
         tensors = rec.get("tensors") or []
         norms = [t.get("l2") for t in tensors if t.get("l2") is not None]
-        worst = _worst_status(tensors)
+        worst = worst_status(t.get("status", "ok") for t in tensors).value
         if rec["command"] == "info":
             result = Text(f"{len(rec['layers'])} layers, loss {rec['loss']}")
         elif rec.get("gates"):
@@ -308,16 +300,7 @@ def _render_many(records: list[dict], console: Console) -> None:
             fmt(rec.get("n")),
             str(len(tensors)) if rec["command"] != "info" else "-",
             fmt(max(norms)) if norms else "-",
-            Text(worst, style=STATUS_STYLE.get(worst, "")) if tensors else "-",
+            Text(worst, style=style(worst)) if tensors else "-",
             result,
         )
     console.print(table)
-
-
-def _worst_status(tensors: list[dict]) -> str:
-    order = ["nonfinite", "mismatch", "disconnected", "too-large", "too-small", "zero", "ok"]
-    statuses = {t.get("status", "ok") for t in tensors}
-    for s in order:
-        if s in statuses:
-            return s
-    return "ok"

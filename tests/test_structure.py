@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -31,3 +34,26 @@ def test_api_names_parameters_the_cli_names_flags(models, cli):
     r = cli("wrt-input", models["linear"], models["dir"] / "x5.npy", "--loss", "mse")
     assert r.code == 2
     assert r.err.startswith("error: --loss needs --target (the labels")
+
+
+def test_help_imports_neither_tensorflow_nor_numpy():
+    code = (
+        "import sys\n"
+        "from gradcli.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "for cmd in ('wrt-input', 'check'):\n"
+        "    try:\n"
+        "        main([cmd, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = sorted(m for m in ('numpy', 'tensorflow', 'keras') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "Usage" in proc.stdout
+    assert "HEAVY []" in proc.stderr, proc.stderr
