@@ -30,6 +30,7 @@ from .errors import (
     render_text,
 )
 from .job import Job
+from .methods import METHODS, method_help
 from .status import FAIL_ON_CHOICES
 
 HELP = """Gradients of saved Keras models, from the shell.
@@ -53,11 +54,8 @@ app = typer.Typer(
 )
 
 
-class Method(StrEnum):
-    vanilla = "vanilla"
-    gradxinput = "gradxinput"
-    smoothgrad = "smoothgrad"
-    integrated = "integrated"
+# --method's choices and help: the methods table (methods.py is light at import)
+Method = StrEnum("Method", {name: name for name in METHODS})
 
 
 class OneDNN(StrEnum):
@@ -502,8 +500,7 @@ def wrt_input(
         typer.Option(
             "--method",
             "-m",
-            help="vanilla: d o / d x; gradxinput: x * grad; smoothgrad: mean "
-            "over noisy copies; integrated: Integrated Gradients.",
+            help=method_help(),
         ),
     ] = Method.vanilla,
     target: TargetOpt = None,
@@ -563,7 +560,7 @@ def wrt_input(
     debug: DebugOpt = False,
 ) -> None:
     """Gradient of the objective with respect to the input (saliency, attributions)."""
-    if method != Method.integrated and baseline != "zeros":
+    if "baseline" not in METHODS[method.value].options and baseline != "zeros":
         raise UsageError("--baseline goes with --method integrated")
     job = Job(
         "wrt-input",

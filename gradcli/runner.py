@@ -27,7 +27,7 @@ from .engine import (
 from .errors import ExitCode, GradientError, InputError, UsageError, exit_code, marked, param
 from .job import Job
 from .loading import ModelHandle, import_custom_code, load_model
-from .methods import MethodOptions, attribute
+from .methods import METHODS, MethodOptions, attribute
 from .objective import Objective, build_objective
 from .paths import check_model_path, find_models, is_savedmodel, output_file
 from .stats import TensorStats, TopFeatures, layer_summary
@@ -274,18 +274,24 @@ def _image_like(shape: tuple) -> bool:
 
 def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
+    method = METHODS.get(job.method)
+    if method is None:
+        raise UsageError(
+            f"{param('method', repr(job.method))}: expected one of {', '.join(METHODS)}"
+        )
     options = MethodOptions(
         job.method, job.samples, job.noise, job.seed if job.seed is not None else 0, job.steps
     )
-    if job.method == "smoothgrad" and job.seed is None:
+    if "seed" in method.options and job.seed is None:
         options.seed = int(np.random.SeedSequence().entropy % (2**31))
-    if job.method == "integrated" and job.baseline not in (None, "zeros"):
+    if "baseline" in method.options and job.baseline not in (None, "zeros"):
         options.baseline = _read_baseline(ctx, job.baseline)
+        options.baseline_name = job.baseline
     engine = GradientEngine(
         handle, ctx.objective, wrt_inputs=True, training=job.training, jit=job.jit
     )
     rows_per_call = ctx.batch_size()
-    read_size = max(1, rows_per_call // options.expansion)
+    read_size = max(1, rows_per_call // method.expansion(options))
     names = [i.name for i in handle.inputs]
     shapes = {}
     for name, src in ctx.inputs.items():
@@ -300,7 +306,7 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
             f"{param('png')}: input shapes {', '.join(str(shapes[n][1:]) for n in names)} "
             f"are not image-like (H, W) or (H, W, C)"
         )
-    gaps, deltas = [], []
+    completeness: list[dict] = []
     writer = ctx.open_sink(
         out, {n: (shapes[n], engine.input_dtypes[k].str) for k, n in enumerate(names)}
     )
@@ -320,8 +326,7 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
                         take = job.png_limit - have
                         keep[name].append((batch.inputs[k][:take], g[:take]))
             if att.completeness:
-                gaps.append(att.completeness["gap"])
-                deltas.append(att.completeness["delta"])
+                completeness.append(att.completeness)
             ctx.progress(batch.stop)
         pictures = (
             _write_heatmaps(png, keep, job, ctx.objective.describe(), ctx.outputs) if png else []
@@ -332,23 +337,7 @@ def _wrt_input(ctx: _Context, out: Path | None, png: Path | None) -> dict:
             writer.abort()
         raise
     extra: dict[str, Any] = {"method": job.method, "out": written}
-    if job.method == "smoothgrad":
-        extra.update(samples=options.samples, noise=options.noise, seed=options.seed)
-    if job.method == "integrated":
-        gap = np.concatenate(gaps)
-        delta = np.concatenate(deltas)
-        rel = gap / np.maximum(np.abs(delta), 1e-12)
-        extra.update(
-            steps=options.steps,
-            baseline=job.baseline or "zeros",
-            completeness={
-                "max_abs_gap": float(gap.max()),
-                "mean_abs_gap": float(gap.mean()),
-                "max_rel_gap": float(rel.max()),
-                "mean_rel_gap": float(rel.mean()),
-                "mean_abs_delta": float(np.abs(delta).mean()),
-            },
-        )
+    extra.update(method.extras(options, completeness))
     if top:
         for name in names:
             feats = top[name].top(job.top)
