@@ -18,11 +18,12 @@ import numpy as np
 
 from .arrays import ArraySource, _check_dtype
 from .backend import keras
-from .errors import InputError
+from .commands import COMMANDS
+from .context import Context
+from .errors import InputError, UsageError
 from .job import Job
 from .loading import KerasHandle, ModelHandle, _compiled_losses, _output_names
 from .loading import load_model as _load_model
-from .runner import RUNNERS, _Context
 
 
 def load_model(path: str | Path, unsafe: bool = False) -> ModelHandle:
@@ -96,7 +97,7 @@ def run(
         if targets is None:
             raise InputError("target: pass a dict keyed by output name for a multi-output model")
     collected: dict[str, np.ndarray] = {}
-    ctx = _Context(
+    ctx = Context(
         job,
         handle,
         lambda *a, **k: None,
@@ -105,7 +106,10 @@ def run(
         arrays=arrays,
         target_arrays=targets,
     )
-    record = RUNNERS[command](ctx, None, None)
+    run_command = COMMANDS[command].run
+    if run_command is None:
+        raise UsageError(f"{command} computes no arrays")
+    record = run_command(ctx, None, None)
     return collected, record
 
 
