@@ -6,13 +6,16 @@ work runs in a worker process (supervisor.py).
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -71,158 +74,28 @@ class Wrt(StrEnum):
 
 # ------------------------------------------------------------------ shared options
 
-ModelArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="MODEL",
-        help=".keras, .h5/.hdf5, SavedModel directory, or a directory of models.",
-        show_default=False,
-    ),
-]
-InputArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="INPUT",
-        help=".npy, or .npz keyed by input name (axis 0 = samples); - reads it from stdin.",
-        show_default=False,
-    ),
-]
-TargetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        "-t",
-        metavar="PATH",
-        help="Labels (.npy, or .npz keyed by output name): the objective becomes the per-sample "
-        "loss.",
-    ),
-]
-LossOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--loss",
-        metavar="NAME",
-        help="Keras loss identifier (e.g. mse, sparse_categorical_crossentropy); default: the "
-        "model's compiled loss.",
-    ),
-]
-FromLogitsOpt = Annotated[
-    bool,
-    typer.Option("--from-logits", help="The model outputs logits (for --loss crossentropies)."),
-]
-ClassOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--class", "-c", metavar="K", help="Objective: unit K of the selected output (class score)."
-    ),
-]
-OutputOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--output", metavar="NAME|INDEX", help="Select one output of a multi-output model."
-    ),
-]
-BatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-size",
-        "-b",
-        min=1,
-        metavar="B",
-        help="Samples per tape call (results do not depend on it). Default: from the input size.",
-    ),
-]
-TrainingOpt = Annotated[
-    bool,
-    typer.Option("--training", help="Run the model in training mode (dropout, batch statistics)."),
-]
-JitOpt = Annotated[bool, typer.Option("--jit", help="Compile the tape with XLA.")]
-OutOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="PATH",
-        help="Write the arrays to this .npz (a directory when MODEL is a directory).",
-    ),
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="One JSON object per model on stdout, nothing else.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
-FailOnOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--fail-on",
-        metavar="STATUS",
-        help="Exit 1 when a tensor is nonfinite, zero or disconnected (repeat or comma list).",
-    ),
-]
-MaxNormOpt = Annotated[
-    float | None,
-    typer.Option("--max-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm exceeds X."),
-]
-MinNormOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--min-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm is below X."
-    ),
-]
-UnsafeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--unsafe", help="Allow unsafe deserialization (Lambda layers). Only for trusted files."
-    ),
-]
-ImportOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--import",
-        metavar="MODULE|FILE.py",
-        help="Import code that registers custom layers/losses before loading (repeatable).",
-    ),
-]
-ShardOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--shard",
-        metavar="K/N",
-        help="With a directory MODEL: process every N-th model starting at the K-th (0-based).",
-    ),
-]
-OneDNNOpt = Annotated[
-    OneDNN,
-    typer.Option(
-        "--onednn", help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they crash."
-    ),
-]
-DebugOpt = Annotated[
-    bool,
-    typer.Option(
-        "--debug", help="Show tracebacks and TensorFlow's own output.", envvar="GRADCLI_DEBUG"
-    ),
-]
+# One declaration per option that several commands share: its Typer annotation (flag, short
+# alias, metavar, help), its default, and how it goes into the Job (None: a presentation
+# option of the CLI itself). A command names the shared options it takes, in help order, in
+# `@command(...)`; the Job is built from them generically. A new shared option is one entry
+# here (and a Job field when the worker needs it).
+
+REQUIRED = inspect.Parameter.empty
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"gradcli {__version__}")
-        raise typer.Exit(0)
+@dataclass(frozen=True)
+class Shared:
+    annotation: Any
+    default: Any
+    to_job: Callable[[Any], Any] | None
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
-        ),
-    ] = False,
-) -> None:
-    pass
+def _same(value: Any) -> Any:
+    return value
 
 
-# ------------------------------------------------------------------ running a job
+def _listed(value: list[str] | None) -> list[str]:
+    return value or []
 
 
 def _fail_on(values: list[str] | None) -> list[str]:
@@ -250,6 +123,264 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     if n < 1 or not 0 <= k < n:
         raise UsageError(f"--shard {value}: need 0 <= K < N")
     return k, n
+
+
+SHARED: dict[str, Shared] = {
+    "model": Shared(
+        Annotated[
+            str,
+            typer.Argument(
+                metavar="MODEL",
+                help=".keras, .h5/.hdf5, SavedModel directory, or a directory of models.",
+                show_default=False,
+            ),
+        ],
+        REQUIRED,
+        _same,
+    ),
+    "input": Shared(
+        Annotated[
+            str,
+            typer.Argument(
+                metavar="INPUT",
+                help=".npy, or .npz keyed by input name (axis 0 = samples); - reads it from stdin.",
+                show_default=False,
+            ),
+        ],
+        REQUIRED,
+        _same,
+    ),
+    "target": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--target",
+                "-t",
+                metavar="PATH",
+                help="Labels (.npy, or .npz keyed by output name): the objective becomes the "
+                "per-sample "
+                "loss.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "loss": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--loss",
+                metavar="NAME",
+                help="Keras loss identifier (e.g. mse, sparse_categorical_crossentropy); "
+                "default: the "
+                "model's compiled loss.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "from_logits": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--from-logits", help="The model outputs logits (for --loss crossentropies)."
+            ),
+        ],
+        False,
+        _same,
+    ),
+    "class_index": Shared(
+        Annotated[
+            int | None,
+            typer.Option(
+                "--class",
+                "-c",
+                metavar="K",
+                help="Objective: unit K of the selected output (class score).",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "output": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--output", metavar="NAME|INDEX", help="Select one output of a multi-output model."
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "batch_size": Shared(
+        Annotated[
+            int | None,
+            typer.Option(
+                "--batch-size",
+                "-b",
+                min=1,
+                metavar="B",
+                help="Samples per tape call (results do not depend on it). "
+                "Default: from the input size.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "training": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--training", help="Run the model in training mode (dropout, batch statistics)."
+            ),
+        ],
+        False,
+        _same,
+    ),
+    "jit": Shared(
+        Annotated[bool, typer.Option("--jit", help="Compile the tape with XLA.")],
+        False,
+        _same,
+    ),
+    "out": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--out",
+                "-o",
+                metavar="PATH",
+                help="Write the arrays to this .npz (a directory when MODEL is a directory).",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "as_json": Shared(
+        Annotated[
+            bool, typer.Option("--json", help="One JSON object per model on stdout, nothing else.")
+        ],
+        False,
+        None,
+    ),
+    "quiet": Shared(
+        Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")],
+        False,
+        None,
+    ),
+    "fail_on": Shared(
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--fail-on",
+                metavar="STATUS",
+                help="Exit 1 when a tensor is nonfinite, zero or disconnected "
+                "(repeat or comma list).",
+            ),
+        ],
+        None,
+        _fail_on,
+    ),
+    "max_norm": Shared(
+        Annotated[
+            float | None,
+            typer.Option(
+                "--max-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm exceeds X."
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "min_norm": Shared(
+        Annotated[
+            float | None,
+            typer.Option(
+                "--min-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm is below X."
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "unsafe": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--unsafe",
+                help="Allow unsafe deserialization (Lambda layers). Only for trusted files.",
+            ),
+        ],
+        False,
+        _same,
+    ),
+    "imports": Shared(
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--import",
+                metavar="MODULE|FILE.py",
+                help="Import code that registers custom layers/losses before loading (repeatable).",
+            ),
+        ],
+        None,
+        _listed,
+    ),
+    "shard": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--shard",
+                metavar="K/N",
+                help="With a directory MODEL: process every N-th model starting at the K-th "
+                "(0-based).",
+            ),
+        ],
+        None,
+        _shard,
+    ),
+    "onednn": Shared(
+        Annotated[
+            OneDNN,
+            typer.Option(
+                "--onednn",
+                help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they crash.",
+            ),
+        ],
+        OneDNN.auto,
+        None,
+    ),
+    "debug": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--debug",
+                help="Show tracebacks and TensorFlow's own output.",
+                envvar="GRADCLI_DEBUG",
+            ),
+        ],
+        False,
+        None,
+    ),
+}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gradcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+# ------------------------------------------------------------------ running a job
 
 
 def _check_paths(job: Job) -> None:
@@ -452,12 +583,6 @@ class _progress:
         return False
 
 
-def _common(job: Job, fail_on, shard) -> Job:
-    job.fail_on = _fail_on(fail_on)
-    job.shard = _shard(shard)
-    return job
-
-
 def _guard(fn):
     """Option errors found before the job runs get the same one-line treatment."""
     import functools
@@ -472,29 +597,87 @@ def _guard(fn):
     return wrapper
 
 
+OBJECTIVE = ("target", "loss", "from_logits", "class_index", "output")
+RUN = (
+    "batch_size",
+    "training",
+    "jit",
+    "out",
+    "as_json",
+    "quiet",
+    "fail_on",
+    "max_norm",
+    "min_norm",
+    "unsafe",
+    "imports",
+    "shard",
+    "onednn",
+    "debug",
+)
+OWN = "*"  # in a layout: the command's own parameters, in their order
+
+
+def command(name: str, *layout: str):
+    """Register a command whose function takes only its own options and returns the Job
+    fields they set; the shared options named in `layout` (in help order, OWN marking where
+    the function's own go) are added to its signature, and the Job is built and run here."""
+
+    def decorate(fn: Callable[..., dict[str, Any]]):
+        own = inspect.signature(fn, eval_str=True).parameters
+        params: list[inspect.Parameter] = []
+        for item in layout:
+            if item == OWN:
+                params += [p for p in own.values() if p.name not in layout]
+            elif item in own:
+                params.append(own[item])
+            else:
+                shared = SHARED[item]
+                params.append(
+                    inspect.Parameter(
+                        item,
+                        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                        default=shared.default,
+                        annotation=shared.annotation,
+                    )
+                )
+        job_fields = {f.name for f in fields(Job)}
+
+        def run(**kwargs: Any) -> None:
+            fields_set = fn(**{k: v for k, v in kwargs.items() if k in own})
+            job_data = {
+                k: SHARED[k].to_job(v)
+                for k, v in kwargs.items()
+                if k not in own and SHARED[k].to_job is not None and k in job_fields
+            }
+            job = Job(name, **job_data, **fields_set)
+            _execute(
+                job,
+                as_json=kwargs.get("as_json", False),
+                quiet=kwargs.get("quiet", True),
+                onednn=kwargs.get("onednn", OneDNN.auto),
+                debug=kwargs.get("debug", False),
+            )
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return app.command(name)(_guard(run))
+
+    return decorate
+
+
 # ------------------------------------------------------------------ commands
 
 
-@app.command()
-@_guard
-def info(
-    model: ModelArg,
-    as_json: JsonOpt = False,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    debug: DebugOpt = False,
-) -> None:
+@command("info", "model", "as_json", "unsafe", "imports", "shard", "debug")
+def info() -> dict[str, Any]:
     """What the model is: format, inputs, outputs, compiled loss, layers (for --layer)."""
-    job = _common(Job("info", model, unsafe=unsafe, imports=imports or []), None, shard)
-    _execute(job, as_json=as_json, quiet=True, debug=debug)
+    return {}
 
 
-@app.command("wrt-input")
-@_guard
+@command("wrt-input", "model", "input", "method", *OBJECTIVE, OWN, *RUN)
 def wrt_input(
-    model: ModelArg,
-    input: InputArg,
     method: Annotated[
         Method,
         typer.Option(
@@ -503,11 +686,6 @@ def wrt_input(
             help=method_help(),
         ),
     ] = Method.vanilla,
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
     samples: Annotated[
         int, typer.Option("--samples", min=1, help="SmoothGrad: noisy copies.")
     ] = 25,
@@ -544,59 +722,25 @@ def wrt_input(
     png_limit: Annotated[
         int, typer.Option("--png-limit", min=0, help="At most this many PNGs per input.")
     ] = 16,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Gradient of the objective with respect to the input (saliency, attributions)."""
     if "baseline" not in METHODS[method.value].options and baseline != "zeros":
         raise UsageError("--baseline goes with --method integrated")
-    job = Job(
-        "wrt-input",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        method=method.value,
-        samples=samples,
-        noise=noise,
-        seed=seed,
-        steps=steps,
-        baseline=None if baseline == "zeros" else baseline,
-        top=top,
-        png=png,
-        png_limit=png_limit,
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {
+        "method": method.value,
+        "samples": samples,
+        "noise": noise,
+        "seed": seed,
+        "steps": steps,
+        "baseline": None if baseline == "zeros" else baseline,
+        "top": top,
+        "png": png,
+        "png_limit": png_limit,
+    }
 
 
-@app.command("wrt-layer")
-@_guard
+@command("wrt-layer", "model", "input", "layer", *OBJECTIVE, *RUN)
 def wrt_layer(
-    model: ModelArg,
-    input: InputArg,
     layer: Annotated[
         list[str],
         typer.Option(
@@ -606,154 +750,46 @@ def wrt_layer(
             help="Layer name, nested path outer/inner, or index from `gradcli info` (repeatable).",
         ),
     ],
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Gradient of the objective with respect to a layer's output activation."""
-    job = Job(
-        "wrt-layer",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        layers=list(layer),
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"layers": list(layer)}
 
 
-@app.command("wrt-weights")
-@_guard
+@command("wrt-weights", "model", "input", *OBJECTIVE, OWN, *RUN)
 def wrt_weights(
-    model: ModelArg,
-    input: InputArg,
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
     png: Annotated[
         str | None,
         typer.Option(
             "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG."
         ),
     ] = None,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Gradient of the mean objective over all samples w.r.t. each trainable variable."""
-    job = Job(
-        "wrt-weights",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        png=png,
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"png": png}
 
 
-@app.command()
-@_guard
+@command("jacobian", "model", "input", "output", OWN, *RUN)
 def jacobian(
-    model: ModelArg,
-    input: InputArg,
-    output: OutputOpt = None,
     max_elements: Annotated[
         float,
         typer.Option(
             "--max-elements", min=1, help="Refuse (exit 2) above this many Jacobian elements."
         ),
     ] = 1e8,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Per-sample Jacobian d output / d input: shape (N, *output, *input)."""
-    job = Job(
-        "jacobian",
-        model,
-        input,
-        output=output,
-        max_elements=max_elements,
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"max_elements": max_elements}
 
 
-@app.command()
-@_guard
+@command(
+    "check",
+    "model",
+    "input",
+    OWN,
+    *OBJECTIVE,
+    *(o for o in RUN if o not in ("jit", "out", "fail_on", "max_norm", "min_norm")),
+)
 def check(
-    model: ModelArg,
-    input: InputArg,
     wrt: Annotated[Wrt, typer.Option("--wrt", help="Check input or weight gradients.")] = Wrt.input,
     directions: Annotated[
         int, typer.Option("--directions", min=1, help="Random directions per tensor.")
@@ -775,44 +811,11 @@ def check(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for the directions.")] = None,
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Compare autodiff with central finite differences along random directions."""
     if eps is not None and eps <= 0:
         raise UsageError("--eps must be positive")
-    job = Job(
-        "check",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        wrt=wrt.value,
-        directions=directions,
-        eps=eps,
-        rtol=rtol,
-        seed=seed,
-        batch_size=batch_size,
-        training=training,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, None, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"wrt": wrt.value, "directions": directions, "eps": eps, "rtol": rtol, "seed": seed}
 
 
 # ------------------------------------------------------------------ entry point
