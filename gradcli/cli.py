@@ -32,6 +32,7 @@ from .errors import (
     marked,
     render_text,
 )
+from .formats import FORMATS, formats_help
 from .job import Job
 from .methods import METHODS, method_help
 from .status import FAIL_ON_CHOICES
@@ -59,6 +60,8 @@ app = typer.Typer(
 
 # --method's choices and help: the methods table (methods.py is light at import)
 Method = StrEnum("Method", {name: name for name in METHODS})
+# --format's choices: the formats table (--json is kept as the alias of --format json)
+OutputFormat = StrEnum("OutputFormat", {name: name for name in FORMATS})
 
 
 class OneDNN(StrEnum):
@@ -254,6 +257,14 @@ SHARED: dict[str, Shared] = {
         ],
         None,
         _same,
+    ),
+    "output_format": Shared(
+        Annotated[
+            OutputFormat,
+            typer.Option("--format", help=formats_help()),
+        ],
+        OutputFormat("table"),
+        None,
     ),
     "as_json": Shared(
         Annotated[
@@ -451,13 +462,15 @@ def _spool_stdin(label: str) -> None:
 def _execute(
     job: Job,
     *,
-    as_json: bool = False,
+    output_format: str | None = None,
     quiet: bool = False,
     onednn: OneDNN = OneDNN.auto,
     debug: bool = False,
 ) -> None:
     """Run a job and exit with its code; the one place errors become messages."""
-    from . import report, supervisor
+    from . import supervisor
+
+    fmt = FORMATS[output_format or "table"]
 
     debug = debug or os.environ.get("GRADCLI_DEBUG", "") not in ("", "0")
     previous = supervisor.handle_sigterm()
@@ -473,9 +486,8 @@ def _execute(
         def on_record(record: dict) -> None:
             if record.get("error"):
                 record["error"] = render_text(record["error"], CLI_FLAGS)
-            if as_json:
-                sys.stdout.write(report.to_json(record) + "\n")
-                sys.stdout.flush()
+            if fmt.each is not None:
+                fmt.each(record, sys.stdout)
             records.append(record)
 
         with _progress(err, enabled=not quiet and err.is_terminal) as on_progress:
@@ -496,8 +508,8 @@ def _execute(
             sys.stderr.write(outcome.traceback)
         if outcome.error is not None:
             raise outcome.error
-        if not as_json:
-            report.render(records, out)
+        if fmt.end is not None:
+            fmt.end(records, out)
         code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
     except KeyboardInterrupt as exc:
         code = _interrupted(exc)
@@ -603,6 +615,7 @@ RUN = (
     "training",
     "jit",
     "out",
+    "output_format",
     "as_json",
     "quiet",
     "fail_on",
@@ -652,7 +665,7 @@ def command(name: str, *layout: str):
             job = Job(name, **job_data, **fields_set)
             _execute(
                 job,
-                as_json=kwargs.get("as_json", False),
+                output_format="json" if kwargs.get("as_json") else kwargs.get("output_format"),
                 quiet=kwargs.get("quiet", True),
                 onednn=kwargs.get("onednn", OneDNN.auto),
                 debug=kwargs.get("debug", False),
@@ -670,7 +683,7 @@ def command(name: str, *layout: str):
 # ------------------------------------------------------------------ commands
 
 
-@command("info", "model", "as_json", "unsafe", "imports", "shard", "debug")
+@command("info", "model", "output_format", "as_json", "unsafe", "imports", "shard", "debug")
 def info() -> dict[str, Any]:
     """What the model is: format, inputs, outputs, compiled loss, layers (for --layer)."""
     return {}

@@ -80,3 +80,19 @@ def test_a_registered_method_runs_through_the_engine(models, keras):
         del methods.METHODS["doubled"]
     kernel = keras.saving.load_model(models["linear"]).get_layer("dense").kernel.numpy()
     np.testing.assert_allclose(g, np.tile(2 * kernel.sum(axis=1), (len(x), 1)), rtol=1e-6)
+
+
+def test_format_json_is_the_json_switch_and_table_the_default(models, cli):
+    """--format picks the renderer from the formats table; --json is its alias."""
+    import json
+
+    args = ("wrt-input", models["linear"], models["dir"] / "x5.npy")
+    as_json = cli(*args, "--json")
+    formatted = cli(*args, "--format", "json")
+    assert as_json.code == formatted.code == 0
+    a, b = json.loads(as_json.out), json.loads(formatted.out)
+    assert a == b and a["tensors"][0]["name"] == "x"
+    table = cli(*args, "--format", "table")
+    assert table.out == cli(*args).out and "x" in table.out and "{" not in table.out
+    bad = cli(*args, "--format", "yaml")
+    assert bad.code == 2 and "yaml" in bad.err
