@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import ArraySource, _check_dtype
+from .arrays import ArraySource, check_dtype
 from .backend import keras
 from .commands import COMMANDS
 from .context import Context
@@ -71,7 +71,7 @@ def _sources(data: Any, names: list[str], what: str) -> dict[str, ArraySource]:
     for name, value in items.items():
         array = np.asarray(value)
         label = f"{what} {name!r}"
-        _check_dtype(array, label)
+        check_dtype(array, label)
         out[name] = ArraySource(array, label)
     return out
 
