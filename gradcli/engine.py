@@ -1,6 +1,11 @@
 """The one compiled GradientTape: per-sample objective gradients w.r.t. inputs, layers, weights.
 
 Every command and method feeds this function; it knows nothing of paths or printing.
+
+Over 400 lines on purpose for now: the tape (GradientEngine), the Jacobian function and the
+token-input diagnosis (which embedding an integer input feeds) share the tracing helpers
+here; the diagnosis (token_uses .. input_gradient_error, ~170 lines) is the part to move
+to its own module next, once the loaders' capability probes (another change) have landed.
 """
 
 from __future__ import annotations
