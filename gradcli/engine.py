@@ -20,7 +20,7 @@ from .arrays import ArraySource
 from .backend import keras, tf
 from .errors import GradientError, InputError, UsageError, first_line
 from .loading import LayerInfo, ModelHandle
-from .objective import Objective
+from .objective import Objective, ObjectiveKind
 
 
 @dataclass
@@ -352,7 +352,7 @@ class GradientEngine:
 
     def _check_class(self, inputs: Sequence[np.ndarray]) -> None:
         """--class against the real class axis, where the declared shape leaves it open."""
-        if self._class_checked or self.objective.kind != "class":
+        if self._class_checked or self.objective.kind != ObjectiveKind.CLASS:
             return
         self._class_checked = True
         index = self.objective.outputs[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,17 @@ from .errors import InputError, UsageError, param
 from .loading import LossSpec, ModelHandle, resolve_loss
 
 
+class ObjectiveKind(StrEnum):
+    LOSS = "loss"  # the per-sample loss against --target
+    CLASS = "class"  # unit K of one output (summed over positions)
+    SUM = "sum"  # the sum of the selected outputs
+
+
 @dataclass
 class Objective:
     """What is differentiated: one scalar per sample."""
 
-    kind: str  # "loss" | "class" | "sum"
+    kind: ObjectiveKind
     outputs: list[int]  # indices of the selected model outputs
     output_names: list[str]
     class_index: int | None = None
@@ -27,21 +34,23 @@ class Objective:
 
     @property
     def needs_targets(self) -> bool:
-        return self.kind == "loss"
+        return self.kind == ObjectiveKind.LOSS
 
     @property
     def target_names(self) -> list[str]:
-        return [self.output_names[i] for i in self.losses] if self.kind == "loss" else []
+        if self.kind != ObjectiveKind.LOSS:
+            return []
+        return [self.output_names[i] for i in self.losses]
 
     def describe(self) -> str:
         names = ", ".join(self.output_names[i] for i in self.outputs)
-        if self.kind == "loss":
+        if self.kind == ObjectiveKind.LOSS:
             parts = []
             for i, spec in self.losses.items():
                 w = "" if spec.weight == 1.0 else f"{spec.weight:g} x "
                 parts.append(f"{w}{spec.description} on {self.output_names[i]}")
             return "per-sample loss: " + " + ".join(parts)
-        if self.kind == "class":
+        if self.kind == ObjectiveKind.CLASS:
             shape = self.output_shapes.get(self.outputs[0], ())
             summed = " (summed over positions)" if len(shape) > 1 else ""
             return f"class {self.class_index} of {names}{summed}"
@@ -72,7 +81,7 @@ class Objective:
         """(target position, number of classes, ignore_class) of each sparse-label loss."""
         found = []
         for position, (i, spec) in enumerate(self.losses.items()):
-            if self.kind != "loss" or not _is_sparse_loss(spec):
+            if self.kind != ObjectiveKind.LOSS or not _is_sparse_loss(spec):
                 continue
             shape = handle.outputs[i].shape
             classes = shape[-1] if shape else None
@@ -103,13 +112,13 @@ class Objective:
 
     def per_sample(self, outputs: list, targets: list) -> Any:
         """o for a batch: shape (B,), float32. `targets` aligns with `self.losses`."""
-        if self.kind == "loss":
+        if self.kind == ObjectiveKind.LOSS:
             total = None
             for (i, spec), y_true in zip(self.losses.items(), targets, strict=True):
                 value = _per_sample_loss(spec.fn, y_true, outputs[i]) * spec.weight
                 total = value if total is None else total + value
             return total
-        if self.kind == "class":
+        if self.kind == ObjectiveKind.CLASS:
             y = _wide(outputs[self.outputs[0]])
             if y.shape.rank == 1:  # (N,): one unit per sample, K = 0
                 return y
@@ -284,7 +293,7 @@ def build_objective(
                     f"no compiled loss for output(s) "
                     f"{', '.join(names[i] for i in selected)}; give {param('loss')}"
                 )
-        return Objective("loss", selected, names, losses=losses)
+        return Objective(ObjectiveKind.LOSS, selected, names, losses=losses)
     if class_index is not None:
         if len(selected) != 1:
             raise UsageError(
@@ -292,7 +301,7 @@ def build_objective(
                 f"{param('output')} ({', '.join(names)})"
             )
         objective = Objective(
-            "class",
+            ObjectiveKind.CLASS,
             selected,
             names,
             class_index=class_index,
@@ -301,4 +310,4 @@ def build_objective(
         # an output whose class axis is open is checked again on the first batch
         objective.check_class_range(handle, tuple(handle.outputs[selected[0]].shape))
         return objective
-    return Objective("sum", selected, names)
+    return Objective(ObjectiveKind.SUM, selected, names)
