@@ -96,3 +96,26 @@ def test_format_json_is_the_json_switch_and_table_the_default(models, cli):
     assert table.out == cli(*args).out and "x" in table.out and "{" not in table.out
     bad = cli(*args, "--format", "yaml")
     assert bad.code == 2 and "yaml" in bad.err
+
+
+def test_records_round_trip_through_their_dataclasses(models, cli):
+    """Record/TensorRow read a record's common keys as attributes and give the same JSON
+    object back (same keys, same order): the golden record and a real check run's."""
+    import json
+
+    from test_report import RECORD
+
+    from gradcli.records import Record
+
+    r = cli("check", models["linear"], models["dir"] / "x5.npy", "--json")
+    real = json.loads(r.out)
+    for data in (RECORD, real):
+        rec = Record.from_json(data)
+        back = rec.to_json()
+        assert back == data and list(back) == list(data)
+        assert [list(t) for t in back["tensors"]] == [list(t) for t in data["tensors"]]
+    rec = Record.from_json(RECORD)
+    assert (rec.command, rec.n, rec.gates) == ("wrt-weights", 4, ["disconnected"])
+    assert rec.tensors[1].status == "disconnected" and rec.tensors[1].l2 is None
+    assert rec.tensors[0].extra["relative"] == 0.5 and rec.extra["out"] == "w.npz"
+    assert Record.from_json(real).tensors[0].extra["autodiff"] == real["tensors"][0]["autodiff"]
