@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import ArraySource, _check_dtype
+from .arrays import ArraySource, check_dtype
 from .backend import keras
-from .errors import InputError
+from .commands import COMMANDS
+from .context import Context
+from .errors import InputError, UsageError
 from .job import Job
 from .loading import KerasHandle, ModelHandle, _compiled_losses, _output_names
 from .loading import load_model as _load_model
-from .runner import RUNNERS, _Context
 
 
 def load_model(path: str | Path, unsafe: bool = False) -> ModelHandle:
@@ -70,7 +71,7 @@ def _sources(data: Any, names: list[str], what: str) -> dict[str, ArraySource]:
     for name, value in items.items():
         array = np.asarray(value)
         label = f"{what} {name!r}"
-        _check_dtype(array, label)
+        check_dtype(array, label)
         out[name] = ArraySource(array, label)
     return out
 
@@ -96,7 +97,7 @@ def run(
         if targets is None:
             raise InputError("target: pass a dict keyed by output name for a multi-output model")
     collected: dict[str, np.ndarray] = {}
-    ctx = _Context(
+    ctx = Context(
         job,
         handle,
         lambda *a, **k: None,
@@ -105,7 +106,10 @@ def run(
         arrays=arrays,
         target_arrays=targets,
     )
-    record = RUNNERS[command](ctx, None, None)
+    run_command = COMMANDS[command].run
+    if run_command is None:
+        raise UsageError(f"{command} computes no arrays")
+    record = run_command(ctx, None, None)
     return collected, record
 
 

@@ -57,7 +57,7 @@ def _describe(exc: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
-def _check_dtype(array: np.ndarray, label: str) -> None:
+def check_dtype(array: np.ndarray, label: str) -> None:
     kind = array.dtype.kind
     if array.dtype.hasobject or kind == "O":
         raise InputError(
@@ -332,7 +332,7 @@ def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, 
                 f"({', '.join(names)}); give an .npz keyed by those names"
             )
         array = _load_npy(path, label)
-        _check_dtype(array, label)
+        check_dtype(array, label)
         return {names[0]: ArraySource(array, label)}
     if suffix != ".npz":
         raise InputError(f"{label}: expected a .npy or .npz file")
@@ -365,7 +365,7 @@ def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, 
                 raise InputError(
                     f"{member_label}: cannot read (truncated or corrupt): {_describe(exc)}"
                 ) from None
-            _check_dtype(array, member_label)
+            check_dtype(array, member_label)
             out[name] = ArraySource(array, member_label)
         return out
 

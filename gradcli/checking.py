@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .backend import keras
-from .engine import GradientEngine, default_batch_size, target_dtype
-from .errors import GradientError, UsageError
+from .engine import GradientEngine
 from .loading import KerasHandle, ModelHandle
 
 _FLOATS = ("float16", "bfloat16", "float32", "mixed_float16", "mixed_bfloat16")
@@ -211,30 +211,26 @@ def _judge(ad: float, fd: float, err: float, rtol: float) -> dict:
     }
 
 
-def gradient_check(ctx: Any) -> dict:
-    job = ctx.job
-    if job.wrt not in ("input", "weights"):
-        raise UsageError(f"--wrt {job.wrt}: expected input or weights")
-    if job.directions < 1:
-        raise UsageError("--directions must be at least 1")
-    handle, precision = float64_handle(ctx.handle, job.unsafe)
-    f64 = precision == "float64"
-    eps = job.eps or (1e-5 if f64 else 1e-2)
-    rtol = job.rtol or (1e-4 if f64 else 5e-2)
-    weights = job.wrt == "weights"
-    engine = GradientEngine(
-        handle, ctx.objective, wrt_inputs=not weights, wrt_weights=weights, training=job.training
-    )
-    n = min(ctx.n, MAX_WEIGHT_SAMPLES) if weights else ctx.n
-    xs = [
-        src.read(0, n, dt) for src, dt in zip(ctx.input_sources, engine.input_dtypes, strict=True)
-    ]
-    ys = [t.read(0, n, target_dtype(t)) for t in ctx.targets]
-    size = job.batch_size or default_batch_size(handle)
-    base = _Objective(engine, xs, ys, size, wrt_input=not weights)
-    rng = np.random.default_rng(job.seed if job.seed is not None else 0)
+def check_rows(
+    engine: GradientEngine,
+    xs: list[np.ndarray],
+    ys: list[np.ndarray],
+    *,
+    names: list[str],
+    weights: bool,
+    eps: float,
+    rtol: float,
+    directions: int,
+    batch_size: int,
+    seed: int | None,
+    progress: Callable[[int, int], None],
+) -> list[dict]:
+    """One row per tensor (an input or a variable): autodiff against finite differences along
+    `directions` random unit directions; `progress(done, total)` after each direction."""
+    base = _Objective(engine, xs, ys, batch_size, wrt_input=not weights)
+    rng = np.random.default_rng(seed if seed is not None else 0)
     # its own stream, so the directions are the same whether or not a recheck ran
-    jitter_rng = np.random.default_rng([job.seed if job.seed is not None else 0, 1])
+    jitter_rng = np.random.default_rng([seed if seed is not None else 0, 1])
     shifted: list[_Objective] = []
 
     def jittered() -> _Objective:
@@ -251,7 +247,7 @@ def gradient_check(ctx: Any) -> dict:
                     JITTER_STEPS * eps if size_x == 0 else min(JITTER_STEPS * eps, 1e-2 * size_x)
                 )
                 moved.append((x + np.minimum(amount * w, JITTER_MAX)).astype(x.dtype))
-            shifted.append(_Objective(engine, moved, ys, size, wrt_input=not weights))
+            shifted.append(_Objective(engine, moved, ys, batch_size, wrt_input=not weights))
         return shifted[0]
 
     def measure(k: int, v: np.ndarray) -> dict:
@@ -287,36 +283,23 @@ def gradient_check(ctx: Any) -> dict:
             "rechecks": rechecks,
         }
 
-    names = engine.variable_names if weights else [i.name for i in handle.inputs]
-    total = len(names) * job.directions
+    total = len(names) * directions
     done = 0
     rows = []
     for k, name in enumerate(names):
         shape = engine.variables[k].shape if weights else xs[k].shape
         if base.grads[k] is None:
             rows.append(_disconnected(name, shape))
-            done += job.directions
-            ctx.emit("progress", index=ctx.index, done=done, total=total)
+            done += directions
+            progress(done, total)
             continue
         measured = []
-        for _ in range(job.directions):
+        for _ in range(directions):
             measured.append(measure(k, _unit(rng, tuple(shape))))
             done += 1
-            ctx.emit("progress", index=ctx.index, done=done, total=total)
+            progress(done, total)
         rows.append(_row(name, shape, measured))
-    if not rows:
-        raise GradientError("nothing to check: the model has no trainable variables")
-    extra: dict[str, Any] = {"samples": n} if n < ctx.n else {}
-    return ctx.record_rows(
-        rows,
-        method="finite differences",
-        wrt=job.wrt,
-        precision=precision,
-        eps=eps,
-        rtol=rtol,
-        directions=job.directions,
-        **extra,
-    )
+    return rows
 
 
 def _disconnected(name: str, shape: Any) -> dict:

@@ -1,4 +1,5 @@
-"""The `gradcli` command line: parse options, run the job, present the records, map errors.
+"""The `gradcli` command line: the commands' signatures (their own options; the shared ones
+come from options.py), the Typer app and the console-script entry; session.py runs the job.
 
 Nothing here imports TensorFlow: `--help`, `--version` and option errors answer at once; the
 work runs in a worker process (supervisor.py).
@@ -6,22 +7,21 @@ work runs in a worker process (supervisor.py).
 
 from __future__ import annotations
 
-import os
-import signal
+import inspect
 import sys
-import traceback
-from enum import StrEnum
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer.exceptions import TyperException
 
 from . import __version__
-from .errors import CLI_FLAGS, ExitCode, GradcliError, InputError, UsageError, first_line, render
+from .errors import ExitCode, GradcliError, UsageError
 from .job import Job
-from .stats import FAIL_ON_CHOICES
+from .methods import METHODS, method_help
+from .options import OBJECTIVE, OWN, RUN, SHARED, Method, OneDNN, Wrt
+from .session import execute, fail, interrupted, stderr_line
 
 HELP = """Gradients of saved Keras models, from the shell.
 
@@ -44,159 +44,6 @@ app = typer.Typer(
 )
 
 
-class Method(StrEnum):
-    vanilla = "vanilla"
-    gradxinput = "gradxinput"
-    smoothgrad = "smoothgrad"
-    integrated = "integrated"
-
-
-class OneDNN(StrEnum):
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class Wrt(StrEnum):
-    input = "input"
-    weights = "weights"
-
-
-# ------------------------------------------------------------------ shared options
-
-ModelArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="MODEL",
-        help=".keras, .h5/.hdf5, SavedModel directory, or a directory of models.",
-        show_default=False,
-    ),
-]
-InputArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="INPUT",
-        help=".npy, or .npz keyed by input name (axis 0 = samples); - reads it from stdin.",
-        show_default=False,
-    ),
-]
-TargetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        "-t",
-        metavar="PATH",
-        help="Labels (.npy, or .npz keyed by output name): the objective becomes the per-sample "
-        "loss.",
-    ),
-]
-LossOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--loss",
-        metavar="NAME",
-        help="Keras loss identifier (e.g. mse, sparse_categorical_crossentropy); default: the "
-        "model's compiled loss.",
-    ),
-]
-FromLogitsOpt = Annotated[
-    bool,
-    typer.Option("--from-logits", help="The model outputs logits (for --loss crossentropies)."),
-]
-ClassOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--class", "-c", metavar="K", help="Objective: unit K of the selected output (class score)."
-    ),
-]
-OutputOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--output", metavar="NAME|INDEX", help="Select one output of a multi-output model."
-    ),
-]
-BatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-size",
-        "-b",
-        min=1,
-        metavar="B",
-        help="Samples per tape call (results do not depend on it). Default: from the input size.",
-    ),
-]
-TrainingOpt = Annotated[
-    bool,
-    typer.Option("--training", help="Run the model in training mode (dropout, batch statistics)."),
-]
-JitOpt = Annotated[bool, typer.Option("--jit", help="Compile the tape with XLA.")]
-OutOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--out",
-        "-o",
-        metavar="PATH",
-        help="Write the arrays to this .npz (a directory when MODEL is a directory).",
-    ),
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="One JSON object per model on stdout, nothing else.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
-FailOnOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--fail-on",
-        metavar="STATUS",
-        help="Exit 1 when a tensor is nonfinite, zero or disconnected (repeat or comma list).",
-    ),
-]
-MaxNormOpt = Annotated[
-    float | None,
-    typer.Option("--max-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm exceeds X."),
-]
-MinNormOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--min-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm is below X."
-    ),
-]
-UnsafeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--unsafe", help="Allow unsafe deserialization (Lambda layers). Only for trusted files."
-    ),
-]
-ImportOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--import",
-        metavar="MODULE|FILE.py",
-        help="Import code that registers custom layers/losses before loading (repeatable).",
-    ),
-]
-ShardOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--shard",
-        metavar="K/N",
-        help="With a directory MODEL: process every N-th model starting at the K-th (0-based).",
-    ),
-]
-OneDNNOpt = Annotated[
-    OneDNN,
-    typer.Option(
-        "--onednn", help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they crash."
-    ),
-]
-DebugOpt = Annotated[
-    bool,
-    typer.Option(
-        "--debug", help="Show tracebacks and TensorFlow's own output.", envvar="GRADCLI_DEBUG"
-    ),
-]
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"gradcli {__version__}")
@@ -215,237 +62,6 @@ def _root(
     pass
 
 
-# ------------------------------------------------------------------ running a job
-
-
-def _fail_on(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item not in FAIL_ON_CHOICES:
-                raise UsageError(
-                    f"--fail-on {item!r}: expected one of {', '.join(FAIL_ON_CHOICES)}"
-                )
-            out.append(item)
-    return sorted(set(out))
-
-
-def _shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        k, n = (int(p) for p in value.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {value!r}: expected K/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= k < n:
-        raise UsageError(f"--shard {value}: need 0 <= K < N")
-    return k, n
-
-
-def _check_paths(job: Job) -> None:
-    """Everything about the paths that can be checked before TensorFlow loads: models and
-    inputs exist and are regular files (a FIFO is never opened), every output can be
-    written; leftovers of killed runs beside the outputs are removed."""
-    from .paths import (
-        check_model_path,
-        check_output,
-        check_regular,
-        is_savedmodel,
-        output_file,
-        remove_stale_temps,
-    )
-
-    check_model_path(job.model)
-    from_stdin = []
-    for label, value in (("input", job.input), ("target", job.target), ("baseline", job.baseline)):
-        if value == "-":
-            from_stdin.append(label)
-        elif value is not None:
-            check_regular(value, f"{label} {value}")
-    if len(from_stdin) > 1:
-        raise UsageError(f"only one of {' and '.join(from_stdin)} can be - (stdin)")
-    if from_stdin:
-        _spool_stdin(from_stdin[0])
-    if job.shard and not Path(job.model).is_dir():
-        raise UsageError("--shard needs a directory of models as MODEL")
-    many = Path(job.model).is_dir() and not is_savedmodel(Path(job.model))
-    outputs = []
-    if job.out is not None:
-        outputs.append(("--out", job.out, ".npz", many))
-    if job.png is not None:
-        outputs.append(("--png", job.png, ".png", many or job.command == "wrt-input"))
-    for label, value, suffix, directory in outputs:
-        path = Path(value) if directory else output_file(value, suffix)
-        check_output(path, label, directory=directory)
-        remove_stale_temps(path)
-
-
-def _spool_stdin(label: str) -> None:
-    """INPUT - : stdin becomes a regular file (a pipe is copied to an unlinked temp file), so
-    the worker can map it, and a rerun after a crash reads it again."""
-    import shutil
-    import stat
-    import tempfile
-
-    try:
-        st = os.fstat(0)
-    except OSError:
-        raise InputError(f"{label} -: stdin is closed") from None
-    if os.isatty(0):
-        raise UsageError(f"{label} -: stdin is a terminal; pipe a .npy or .npz into gradcli")
-    if not stat.S_ISREG(st.st_mode):
-        spool = tempfile.TemporaryFile()
-        with os.fdopen(os.dup(0), "rb") as src:
-            shutil.copyfileobj(src, spool, 1 << 22)
-        spool.flush()
-        os.dup2(spool.fileno(), 0)
-        spool.close()
-    head = os.pread(0, 6, 0)
-    if head != b"\x93NUMPY" and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise InputError(
-            f"{label} - (stdin): neither a .npy nor an .npz stream (by its first bytes)"
-        )
-
-
-def _execute(
-    job: Job,
-    *,
-    as_json: bool = False,
-    quiet: bool = False,
-    onednn: OneDNN = OneDNN.auto,
-    debug: bool = False,
-) -> None:
-    """Run a job and exit with its code; the one place errors become messages."""
-    from . import report, supervisor
-
-    debug = debug or os.environ.get("GRADCLI_DEBUG", "") not in ("", "0")
-    previous = supervisor.handle_sigterm()
-    out = Console(soft_wrap=False)
-    if not out.is_terminal:  # piped or redirected: room for every column, no wrapping
-        out = Console(soft_wrap=False, width=120)
-    err = Console(stderr=True)
-    code = 0
-    try:
-        _check_paths(job)
-        records: list[dict] = []
-
-        def on_record(record: dict) -> None:
-            if as_json:
-                sys.stdout.write(report.to_json(record) + "\n")
-                sys.stdout.flush()
-            records.append(record)
-
-        with _progress(err, enabled=not quiet and err.is_terminal) as on_progress:
-            if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0"):
-                outcome = supervisor.run_inprocess(
-                    job, debug=debug, on_record=on_record, on_progress=on_progress
-                )
-            else:
-                outcome = supervisor.run(
-                    job,
-                    debug=debug,
-                    onednn=onednn.value,
-                    on_record=on_record,
-                    on_progress=on_progress,
-                    warn=_stderr_line,
-                )
-        if outcome.traceback and debug:
-            sys.stderr.write(outcome.traceback)
-        if outcome.error is not None:
-            raise outcome.error
-        if not as_json:
-            report.render(records, out)
-        code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
-    except GradcliError as exc:
-        # a worker's error came with the worker's own traceback (printed above)
-        if debug and not isinstance(exc, supervisor.WorkerFailed):
-            traceback.print_exception(exc)
-        _stderr_line(f"error: {render(exc, CLI_FLAGS)}")
-        code = int(exc.exit_code)
-    except KeyboardInterrupt as exc:
-        code = _interrupted(exc)
-    except BrokenPipeError:
-        # the reader went away (`gradcli ... --json | head -1`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        code = 0
-    except Exception as exc:  # noqa: BLE001 - the funnel: no traceback unless --debug
-        if debug:
-            traceback.print_exception(exc)
-        _stderr_line(f"error: {type(exc).__name__}: {first_line(exc)}")
-        code = int(ExitCode.GRADIENT)
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-    raise typer.Exit(code)
-
-
-def _interrupted(exc: BaseException) -> int:
-    """Ctrl-C exits 130, SIGTERM 143 (what a shell reports for them), after cleaning up."""
-    from .supervisor import Terminated
-
-    if isinstance(exc, Terminated):
-        _stderr_line("terminated")
-        return int(ExitCode.TERMINATED)
-    _stderr_line("interrupted")
-    return int(ExitCode.INTERRUPTED)
-
-
-def _stderr_line(message: str) -> None:
-    sys.stderr.write(message.rstrip() + "\n")
-    sys.stderr.flush()
-
-
-class _progress:
-    """A Rich progress bar on stderr, fed by the worker's progress events."""
-
-    def __init__(self, console: Console, enabled: bool) -> None:
-        self.console = console
-        self.enabled = enabled
-        self.bar = None
-        self.tasks: dict[int, int] = {}
-
-    def __enter__(self):
-        return self.update if self.enabled else None
-
-    def update(self, event: dict) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        if self.bar is None:
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.bar.start()
-        index = int(event.get("index", 0))
-        if index not in self.tasks:
-            self.tasks[index] = self.bar.add_task(f"model {index + 1}", total=event.get("total"))
-        self.bar.update(self.tasks[index], completed=event.get("done", 0))
-
-    def __exit__(self, *exc) -> bool:
-        if self.bar is not None:
-            self.bar.stop()
-        return False
-
-
-def _common(job: Job, fail_on, shard) -> Job:
-    job.fail_on = _fail_on(fail_on)
-    job.shard = _shard(shard)
-    return job
-
-
 def _guard(fn):
     """Option errors found before the job runs get the same one-line treatment."""
     import functools
@@ -455,49 +71,80 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except GradcliError as exc:
-            _stderr_line(f"error: {render(exc, CLI_FLAGS)}")
-            raise typer.Exit(int(exc.exit_code)) from None
+            raise typer.Exit(fail(exc)) from None
 
     return wrapper
+
+
+def command(name: str, *layout: str):
+    """Register a command whose function takes only its own options and returns the Job
+    fields they set; the shared options named in `layout` (in help order, OWN marking where
+    the function's own go) are added to its signature, and the Job is built and run here."""
+
+    def decorate(fn: Callable[..., dict[str, Any]]):
+        own = inspect.signature(fn, eval_str=True).parameters
+        params: list[inspect.Parameter] = []
+        for item in layout:
+            if item == OWN:
+                params += [p for p in own.values() if p.name not in layout]
+            elif item in own:
+                params.append(own[item])
+            else:
+                shared = SHARED[item]
+                params.append(
+                    inspect.Parameter(
+                        item,
+                        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                        default=shared.default,
+                        annotation=shared.annotation,
+                    )
+                )
+        job_fields = {f.name for f in fields(Job)}
+
+        def run(**kwargs: Any) -> None:
+            fields_set = fn(**{k: v for k, v in kwargs.items() if k in own})
+            job_data = {
+                k: SHARED[k].to_job(v)
+                for k, v in kwargs.items()
+                if k not in own and SHARED[k].to_job is not None and k in job_fields
+            }
+            job = Job(name, **job_data, **fields_set)
+            execute(
+                job,
+                output_format="json" if kwargs.get("as_json") else kwargs.get("output_format"),
+                quiet=kwargs.get("quiet", True),
+                onednn=kwargs.get("onednn", OneDNN.auto),
+                debug=kwargs.get("debug", False),
+            )
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return app.command(name)(_guard(run))
+
+    return decorate
 
 
 # ------------------------------------------------------------------ commands
 
 
-@app.command()
-@_guard
-def info(
-    model: ModelArg,
-    as_json: JsonOpt = False,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    debug: DebugOpt = False,
-) -> None:
+@command("info", "model", "output_format", "as_json", "unsafe", "imports", "shard", "debug")
+def info() -> dict[str, Any]:
     """What the model is: format, inputs, outputs, compiled loss, layers (for --layer)."""
-    job = _common(Job("info", model, unsafe=unsafe, imports=imports or []), None, shard)
-    _execute(job, as_json=as_json, quiet=True, debug=debug)
+    return {}
 
 
-@app.command("wrt-input")
-@_guard
+@command("wrt-input", "model", "input", "method", *OBJECTIVE, OWN, *RUN)
 def wrt_input(
-    model: ModelArg,
-    input: InputArg,
     method: Annotated[
         Method,
         typer.Option(
             "--method",
             "-m",
-            help="vanilla: d o / d x; gradxinput: x * grad; smoothgrad: mean "
-            "over noisy copies; integrated: Integrated Gradients.",
+            help=method_help(),
         ),
     ] = Method.vanilla,
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
     samples: Annotated[
         int, typer.Option("--samples", min=1, help="SmoothGrad: noisy copies.")
     ] = 25,
@@ -534,59 +181,25 @@ def wrt_input(
     png_limit: Annotated[
         int, typer.Option("--png-limit", min=0, help="At most this many PNGs per input.")
     ] = 16,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Gradient of the objective with respect to the input (saliency, attributions)."""
-    if method != Method.integrated and baseline != "zeros":
+    if "baseline" not in METHODS[method.value].options and baseline != "zeros":
         raise UsageError("--baseline goes with --method integrated")
-    job = Job(
-        "wrt-input",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        method=method.value,
-        samples=samples,
-        noise=noise,
-        seed=seed,
-        steps=steps,
-        baseline=None if baseline == "zeros" else baseline,
-        top=top,
-        png=png,
-        png_limit=png_limit,
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {
+        "method": method.value,
+        "samples": samples,
+        "noise": noise,
+        "seed": seed,
+        "steps": steps,
+        "baseline": None if baseline == "zeros" else baseline,
+        "top": top,
+        "png": png,
+        "png_limit": png_limit,
+    }
 
 
-@app.command("wrt-layer")
-@_guard
+@command("wrt-layer", "model", "input", "layer", *OBJECTIVE, *RUN)
 def wrt_layer(
-    model: ModelArg,
-    input: InputArg,
     layer: Annotated[
         list[str],
         typer.Option(
@@ -596,154 +209,46 @@ def wrt_layer(
             help="Layer name, nested path outer/inner, or index from `gradcli info` (repeatable).",
         ),
     ],
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Gradient of the objective with respect to a layer's output activation."""
-    job = Job(
-        "wrt-layer",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        layers=list(layer),
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"layers": list(layer)}
 
 
-@app.command("wrt-weights")
-@_guard
+@command("wrt-weights", "model", "input", *OBJECTIVE, OWN, *RUN)
 def wrt_weights(
-    model: ModelArg,
-    input: InputArg,
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
     png: Annotated[
         str | None,
         typer.Option(
             "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG."
         ),
     ] = None,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Gradient of the mean objective over all samples w.r.t. each trainable variable."""
-    job = Job(
-        "wrt-weights",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        png=png,
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"png": png}
 
 
-@app.command()
-@_guard
+@command("jacobian", "model", "input", "output", OWN, *RUN)
 def jacobian(
-    model: ModelArg,
-    input: InputArg,
-    output: OutputOpt = None,
     max_elements: Annotated[
         float,
         typer.Option(
             "--max-elements", min=1, help="Refuse (exit 2) above this many Jacobian elements."
         ),
     ] = 1e8,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    jit: JitOpt = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    fail_on: FailOnOpt = None,
-    max_norm: MaxNormOpt = None,
-    min_norm: MinNormOpt = None,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Per-sample Jacobian d output / d input: shape (N, *output, *input)."""
-    job = Job(
-        "jacobian",
-        model,
-        input,
-        output=output,
-        max_elements=max_elements,
-        batch_size=batch_size,
-        training=training,
-        jit=jit,
-        out=out,
-        max_norm=max_norm,
-        min_norm=min_norm,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, fail_on, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"max_elements": max_elements}
 
 
-@app.command()
-@_guard
+@command(
+    "check",
+    "model",
+    "input",
+    OWN,
+    *OBJECTIVE,
+    *(o for o in RUN if o not in ("jit", "out", "fail_on", "max_norm", "min_norm")),
+)
 def check(
-    model: ModelArg,
-    input: InputArg,
     wrt: Annotated[Wrt, typer.Option("--wrt", help="Check input or weight gradients.")] = Wrt.input,
     directions: Annotated[
         int, typer.Option("--directions", min=1, help="Random directions per tensor.")
@@ -765,44 +270,11 @@ def check(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for the directions.")] = None,
-    target: TargetOpt = None,
-    loss: LossOpt = None,
-    from_logits: FromLogitsOpt = False,
-    class_index: ClassOpt = None,
-    output: OutputOpt = None,
-    batch_size: BatchOpt = None,
-    training: TrainingOpt = False,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    unsafe: UnsafeOpt = False,
-    imports: ImportOpt = None,
-    shard: ShardOpt = None,
-    onednn: OneDNNOpt = OneDNN.auto,
-    debug: DebugOpt = False,
-) -> None:
+) -> dict[str, Any]:
     """Compare autodiff with central finite differences along random directions."""
     if eps is not None and eps <= 0:
         raise UsageError("--eps must be positive")
-    job = Job(
-        "check",
-        model,
-        input,
-        target=target,
-        loss=loss,
-        from_logits=from_logits,
-        class_index=class_index,
-        output=output,
-        wrt=wrt.value,
-        directions=directions,
-        eps=eps,
-        rtol=rtol,
-        seed=seed,
-        batch_size=batch_size,
-        training=training,
-        unsafe=unsafe,
-        imports=imports or [],
-    )
-    _execute(_common(job, None, shard), as_json=as_json, quiet=quiet, onednn=onednn, debug=debug)
+    return {"wrt": wrt.value, "directions": directions, "eps": eps, "rtol": rtol, "seed": seed}
 
 
 # ------------------------------------------------------------------ entry point
@@ -820,13 +292,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(0)
         where = ctx.info_name if ctx is not None and ctx.info_name != "gradcli" else None
         hint = f" (see `gradcli {where} --help`)" if where else " (see `gradcli --help`)"
-        _stderr_line(f"error: {exc.format_message()}{hint}")
+        stderr_line(f"error: {exc.format_message()}{hint}")
         sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE)))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        _stderr_line("interrupted")
+        stderr_line("interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
     except KeyboardInterrupt as exc:
-        sys.exit(_interrupted(exc))
+        sys.exit(interrupted(exc))
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,6 +1,11 @@
 """The one compiled GradientTape: per-sample objective gradients w.r.t. inputs, layers, weights.
 
 Every command and method feeds this function; it knows nothing of paths or printing.
+
+Over 400 lines on purpose for now: the tape (GradientEngine), the Jacobian function and the
+token-input diagnosis (which embedding an integer input feeds) share the tracing helpers
+here; the diagnosis (token_uses .. input_gradient_error, ~170 lines) is the part to move
+to its own module next, once the loaders' capability probes (another change) have landed.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import numpy as np
 
 from .arrays import ArraySource
 from .backend import keras, tf
-from .errors import GradientError, InputError, UsageError
+from .errors import GradientError, InputError, UsageError, first_line
 from .loading import LayerInfo, ModelHandle
-from .objective import Objective
+from .objective import Objective, ObjectiveKind
 
 
 @dataclass
@@ -335,7 +340,7 @@ class GradientEngine:
         except (GradientError, UsageError, InputError):
             raise
         except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
-            raise GradientError(f"the gradient cannot be computed: {_first_line(exc)}") from exc
+            raise GradientError(f"the gradient cannot be computed: {first_line(exc)}") from exc
         for k, g in enumerate(gi):
             if g is None:  # the objective does not reach it: token ids are the usual reason
                 raise missing_input_gradient(self.handle, k)
@@ -347,7 +352,7 @@ class GradientEngine:
 
     def _check_class(self, inputs: Sequence[np.ndarray]) -> None:
         """--class against the real class axis, where the declared shape leaves it open."""
-        if self._class_checked or self.objective.kind != "class":
+        if self._class_checked or self.objective.kind != ObjectiveKind.CLASS:
             return
         self._class_checked = True
         index = self.objective.outputs[0]
@@ -375,7 +380,7 @@ class GradientEngine:
         try:
             return self._forward_fn(list(inputs), list(targets)).numpy()
         except (tf.errors.OpError, ValueError, TypeError) as exc:
-            raise GradientError(f"the model cannot be evaluated: {_first_line(exc)}") from exc
+            raise GradientError(f"the model cannot be evaluated: {first_line(exc)}") from exc
 
 
 def jacobian_function(
@@ -616,12 +621,6 @@ def input_gradient_error(handle: ModelHandle, index: int) -> GradientError | Non
     if _input_dtype(handle.inputs[index].dtype).kind != "f":
         return token_input_error(handle, index) or _integer_input_error(handle, index)
     return token_input_error(handle, index)
-
-
-def _first_line(exc: BaseException) -> str:
-    from .errors import first_line
-
-    return first_line(exc)
 
 
 __all__ = [

@@ -115,21 +115,52 @@ CLI_FLAGS: dict[str, str] = {
 }
 
 
-def param(name: str) -> str:
-    """A parameter's name inside an error message, shown as a flag by the CLI."""
-    return f"{_MARK}{name}{_MARK}"
+def param(name: str, value: object = None) -> str:
+    """A parameter's name (and the value given to it) inside an error message, shown as
+    `name=value` to Python callers and as `--flag value` by the CLI."""
+    if value is None:
+        return f"{_MARK}{name}{_MARK}"
+    return f"{_MARK}{name}{_VALUE}{value}{_MARK}"
 
 
-def render(exc: BaseException, names: dict[str, str] | None = None) -> str:
-    """An error's text with its parameters named by `names` (default: Python `name=`)."""
-    text = Exception.__str__(exc)
+_VALUE = "\x1e"
+
+
+def render_text(text: str, names: dict[str, str] | None = None) -> str:
+    """A message's text with its parameters named by `names` (default: Python `name=`)."""
     if _MARK not in text:
         return text
     parts = text.split(_MARK)
     for i in range(1, len(parts), 2):
-        key = parts[i]
+        key, _, value = parts[i].partition(_VALUE)
         if names is None:
-            parts[i] = f"{key}="
+            parts[i] = f"{key}={value}"
         else:
-            parts[i] = names.get(key, "--" + key.replace("_", "-"))
+            flag = names.get(key, "--" + key.replace("_", "-"))
+            parts[i] = f"{flag} {value}" if value else flag
     return "".join(parts)
+
+
+def render(exc: BaseException, names: dict[str, str] | None = None) -> str:
+    """An error's text with its parameters named by `names` (default: Python `name=`)."""
+    return render_text(Exception.__str__(exc), names)
+
+
+OUT_OF_MEMORY = f"out of memory; try a smaller {param('batch_size')}"
+
+
+def marked(exc: BaseException) -> str:
+    """The one line a user sees for any exception, parameters still marked (for `render_text`):
+    what travels from the worker to the CLI and into per-model error records."""
+    if isinstance(exc, GradcliError):
+        return Exception.__str__(exc)
+    if isinstance(exc, MemoryError):
+        return OUT_OF_MEMORY
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code an exception ends a run with."""
+    if isinstance(exc, GradcliError):
+        return int(exc.exit_code)
+    return int(ExitCode.GRADIENT)

@@ -1,18 +1,24 @@
 """Attribution methods on the engine: vanilla, gradient x input, SmoothGrad, Integrated Gradients.
 
+Each method is one `Method` entry of `METHODS`: what one sample costs on the tape (its
+expansion), how it turns gradients into attributions, what it adds to the record, its help
+line and the options it reads. The CLI's `--method` choices and help come from this table, so
+this module stays light at import (NumPy is imported inside the functions that compute).
+
 SmoothGrad copies and IG steps are stacked on the batch axis and go through the same compiled
 tape as vanilla gradients, in calls of at most `rows_per_call` rows: no Python loop per step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from .engine import Batch, GradientEngine
-
-METHODS = ("vanilla", "gradxinput", "smoothgrad", "integrated")
+    from .engine import Batch, GradientEngine
 
 
 @dataclass
@@ -23,15 +29,7 @@ class MethodOptions:
     seed: int = 0
     steps: int = 50
     baseline: list[np.ndarray] | None = None  # per input: (N, ...) rows, or None for zeros
-
-    @property
-    def expansion(self) -> int:
-        """How many tape rows one input sample costs."""
-        if self.method == "smoothgrad":
-            return self.samples
-        if self.method == "integrated":
-            return self.steps
-        return 1
+    baseline_name: str = "zeros"  # what the record calls the baseline
 
 
 @dataclass
@@ -43,9 +41,48 @@ class Attribution:
     completeness: dict = field(default_factory=dict)  # IG: per-sample gaps
 
 
+Attribute = Callable[["GradientEngine", "Batch", MethodOptions, int], Attribution]
+
+
+def _one_row(options: MethodOptions) -> int:
+    return 1
+
+
+def _no_extras(options: MethodOptions, completeness: list[dict]) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One wrt-input method: its name, help, options it reads, and how it computes."""
+
+    name: str
+    help: str  # one clause of --method's help
+    attribute: Attribute  # (engine, batch, options, rows_per_call) -> Attribution
+    expansion: Callable[[MethodOptions], int] = _one_row  # tape rows per input sample
+    extras: Callable[[MethodOptions, list[dict]], dict[str, Any]] = _no_extras  # record keys
+    options: tuple[str, ...] = ()  # the Job fields (options) it reads besides the common ones
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the table (its name becomes a --method choice)."""
+    METHODS[method.name] = method
+    return method
+
+
+def method_help() -> str:
+    """--method's help: each method's clause, in table order."""
+    return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."
+
+
 def _tape_in_chunks(
     engine: GradientEngine, inputs: list[np.ndarray], targets: list[np.ndarray], rows_per_call: int
 ) -> list[np.ndarray]:
+    import numpy as np
+
     rows = len(inputs[0])
     if rows <= rows_per_call:
         return engine.gradients(inputs, targets).inputs
@@ -64,24 +101,30 @@ def attribute(
     engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
 ) -> Attribution:
     """Attributions for one batch of samples under the chosen method."""
-    method = options.method
-    if method in ("vanilla", "gradxinput"):
-        result = engine.gradients(batch.inputs, batch.targets)
-        values = result.inputs
-        if method == "gradxinput":
-            values = [x * g for x, g in zip(batch.inputs, values, strict=True)]
-        return Attribution(values, result.objective)
-    if method == "smoothgrad":
-        return _smoothgrad(engine, batch, options, rows_per_call)
-    if method == "integrated":
-        return _integrated(engine, batch, options, rows_per_call)
-    raise ValueError(f"unknown method {method!r}")
+    return METHODS[options.method].attribute(engine, batch, options, rows_per_call)
+
+
+def _vanilla(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    result = engine.gradients(batch.inputs, batch.targets)
+    return Attribution(result.inputs, result.objective)
+
+
+def _gradxinput(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    result = engine.gradients(batch.inputs, batch.targets)
+    values = [x * g for x, g in zip(batch.inputs, result.inputs, strict=True)]
+    return Attribution(values, result.objective)
 
 
 def smoothgrad_noise(
     x: np.ndarray, index: int, input_number: int, options: MethodOptions
 ) -> np.ndarray:
     """Noise for one sample: depends on (seed, sample index, input), never on the batch."""
+    import numpy as np
+
     rng = np.random.default_rng([options.seed, index, input_number])
     spread = float(np.max(x) - np.min(x)) if x.size else 0.0
     sigma = options.noise * spread
@@ -91,6 +134,8 @@ def smoothgrad_noise(
 def _smoothgrad(
     engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
 ) -> Attribution:
+    import numpy as np
+
     s = options.samples
     noisy = []
     for k, x in enumerate(batch.inputs):
@@ -110,6 +155,8 @@ def _smoothgrad(
 def _integrated(
     engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
 ) -> Attribution:
+    import numpy as np
+
     m = options.steps
     # midpoint rule: second-order accurate with exactly `steps` gradient evaluations
     alphas = ((np.arange(m, dtype=np.float64) + 0.5) / m).astype(np.float32)
@@ -142,3 +189,50 @@ def _integrated(
     delta = o_x.astype(np.float64) - o_b.astype(np.float64)
     gap = np.abs(total - delta)
     return Attribution(values, o_x, {"gap": gap, "delta": delta})
+
+
+def _smoothgrad_extras(options: MethodOptions, completeness: list[dict]) -> dict[str, Any]:
+    return {"samples": options.samples, "noise": options.noise, "seed": options.seed}
+
+
+def _integrated_extras(options: MethodOptions, completeness: list[dict]) -> dict[str, Any]:
+    import numpy as np
+
+    gap = np.concatenate([c["gap"] for c in completeness])
+    delta = np.concatenate([c["delta"] for c in completeness])
+    rel = gap / np.maximum(np.abs(delta), 1e-12)
+    return {
+        "steps": options.steps,
+        "baseline": options.baseline_name,
+        "completeness": {
+            "max_abs_gap": float(gap.max()),
+            "mean_abs_gap": float(gap.mean()),
+            "max_rel_gap": float(rel.max()),
+            "mean_rel_gap": float(rel.mean()),
+            "mean_abs_delta": float(np.abs(delta).mean()),
+        },
+    }
+
+
+register(Method("vanilla", "d o / d x", _vanilla))
+register(Method("gradxinput", "x * grad", _gradxinput))
+register(
+    Method(
+        "smoothgrad",
+        "mean over noisy copies",
+        _smoothgrad,
+        expansion=lambda o: o.samples,
+        extras=_smoothgrad_extras,
+        options=("samples", "noise", "seed"),
+    )
+)
+register(
+    Method(
+        "integrated",
+        "Integrated Gradients",
+        _integrated,
+        expansion=lambda o: o.steps,
+        extras=_integrated_extras,
+        options=("steps", "baseline"),
+    )
+)

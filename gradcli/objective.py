@@ -4,21 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from .arrays import ArraySource
 from .backend import keras, tf
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, param
 from .loading import LossSpec, ModelHandle, resolve_loss
+
+
+class ObjectiveKind(StrEnum):
+    LOSS = "loss"  # the per-sample loss against --target
+    CLASS = "class"  # unit K of one output (summed over positions)
+    SUM = "sum"  # the sum of the selected outputs
 
 
 @dataclass
 class Objective:
     """What is differentiated: one scalar per sample."""
 
-    kind: str  # "loss" | "class" | "sum"
+    kind: ObjectiveKind
     outputs: list[int]  # indices of the selected model outputs
     output_names: list[str]
     class_index: int | None = None
@@ -27,21 +34,23 @@ class Objective:
 
     @property
     def needs_targets(self) -> bool:
-        return self.kind == "loss"
+        return self.kind == ObjectiveKind.LOSS
 
     @property
     def target_names(self) -> list[str]:
-        return [self.output_names[i] for i in self.losses] if self.kind == "loss" else []
+        if self.kind != ObjectiveKind.LOSS:
+            return []
+        return [self.output_names[i] for i in self.losses]
 
     def describe(self) -> str:
         names = ", ".join(self.output_names[i] for i in self.outputs)
-        if self.kind == "loss":
+        if self.kind == ObjectiveKind.LOSS:
             parts = []
             for i, spec in self.losses.items():
                 w = "" if spec.weight == 1.0 else f"{spec.weight:g} x "
                 parts.append(f"{w}{spec.description} on {self.output_names[i]}")
             return "per-sample loss: " + " + ".join(parts)
-        if self.kind == "class":
+        if self.kind == ObjectiveKind.CLASS:
             shape = self.output_shapes.get(self.outputs[0], ())
             summed = " (summed over positions)" if len(shape) > 1 else ""
             return f"class {self.class_index} of {names}{summed}"
@@ -59,10 +68,12 @@ class Objective:
         if tuple(shape) != declared:
             text += f" on this input (declared {_shape_text(declared)})"
         if classes is None:
-            raise UsageError(f"--class {k}: K must be 0 or more; output {name!r} has shape {text}")
+            raise UsageError(
+                f"{param('class_index', k)}: K must be 0 or more; output {name!r} has shape {text}"
+            )
         where = "classes on its last axis" if len(shape) > 1 else "classes"
         raise UsageError(
-            f"--class {k}: output {name!r} has shape {text}, {classes} {where}; "
+            f"{param('class_index', k)}: output {name!r} has shape {text}, {classes} {where}; "
             f"K must be in 0..{classes - 1}"
         )
 
@@ -70,7 +81,7 @@ class Objective:
         """(target position, number of classes, ignore_class) of each sparse-label loss."""
         found = []
         for position, (i, spec) in enumerate(self.losses.items()):
-            if self.kind != "loss" or not _is_sparse_loss(spec):
+            if self.kind != ObjectiveKind.LOSS or not _is_sparse_loss(spec):
                 continue
             shape = handle.outputs[i].shape
             classes = shape[-1] if shape else None
@@ -101,13 +112,13 @@ class Objective:
 
     def per_sample(self, outputs: list, targets: list) -> Any:
         """o for a batch: shape (B,), float32. `targets` aligns with `self.losses`."""
-        if self.kind == "loss":
+        if self.kind == ObjectiveKind.LOSS:
             total = None
             for (i, spec), y_true in zip(self.losses.items(), targets, strict=True):
                 value = _per_sample_loss(spec.fn, y_true, outputs[i]) * spec.weight
                 total = value if total is None else total + value
             return total
-        if self.kind == "class":
+        if self.kind == ObjectiveKind.CLASS:
             y = _wide(outputs[self.outputs[0]])
             if y.shape.rank == 1:  # (N,): one unit per sample, K = 0
                 return y
@@ -220,11 +231,12 @@ def _select_outputs(handle: ModelHandle, output: str | None) -> list[int]:
         if 0 <= index < len(names):
             return [index]
         raise UsageError(
-            f"--output {output}: the model has {len(names)} outputs "
+            f"{param('output', output)}: the model has {len(names)} outputs "
             f"(0..{len(names) - 1}: {', '.join(names)})"
         )
     raise UsageError(
-        f"--output {output!r}: no such output; the model's outputs are {', '.join(names)}"
+        f"{param('output', repr(output))}: no such output; "
+        f"the model's outputs are {', '.join(names)}"
     )
 
 
@@ -241,13 +253,16 @@ def build_objective(
     selected = _select_outputs(handle, output)
     names = [o.name for o in handle.outputs]
     if loss is not None and not has_target:
-        raise UsageError("--loss needs --target (the labels the loss compares against)")
+        raise UsageError(
+            f"{param('loss')} needs {param('target')} (the labels the loss compares against)"
+        )
     if from_logits and loss is None and not has_target:
-        raise UsageError("--from-logits goes with --loss and --target")
+        raise UsageError(f"{param('from_logits')} goes with {param('loss')} and {param('target')}")
     if has_target:
         if class_index is not None:
             raise UsageError(
-                "--class and --target are exclusive: the objective is either "
+                f"{param('class_index')} and {param('target')} are exclusive: the objective is "
+                "either "
                 "a class score or a loss"
             )
         losses: dict[int, LossSpec] = {}
@@ -262,11 +277,12 @@ def build_objective(
                 why = f" ({handle.loss_note})" if handle.loss_note else ""
                 raise UsageError(
                     f"{handle.path.name}: the compiled loss is unknown{why}; "
-                    f"give --loss NAME with --target"
+                    f"give {param('loss', 'NAME')} with {param('target')}"
                 )
             if from_logits:
                 raise UsageError(
-                    "--from-logits goes with --loss; the compiled loss keeps its own setting"
+                    f"{param('from_logits')} goes with {param('loss')}; the compiled loss keeps "
+                    "its own setting"
                 )
             for i in selected:
                 spec = handle.losses.get(names[i])
@@ -275,16 +291,17 @@ def build_objective(
             if not losses:
                 raise UsageError(
                     f"no compiled loss for output(s) "
-                    f"{', '.join(names[i] for i in selected)}; give --loss"
+                    f"{', '.join(names[i] for i in selected)}; give {param('loss')}"
                 )
-        return Objective("loss", selected, names, losses=losses)
+        return Objective(ObjectiveKind.LOSS, selected, names, losses=losses)
     if class_index is not None:
         if len(selected) != 1:
             raise UsageError(
-                f"--class on a model with {len(names)} outputs needs --output ({', '.join(names)})"
+                f"{param('class_index')} on a model with {len(names)} outputs needs "
+                f"{param('output')} ({', '.join(names)})"
             )
         objective = Objective(
-            "class",
+            ObjectiveKind.CLASS,
             selected,
             names,
             class_index=class_index,
@@ -293,4 +310,4 @@ def build_objective(
         # an output whose class axis is open is checked again on the first batch
         objective.check_class_range(handle, tuple(handle.outputs[selected[0]].shape))
         return objective
-    return Objective("sum", selected, names)
+    return Objective(ObjectiveKind.SUM, selected, names)

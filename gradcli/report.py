@@ -9,16 +9,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-STATUS_STYLE = {
-    "ok": "green",
-    "zero": "yellow",
-    "too-small": "yellow",
-    "too-large": "red",
-    "nonfinite": "red",
-    "disconnected": "magenta",
-    "mismatch": "red",
-    "unresolved": "yellow",
-}
+from .records import Record, TensorRow
+from .status import style
+from .status import worst as worst_status
 
 
 def to_json(record: dict) -> str:
@@ -42,28 +35,29 @@ def _shape(shape: list) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
-def _status(rec: dict) -> Text:
-    status = rec.get("status", "")
-    text = Text(status, style=STATUS_STYLE.get(status, ""))
-    if rec.get("tripped"):
+def _status(t: TensorRow) -> Text:
+    status = t.status
+    text = Text(status, style=style(status))
+    if t.tripped:
         text = Text(f"✗ {status}", style="bold red")
     return text
 
 
 def render(records: list[dict], console: Console) -> None:
     """Everything a run produced, for a terminal."""
-    if len(records) > 1:
-        _render_many(records, console)
+    typed = [Record.from_json(r) for r in records]
+    if len(typed) > 1:
+        _render_many(typed, console)
         return
-    for rec in records:
+    for rec in typed:
         render_one(rec, console)
 
 
-def render_one(rec: dict, console: Console) -> None:
-    if rec.get("error"):
-        console.print(Text(f"{rec['model']}: error: {rec['error']}", style="red"))
+def render_one(rec: Record, console: Console) -> None:
+    if rec.error:
+        console.print(Text(f"{rec.model}: error: {rec.error}", style="red"))
         return
-    command = rec["command"]
+    command = rec.command
     if command == "info":
         _render_info(rec, console)
     elif command == "check":
@@ -72,35 +66,36 @@ def render_one(rec: dict, console: Console) -> None:
         _render_gradients(rec, console)
 
 
-def _header(rec: dict) -> str:
-    parts = [f"[bold]{rec['model']}[/bold] ({rec['format']}, {rec['loader']})"]
-    if "n" in rec:
-        parts.append(f"N={rec['n']}")
-    if rec.get("objective"):
-        parts.append(f"objective: {rec['objective']}")
-    if rec.get("method") and rec["method"] != "vanilla" and rec["command"] != "check":
-        parts.append(f"method: {rec['method']}")
+def _header(rec: Record) -> str:
+    parts = [f"[bold]{rec.model}[/bold] ({rec.format}, {rec.loader})"]
+    if rec.n is not None:
+        parts.append(f"N={rec.n}")
+    if rec.objective:
+        parts.append(f"objective: {rec.objective}")
+    if rec.method and rec.method != "vanilla" and rec.command != "check":
+        parts.append(f"method: {rec.method}")
     return " · ".join(parts)
 
 
-def _render_info(rec: dict, console: Console) -> None:
-    console.print(f"[bold]{rec['model']}[/bold]")
+def _render_info(rec: Record, console: Console) -> None:
+    info = rec.extra
+    console.print(f"[bold]{rec.model}[/bold]")
     console.print(
-        f"format: {rec['format']} · loader: {rec['loader']}"
-        + (f" · endpoint: {rec['endpoint']}" if rec.get("endpoint") else "")
+        f"format: {rec.format} · loader: {rec.loader}"
+        + (f" · endpoint: {info['endpoint']}" if info.get("endpoint") else "")
     )
-    loss = rec["loss"] + (f" ({rec['loss_note']})" if rec.get("loss_note") else "")
+    loss = info["loss"] + (f" ({info['loss_note']})" if info.get("loss_note") else "")
     console.print(f"compiled loss: {loss}")
-    console.print(f"trainable parameters: {rec['trainable_params']:,}")
+    console.print(f"trainable parameters: {info['trainable_params']:,}")
     io = Table(show_edge=False)
     for col in ("", "name", "shape", "dtype"):
         io.add_column(col)
-    for item in rec["inputs"]:
+    for item in info["inputs"]:
         io.add_row("input", item["name"], _shape(["N", *item["shape"]]), item["dtype"])
-    for item in rec["outputs"]:
+    for item in info["outputs"]:
         io.add_row("output", item["name"], _shape(["N", *item["shape"]]), item["dtype"])
     console.print(io)
-    if not rec["layers"]:
+    if not info["layers"]:
         console.print(
             "layers: none (a SavedModel served through its function; wrt-layer needs a Keras model)"
         )
@@ -115,16 +110,16 @@ def _render_info(rec: dict, console: Console) -> None:
         ("params", "right"),
     ):
         layers.add_column(col, justify=justify)
-    for layer in rec["layers"]:
+    for layer in info["layers"]:
         index = "" if layer["index"] is None else str(layer["index"])
         name = "  " * layer.get("depth", 0) + layer["name"]
         layers.add_row(index, name, layer["class"], layer["output_shape"], f"{layer['params']:,}")
     console.print(layers)
 
 
-def _render_gradients(rec: dict, console: Console) -> None:
+def _render_gradients(rec: Record, console: Console) -> None:
     console.print(_header(rec))
-    weights = rec["command"] == "wrt-weights"
+    weights = rec.command == "wrt-weights"
     table = Table(show_edge=False)
     table.add_column("variable" if weights else "tensor")
     table.add_column("shape")
@@ -134,47 +129,48 @@ def _render_gradients(rec: dict, console: Console) -> None:
     for col in ("mean |g|", "max |g|", "zero frac", "non-finite"):
         table.add_column(col, justify="right")
     table.add_column("status", no_wrap=True)
-    for t in rec["tensors"]:
-        row = [t["name"], _shape(t["shape"]), fmt(t["l2"])]
+    for t in rec.tensors:
+        row = [t.name, _shape(t.shape), fmt(t.l2)]
         if weights:
-            row.append(fmt(t.get("relative")))
+            row.append(fmt(t.extra.get("relative")))
         row += [
-            fmt(t["mean_abs"]),
-            fmt(t["max_abs"]),
-            "-" if t["zero_fraction"] is None else f"{t['zero_fraction']:.3f}",
-            fmt(t["nonfinite"]),
+            fmt(t.mean_abs),
+            fmt(t.max_abs),
+            "-" if t.zero_fraction is None else f"{t.zero_fraction:.3f}",
+            fmt(t.nonfinite),
             _status(t),
         ]
         table.add_row(*row)
     console.print(table)
-    for t in rec["tensors"]:
-        sparse = t.get("sparse")
+    for t in rec.tensors:
+        sparse = t.extra.get("sparse")
         if sparse:  # an embedding table: shown dense, its untouched rows are zero
             console.print(
-                f"{t['name']}: sparse gradient, {sparse['rows_touched']:,} of "
+                f"{t.name}: sparse gradient, {sparse['rows_touched']:,} of "
                 f"{sparse['rows']:,} rows touched (the others are zero)"
             )
-    comp = rec.get("completeness")
+    comp = rec.extra.get("completeness")
     if comp:
         console.print(
-            f"IG completeness ({rec['steps']} steps): sum of attributions vs "
+            f"IG completeness ({rec.extra['steps']} steps): sum of attributions vs "
             f"o(x) - o(baseline): max gap {fmt(comp['max_abs_gap'], 3)} "
             f"({100 * comp['max_rel_gap']:.3g}% relative), mean gap "
             f"{fmt(comp['mean_abs_gap'], 3)}"
         )
-    for t in rec["tensors"]:
-        if t.get("top"):
-            console.print(f"top {len(t['top'])} features of {t['name']} (mean |g| over samples):")
+    for t in rec.tensors:
+        top_features = t.extra.get("top")
+        if top_features:
+            console.print(f"top {len(top_features)} features of {t.name} (mean |g| over samples):")
             top = Table(show_edge=False)
             top.add_column("rank", justify="right")
             top.add_column("feature")
             top.add_column("mean |g|", justify="right")
-            for rank, f in enumerate(t["top"], 1):
+            for rank, f in enumerate(top_features, 1):
                 where = str(f["feature"]) if "index" not in f else str(tuple(f["index"]))
                 top.add_row(str(rank), where, fmt(f["mean_abs"]))
             console.print(top)
-    if rec.get("layer_summary"):
-        _render_flow(rec["layer_summary"], console)
+    if rec.extra.get("layer_summary"):
+        _render_flow(rec.extra["layer_summary"], console)
     _render_footer(rec, console)
 
 
@@ -189,7 +185,7 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
     table.add_column("log-norm")
     for s in summary:
         if s["status"] != "ok" or not s["l2"]:
-            bar = Text(s["status"], style=STATUS_STYLE.get(s["status"], "red"))
+            bar = Text(s["status"], style=style(s["status"], "red"))
         else:
             frac = (math.log10(s["l2"]) - lo) / span if logs and hi > lo else 1.0
             n = max(1, round(1 + frac * (width - 1)))
@@ -200,12 +196,13 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
         console.print(f"  (bars span 10^{lo:.1f} to 10^{hi:.1f})")
 
 
-def _render_check(rec: dict, console: Console) -> None:
+def _render_check(rec: Record, console: Console) -> None:
     console.print(_header(rec))
-    subset = f"; the first {rec['samples']} of {rec['n']} samples" if rec.get("samples") else ""
+    run = rec.extra
+    subset = f"; the first {run['samples']} of {rec.n} samples" if run.get("samples") else ""
     console.print(
-        f"finite differences: {rec['precision']}, eps {fmt(rec['eps'])}, "
-        f"{rec['directions']} random direction(s) per tensor, rtol {fmt(rec['rtol'])}{subset}"
+        f"finite differences: {run['precision']}, eps {fmt(run['eps'])}, "
+        f"{run['directions']} random direction(s) per tensor, rtol {fmt(run['rtol'])}{subset}"
     )
     table = Table(show_edge=False)
     for col, justify in (
@@ -219,21 +216,22 @@ def _render_check(rec: dict, console: Console) -> None:
         ("status", "left"),
     ):
         table.add_column(col, justify=justify)
-    for t in rec["tensors"]:
+    for t in rec.tensors:
+        row = t.extra
         ad = fd = err = None
-        if t["autodiff"]:
+        if row["autodiff"]:
             # the direction furthest outside its allowance
-            k = max(range(len(t["autodiff"])), key=lambda i: _excess(t, rec["rtol"], i))
-            ad, fd = t["autodiff"][k], t["finite_diff"][k]
-            err = (t.get("fd_error") or [None] * (k + 1))[k]
+            k = max(range(len(row["autodiff"])), key=lambda i: _excess(row, run["rtol"], i))
+            ad, fd = row["autodiff"][k], row["finite_diff"][k]
+            err = (row.get("fd_error") or [None] * (k + 1))[k]
         table.add_row(
-            t["name"],
-            _shape(t["shape"]),
+            t.name,
+            _shape(t.shape),
             fmt(ad, 6),
             fmt(fd, 6),
             fmt(err, 2),
-            fmt(t["rel_error"], 3),
-            fmt(t.get("error_ratio"), 3),
+            fmt(row["rel_error"], 3),
+            fmt(row.get("error_ratio"), 3),
             _status(t),
         )
     console.print(table)
@@ -252,17 +250,17 @@ def _excess(t: dict, rtol: float, i: int) -> float:
     return abs(a - f) / allowed if allowed else (0.0 if a == f else math.inf)
 
 
-def _render_footer(rec: dict, console: Console) -> None:
-    if rec.get("out"):
-        console.print(f"wrote {rec['out']}")
-    png = rec.get("png")
+def _render_footer(rec: Record, console: Console) -> None:
+    if rec.extra.get("out"):
+        console.print(f"wrote {rec.extra['out']}")
+    png = rec.extra.get("png")
     if png:
         if isinstance(png, list):
             console.print(f"wrote {len(png)} PNG heatmap(s) to {_common_dir(png)}")
         else:
             console.print(f"wrote {png}")
-    if rec.get("gates"):
-        console.print(Text(f"gates tripped: {', '.join(rec['gates'])}", style="bold red"))
+    if rec.gates:
+        console.print(Text(f"gates tripped: {', '.join(rec.gates)}", style="bold red"))
 
 
 def _common_dir(paths: list[str]) -> str:
@@ -271,8 +269,8 @@ def _common_dir(paths: list[str]) -> str:
     return os.path.dirname(paths[0]) if paths else ""
 
 
-def _render_many(records: list[dict], console: Console) -> None:
-    command = records[0].get("command", "")
+def _render_many(records: list[Record], console: Console) -> None:
+    command = records[0].command
     console.print(f"{command}: {len(records)} models")
     table = Table(show_edge=False)
     for col, justify in (
@@ -288,36 +286,27 @@ def _render_many(records: list[dict], console: Console) -> None:
             col, justify=justify, overflow="fold" if col in ("model", "result") else "ellipsis"
         )
     for rec in records:
-        if rec.get("error"):
+        if rec.error:
             table.add_row(
-                rec["model"], "-", "-", "-", "-", "-", Text(f"error: {rec['error']}", style="red")
+                rec.model, "-", "-", "-", "-", "-", Text(f"error: {rec.error}", style="red")
             )
             continue
-        tensors = rec.get("tensors") or []
-        norms = [t.get("l2") for t in tensors if t.get("l2") is not None]
-        worst = _worst_status(tensors)
-        if rec["command"] == "info":
-            result = Text(f"{len(rec['layers'])} layers, loss {rec['loss']}")
-        elif rec.get("gates"):
-            result = Text(f"gates tripped: {', '.join(rec['gates'])}", style="bold red")
+        tensors = rec.tensors
+        norms = [t.l2 for t in tensors if t.l2 is not None]
+        worst = worst_status(t.status for t in tensors).value
+        if rec.command == "info":
+            result = Text(f"{len(rec.extra['layers'])} layers, loss {rec.extra['loss']}")
+        elif rec.gates:
+            result = Text(f"gates tripped: {', '.join(rec.gates)}", style="bold red")
         else:
             result = Text("ok", style="green")
         table.add_row(
-            rec["model"],
-            rec.get("format", ""),
-            fmt(rec.get("n")),
-            str(len(tensors)) if rec["command"] != "info" else "-",
+            rec.model,
+            rec.format,
+            fmt(rec.n),
+            str(len(tensors)) if rec.command != "info" else "-",
             fmt(max(norms)) if norms else "-",
-            Text(worst, style=STATUS_STYLE.get(worst, "")) if tensors else "-",
+            Text(worst, style=style(worst)) if tensors else "-",
             result,
         )
     console.print(table)
-
-
-def _worst_status(tensors: list[dict]) -> str:
-    order = ["nonfinite", "mismatch", "disconnected", "too-large", "too-small", "zero", "ok"]
-    statuses = {t.get("status", "ok") for t in tensors}
-    for s in order:
-        if s in statuses:
-            return s
-    return "ok"

@@ -7,22 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-GATES = ("nonfinite", "zero", "disconnected", "too-large", "too-small")
-FAIL_ON_CHOICES = ("nonfinite", "zero", "disconnected")
+from .status import FAIL_ON_CHOICES, GATES, Gates, Status
 
-
-@dataclass
-class Gates:
-    """What trips a run: statuses named in --fail-on, and the norm bounds."""
-
-    fail_on: frozenset[str] = frozenset()
-    max_norm: float | None = None
-    min_norm: float | None = None
-
-    def tripped(self, status: str) -> bool:
-        if status in ("too-large", "too-small"):
-            return True  # a bound the user gave is a gate by itself
-        return status in self.fail_on
+__all__ = ["FAIL_ON_CHOICES", "GATES", "Gates", "TensorStats", "TopFeatures", "layer_summary"]
 
 
 @dataclass
@@ -68,26 +55,26 @@ class TensorStats:
     def zero_fraction(self) -> float:
         return self.zeros / self.count if self.count else 0.0
 
-    def status(self, gates: Gates) -> str:
+    def status(self, gates: Gates) -> Status:
         if self.disconnected:
-            return "disconnected"
+            return Status.DISCONNECTED
         if self.nonfinite:
-            return "nonfinite"
+            return Status.NONFINITE
         if self.count and self.zeros == self.count:
-            return "zero"
+            return Status.ZERO
         if gates.max_norm is not None and self.l2 > gates.max_norm:
-            return "too-large"
+            return Status.TOO_LARGE
         if gates.min_norm is not None and self.l2 < gates.min_norm:
-            return "too-small"
-        return "ok"
+            return Status.TOO_SMALL
+        return Status.OK
 
     def record(self, gates: Gates) -> dict:
         status = self.status(gates)
         rec = {
             "name": self.name,
             "shape": list(self.shape),
-            "status": status,
-            "tripped": gates.tripped(status) if status != "ok" else False,
+            "status": status.value,
+            "tripped": gates.tripped(status) if status != Status.OK else False,
         }
         if self.disconnected:
             rec.update(l2=None, mean_abs=None, max_abs=None, zero_fraction=None, nonfinite=None)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ExitCode, GradcliError, GradientError, first_line
+from .errors import ExitCode, GradcliError, GradientError, exit_code, first_line, param
 
 ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
 JOB_FD_VAR = "GRADCLI_JOB_FD"
@@ -56,7 +56,7 @@ def handle_sigterm() -> Any:
 class Outcome:
     exit_code: int
     records: list[dict] = field(default_factory=list)
-    error: GradcliError | None = None
+    error: BaseException | None = None
     traceback: str | None = None
 
 
@@ -119,7 +119,7 @@ def run(
         if -returncode == signal.SIGKILL:
             err = GradientError(
                 "the worker process was killed (SIGKILL), most likely by the kernel's "
-                "out-of-memory killer; try a smaller --batch-size"
+                f"out-of-memory killer; try a smaller {param('batch_size')}"
             )
             return Outcome(int(ExitCode.GRADIENT), records, err)
         if may_retry and attempt == 1 and -returncode in CRASH_SIGNALS:
@@ -275,8 +275,6 @@ def run_inprocess(
 ) -> Outcome:
     """The same run without a child process (GRADCLI_INPROCESS=1): faster to start, used by
     tests and notebooks, but a TensorFlow crash then ends the caller too."""
-    import traceback
-
     from .runner import run_job
 
     records: list[dict] = []
@@ -290,12 +288,6 @@ def run_inprocess(
 
     try:
         code = run_job(job, emit)
-    except GradcliError as exc:
-        return Outcome(int(exc.exit_code), records, exc, traceback.format_exc() if debug else None)
-    except MemoryError:
-        return Outcome(
-            int(ExitCode.GRADIENT),
-            records,
-            GradientError("out of memory; try a smaller --batch-size"),
-        )
+    except Exception as exc:  # noqa: BLE001 - out of memory too; cli._fail renders it
+        return Outcome(exit_code(exc), records, exc)
     return Outcome(code, records)

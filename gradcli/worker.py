@@ -136,7 +136,7 @@ def _main() -> int:
         protocol.flush()
 
     try:
-        from .errors import CLI_FLAGS, ExitCode, GradcliError, first_line, render
+        from .errors import ExitCode, exit_code, marked
         from .job import Job
 
         if lifeline is not None:
@@ -146,34 +146,18 @@ def _main() -> int:
         job = Job(**job_data)
         try:
             code = _run(job, emit)
-        except GradcliError as exc:
-            emit(
-                "error",
-                code=int(exc.exit_code),
-                message=render(exc, CLI_FLAGS),
-                traceback=traceback.format_exc() if debug else None,
-            )
-            return int(exc.exit_code)
         except Terminated:
             return int(ExitCode.TERMINATED)
         except KeyboardInterrupt:
             return int(ExitCode.INTERRUPTED)
-        except MemoryError:
+        except Exception as exc:  # noqa: BLE001 - out of memory too; cli._fail renders it
             emit(
                 "error",
-                code=int(ExitCode.GRADIENT),
-                message="out of memory; try a smaller --batch-size",
+                code=exit_code(exc),
+                message=marked(exc),
                 traceback=traceback.format_exc() if debug else None,
             )
-            return int(ExitCode.GRADIENT)
-        except Exception as exc:  # noqa: BLE001 - the one funnel for unexpected failures
-            emit(
-                "error",
-                code=int(ExitCode.GRADIENT),
-                message=f"{type(exc).__name__}: {first_line(exc)}",
-                traceback=traceback.format_exc() if debug else None,
-            )
-            return int(ExitCode.GRADIENT)
+            return exit_code(exc)
         return code
     finally:
         with contextlib.suppress(OSError):

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from gradcli import runner, writers
+from gradcli import context, writers
 
 HOOK = os.environ.get("GRADCLI_TEST_HOOK", "")
 MARK = os.environ.get("GRADCLI_TEST_MARK", "")
@@ -24,7 +24,7 @@ def _arrive() -> None:
 
 
 if HOOK == "midbatch":
-    _progress = runner._Context.progress
+    _progress = context.Context.progress
     _held = []
 
     def progress(self, done: int) -> None:
@@ -33,7 +33,7 @@ if HOOK == "midbatch":
             _held.append(done)
             _arrive()
 
-    runner._Context.progress = progress
+    context.Context.progress = progress
 
 if HOOK == "commit":
     _commit = writers.Outputs.commit

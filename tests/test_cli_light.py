@@ -101,13 +101,13 @@ def test_progress_bar_renders_worker_events_on_a_terminal():
 
     from rich.console import Console
 
-    from gradcli.cli import _progress
+    from gradcli.session import ProgressBar
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=80)
-    with _progress(console, enabled=True) as update:
+    with ProgressBar(console, enabled=True) as update:
         update({"event": "progress", "index": 0, "done": 50, "total": 100})
         update({"event": "progress", "index": 0, "done": 100, "total": 100})
     assert "model 1" in buffer.getvalue()
-    with _progress(console, enabled=False) as update:
+    with ProgressBar(console, enabled=False) as update:
         assert update is None

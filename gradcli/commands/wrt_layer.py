@@ -1,0 +1,52 @@
+"""`wrt-layer`: d o_i / d a_i, the gradient at layer activations."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from gradcli.context import Context, committed
+from gradcli.engine import GradientEngine
+from gradcli.errors import UsageError, param
+from gradcli.stats import TensorStats
+
+
+def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
+    job, handle = ctx.job, ctx.handle
+    if not job.layers:
+        raise UsageError(
+            f"wrt-layer needs {param('layers', 'NAME|PATH|INDEX')} (see `gradcli info`)"
+        )
+    infos = [handle.find_layer(spec) for spec in job.layers]
+    keys = [i.path for i in infos]
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"{param('layers')} names the same layer twice")
+    engine = GradientEngine(handle, ctx.objective, layers=infos, training=job.training, jit=job.jit)
+    size = ctx.batch_size()
+    stats = {k: TensorStats(k) for k in keys}
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for batch in ctx.batches(engine, size):
+            result = engine.gradients(batch.inputs, batch.targets)
+            if batch.start == 0:  # activation shapes are known after the first batch
+                specs = {
+                    k: ((ctx.n, *g.shape[1:]), g.dtype.str)
+                    for k, g in zip(keys, result.layers, strict=True)
+                    if g is not None
+                }
+                writer = stack.enter_context(ctx.sink(out, specs))
+            for k, g in zip(keys, result.layers, strict=True):
+                if g is None:
+                    stats[k].disconnected = True
+                    continue
+                stats[k].shape = (ctx.n, *g.shape[1:])
+                stats[k].update(g)
+                if writer:
+                    writer.write(k, g)
+            ctx.progress(batch.stop)
+        written = committed(writer)
+    return ctx.record(
+        [stats[k] for k in keys],
+        out=written,
+        layers=[{"name": i.path, "class": i.class_name} for i in infos],
+    )

@@ -1,0 +1,159 @@
+"""What one model's run shares across commands: the loaded model, its opened inputs and targets,
+the objective, batches, progress events, output sinks and the JSON record envelope."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .arrays import ArraySource, check_samples, read_arrays
+from .engine import GradientEngine, default_batch_size, read_batches
+from .errors import ExitCode, InputError, UsageError
+from .job import Job
+from .loading import ModelHandle
+from .objective import Objective, build_objective
+from .stats import TensorStats
+from .writers import MemorySink, NpzStreamWriter, Outputs
+
+Emit = Callable[..., None]
+Sink = MemorySink | NpzStreamWriter
+
+
+def base_record(job: Job, handle: ModelHandle) -> dict:
+    """The keys every record of a loaded model starts with."""
+    return {
+        "version": __version__,
+        "command": job.command,
+        "model": str(handle.path),
+        "format": handle.format,
+        "loader": handle.loader,
+    }
+
+
+class Context:
+    """Loaded model, opened arrays and the objective of one model's run."""
+
+    def __init__(
+        self,
+        job: Job,
+        handle: ModelHandle,
+        emit: Emit,
+        index: int,
+        collect: dict[str, np.ndarray] | None = None,
+        arrays: dict[str, ArraySource] | None = None,
+        target_arrays: dict[str, ArraySource] | None = None,
+    ) -> None:
+        self.job = job
+        self.outputs: Outputs | None = None  # where run_one stages output files
+        self.collect = collect  # the Python API gathers arrays here instead of an .npz
+        self.handle = handle
+        self.emit = emit
+        self.index = index
+        names = [i.name for i in handle.inputs]
+        if arrays is not None:
+            self.inputs = arrays
+        elif job.input is None:
+            raise UsageError(f"{job.command} needs an INPUT file")
+        else:
+            self.inputs = read_arrays(job.input, names, "input")
+        self.n = check_samples(self.inputs, {i.name: i.shape for i in handle.inputs}, "input")
+        self.objective: Objective = build_objective(
+            handle,
+            output=job.output,
+            class_index=job.class_index,
+            loss=job.loss,
+            from_logits=job.from_logits,
+            has_target=job.target is not None or target_arrays is not None,
+        )
+        self.targets: list[ArraySource] = []
+        if self.objective.needs_targets:
+            tnames = self.objective.target_names
+            sources = (
+                target_arrays
+                if target_arrays is not None
+                else read_arrays(job.target, tnames, "target")
+            )
+            missing = [t for t in tnames if t not in sources]
+            if missing:
+                raise InputError(f"no target for output(s) {', '.join(missing)}")
+            check_samples(sources, {}, "target", n=self.n)
+            self.targets = [sources[t] for t in tnames]
+            self.objective.check_targets(handle, self.targets)
+
+    @property
+    def input_sources(self) -> list[ArraySource]:
+        return [self.inputs[i.name] for i in self.handle.inputs]
+
+    def batch_size(self) -> int:
+        return self.job.batch_size or default_batch_size(self.handle)
+
+    def batches(self, engine: GradientEngine, size: int):
+        return read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
+
+    def progress(self, done: int) -> None:
+        self.emit("progress", index=self.index, done=done, total=self.n)
+
+    def record(self, tensors: list[TensorStats], **extra: Any) -> dict:
+        return self.record_rows([t.record(self.job.gates) for t in tensors], **extra)
+
+    def record_rows(self, rows: list[dict], **extra: Any) -> dict:
+        """The JSON record of a run: one row per tensor; tripped rows name the gates."""
+        tripped = sorted({r["status"] for r in rows if r["tripped"]})
+        rec = base_record(self.job, self.handle)
+        rec.update(
+            n=self.n,
+            objective=self.objective.describe(),
+            method=self.job.method,
+            tensors=rows,
+            gates=tripped,
+            exit_code=int(ExitCode.GATE) if tripped else 0,
+        )
+        rec.update(extra)
+        return rec
+
+    def temp(self, path: str) -> None:
+        self.emit("temp", path=path)
+
+    def open_sink(self, out: Path | None, specs: dict[str, tuple[tuple[int, ...], str]]):
+        """Where result arrays go: memory (API), a streaming .npz (-o), or nowhere."""
+        if self.collect is not None:
+            return MemorySink(self.collect, specs)
+        if out is not None:
+            return NpzStreamWriter(out, specs, self.temp, self.outputs)
+        return None
+
+    @contextlib.contextmanager
+    def sink(
+        self, out: Path | None, specs: dict[str, tuple[tuple[int, ...], str]]
+    ) -> Iterator[Sink | None]:
+        """`open_sink` for a `with` block: a failure inside it aborts the sink (its temps go;
+        the run's `Outputs` transaction removes the rest)."""
+        sink = self.open_sink(out, specs)
+        try:
+            yield sink
+        except BaseException:
+            if sink is not None:
+                sink.abort()
+            raise
+
+    def save_whole(self, out: Path | None, arrays: dict[str, np.ndarray]) -> str | None:
+        """Write whole arrays to the run's sink; the path written, if any."""
+        specs = {k: (v.shape, v.dtype.str) for k, v in arrays.items()}
+        with self.sink(out, specs) as sink:
+            for key, value in arrays.items():
+                if sink is not None:
+                    sink.write(key, value)
+            return committed(sink)
+
+
+def committed(sink: Sink | None) -> str | None:
+    """Finish a sink; the path written, if any."""
+    if sink is None:
+        return None
+    path = sink.commit()
+    return str(path) if path else None

@@ -1,0 +1,350 @@
+"""The CLI's option declarations: choices from the methods and formats tables, and one
+entry per option that several commands share (light: Typer only, no NumPy)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from .errors import UsageError
+from .methods import METHODS
+from .renderers import FORMATS, formats_help
+from .status import FAIL_ON_CHOICES
+
+# --method's choices and help: the methods table (methods.py is light at import)
+Method = StrEnum("Method", {name: name for name in METHODS})
+# --format's choices: the formats table (--json is kept as the alias of --format json)
+OutputFormat = StrEnum("OutputFormat", {name: name for name in FORMATS})
+
+
+class OneDNN(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Wrt(StrEnum):
+    input = "input"
+    weights = "weights"
+
+
+# One declaration per option that several commands share: its Typer annotation (flag, short
+# alias, metavar, help), its default, and how it goes into the Job (None: a presentation
+# option of the CLI itself). A command names the shared options it takes, in help order, in
+# `@command(...)`; the Job is built from them generically. A new shared option is one entry
+# here (and a Job field when the worker needs it).
+
+REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Shared:
+    annotation: Any
+    default: Any
+    to_job: Callable[[Any], Any] | None
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _listed(value: list[str] | None) -> list[str]:
+    return value or []
+
+
+def _fail_on(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item not in FAIL_ON_CHOICES:
+                raise UsageError(
+                    f"--fail-on {item!r}: expected one of {', '.join(FAIL_ON_CHOICES)}"
+                )
+            out.append(item)
+    return sorted(set(out))
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        k, n = (int(p) for p in value.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {value!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"--shard {value}: need 0 <= K < N")
+    return k, n
+
+
+SHARED: dict[str, Shared] = {
+    "model": Shared(
+        Annotated[
+            str,
+            typer.Argument(
+                metavar="MODEL",
+                help=".keras, .h5/.hdf5, SavedModel directory, or a directory of models.",
+                show_default=False,
+            ),
+        ],
+        REQUIRED,
+        _same,
+    ),
+    "input": Shared(
+        Annotated[
+            str,
+            typer.Argument(
+                metavar="INPUT",
+                help=".npy, or .npz keyed by input name (axis 0 = samples); - reads it from stdin.",
+                show_default=False,
+            ),
+        ],
+        REQUIRED,
+        _same,
+    ),
+    "target": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--target",
+                "-t",
+                metavar="PATH",
+                help="Labels (.npy, or .npz keyed by output name): the objective becomes the "
+                "per-sample "
+                "loss.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "loss": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--loss",
+                metavar="NAME",
+                help="Keras loss identifier (e.g. mse, sparse_categorical_crossentropy); "
+                "default: the "
+                "model's compiled loss.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "from_logits": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--from-logits", help="The model outputs logits (for --loss crossentropies)."
+            ),
+        ],
+        False,
+        _same,
+    ),
+    "class_index": Shared(
+        Annotated[
+            int | None,
+            typer.Option(
+                "--class",
+                "-c",
+                metavar="K",
+                help="Objective: unit K of the selected output (class score).",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "output": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--output", metavar="NAME|INDEX", help="Select one output of a multi-output model."
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "batch_size": Shared(
+        Annotated[
+            int | None,
+            typer.Option(
+                "--batch-size",
+                "-b",
+                min=1,
+                metavar="B",
+                help="Samples per tape call (results do not depend on it). "
+                "Default: from the input size.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "training": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--training", help="Run the model in training mode (dropout, batch statistics)."
+            ),
+        ],
+        False,
+        _same,
+    ),
+    "jit": Shared(
+        Annotated[bool, typer.Option("--jit", help="Compile the tape with XLA.")],
+        False,
+        _same,
+    ),
+    "out": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--out",
+                "-o",
+                metavar="PATH",
+                help="Write the arrays to this .npz (a directory when MODEL is a directory).",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "output_format": Shared(
+        Annotated[
+            OutputFormat,
+            typer.Option("--format", help=formats_help()),
+        ],
+        OutputFormat("table"),
+        None,
+    ),
+    "as_json": Shared(
+        Annotated[
+            bool, typer.Option("--json", help="One JSON object per model on stdout, nothing else.")
+        ],
+        False,
+        None,
+    ),
+    "quiet": Shared(
+        Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")],
+        False,
+        None,
+    ),
+    "fail_on": Shared(
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--fail-on",
+                metavar="STATUS",
+                help="Exit 1 when a tensor is nonfinite, zero or disconnected "
+                "(repeat or comma list).",
+            ),
+        ],
+        None,
+        _fail_on,
+    ),
+    "max_norm": Shared(
+        Annotated[
+            float | None,
+            typer.Option(
+                "--max-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm exceeds X."
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "min_norm": Shared(
+        Annotated[
+            float | None,
+            typer.Option(
+                "--min-norm", metavar="X", help="Gate: exit 1 when a tensor's L2 norm is below X."
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "unsafe": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--unsafe",
+                help="Allow unsafe deserialization (Lambda layers). Only for trusted files.",
+            ),
+        ],
+        False,
+        _same,
+    ),
+    "imports": Shared(
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--import",
+                metavar="MODULE|FILE.py",
+                help="Import code that registers custom layers/losses before loading (repeatable).",
+            ),
+        ],
+        None,
+        _listed,
+    ),
+    "shard": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--shard",
+                metavar="K/N",
+                help="With a directory MODEL: process every N-th model starting at the K-th "
+                "(0-based).",
+            ),
+        ],
+        None,
+        _shard,
+    ),
+    "onednn": Shared(
+        Annotated[
+            OneDNN,
+            typer.Option(
+                "--onednn",
+                help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they crash.",
+            ),
+        ],
+        OneDNN.auto,
+        None,
+    ),
+    "debug": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--debug",
+                help="Show tracebacks and TensorFlow's own output.",
+                envvar="GRADCLI_DEBUG",
+            ),
+        ],
+        False,
+        None,
+    ),
+}
+
+
+OBJECTIVE = ("target", "loss", "from_logits", "class_index", "output")
+RUN = (
+    "batch_size",
+    "training",
+    "jit",
+    "out",
+    "output_format",
+    "as_json",
+    "quiet",
+    "fail_on",
+    "max_norm",
+    "min_norm",
+    "unsafe",
+    "imports",
+    "shard",
+    "onednn",
+    "debug",
+)
+OWN = "*"  # in a layout: the command's own parameters, in their order

@@ -1,0 +1,219 @@
+"""Running one job for the CLI: check paths, start the worker (or run in process), show
+progress and records, and turn every failure into one `error:` line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from .errors import CLI_FLAGS, ExitCode, InputError, UsageError, exit_code, marked, render_text
+from .job import Job
+from .options import OneDNN
+from .renderers import FORMATS
+
+
+def _check_paths(job: Job) -> None:
+    """Everything about the paths that can be checked before TensorFlow loads: models and
+    inputs exist and are regular files (a FIFO is never opened), every output can be
+    written; leftovers of killed runs beside the outputs are removed."""
+    from .paths import (
+        check_model_path,
+        check_output,
+        check_regular,
+        is_savedmodel,
+        output_file,
+        remove_stale_temps,
+    )
+
+    check_model_path(job.model)
+    from_stdin = []
+    for label, value in (("input", job.input), ("target", job.target), ("baseline", job.baseline)):
+        if value == "-":
+            from_stdin.append(label)
+        elif value is not None:
+            check_regular(value, f"{label} {value}")
+    if len(from_stdin) > 1:
+        raise UsageError(f"only one of {' and '.join(from_stdin)} can be - (stdin)")
+    if from_stdin:
+        _spool_stdin(from_stdin[0])
+    if job.shard and not Path(job.model).is_dir():
+        raise UsageError("--shard needs a directory of models as MODEL")
+    many = Path(job.model).is_dir() and not is_savedmodel(Path(job.model))
+    outputs = []
+    if job.out is not None:
+        outputs.append(("--out", job.out, ".npz", many))
+    if job.png is not None:
+        outputs.append(("--png", job.png, ".png", many or job.command == "wrt-input"))
+    for label, value, suffix, directory in outputs:
+        path = Path(value) if directory else output_file(value, suffix)
+        check_output(path, label, directory=directory)
+        remove_stale_temps(path)
+
+
+def _spool_stdin(label: str) -> None:
+    """INPUT - : stdin becomes a regular file (a pipe is copied to an unlinked temp file), so
+    the worker can map it, and a rerun after a crash reads it again."""
+    import shutil
+    import stat
+    import tempfile
+
+    try:
+        st = os.fstat(0)
+    except OSError:
+        raise InputError(f"{label} -: stdin is closed") from None
+    if os.isatty(0):
+        raise UsageError(f"{label} -: stdin is a terminal; pipe a .npy or .npz into gradcli")
+    if not stat.S_ISREG(st.st_mode):
+        spool = tempfile.TemporaryFile()
+        with os.fdopen(os.dup(0), "rb") as src:
+            shutil.copyfileobj(src, spool, 1 << 22)
+        spool.flush()
+        os.dup2(spool.fileno(), 0)
+        spool.close()
+    head = os.pread(0, 6, 0)
+    if head != b"\x93NUMPY" and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise InputError(
+            f"{label} - (stdin): neither a .npy nor an .npz stream (by its first bytes)"
+        )
+
+
+def execute(
+    job: Job,
+    *,
+    output_format: str | None = None,
+    quiet: bool = False,
+    onednn: OneDNN = OneDNN.auto,
+    debug: bool = False,
+) -> None:
+    """Run a job and exit with its code; the one place errors become messages."""
+    from . import supervisor
+
+    fmt = FORMATS[output_format or "table"]
+
+    debug = debug or os.environ.get("GRADCLI_DEBUG", "") not in ("", "0")
+    previous = supervisor.handle_sigterm()
+    out = Console(soft_wrap=False)
+    if not out.is_terminal:  # piped or redirected: room for every column, no wrapping
+        out = Console(soft_wrap=False, width=120)
+    err = Console(stderr=True)
+    code = 0
+    try:
+        _check_paths(job)
+        records: list[dict] = []
+
+        def on_record(record: dict) -> None:
+            if record.get("error"):
+                record["error"] = render_text(record["error"], CLI_FLAGS)
+            if fmt.each is not None:
+                fmt.each(record, sys.stdout)
+            records.append(record)
+
+        with ProgressBar(err, enabled=not quiet and err.is_terminal) as on_progress:
+            if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0"):
+                outcome = supervisor.run_inprocess(
+                    job, debug=debug, on_record=on_record, on_progress=on_progress
+                )
+            else:
+                outcome = supervisor.run(
+                    job,
+                    debug=debug,
+                    onednn=onednn.value,
+                    on_record=on_record,
+                    on_progress=on_progress,
+                    warn=stderr_line,
+                )
+        if outcome.traceback and debug:
+            sys.stderr.write(outcome.traceback)
+        if outcome.error is not None:
+            raise outcome.error
+        if fmt.end is not None:
+            fmt.end(records, out)
+        code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
+    except KeyboardInterrupt as exc:
+        code = interrupted(exc)
+    except BrokenPipeError:
+        # the reader went away (`gradcli ... --json | head -1`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - the funnel: no traceback unless --debug
+        code = fail(exc, debug)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    raise typer.Exit(code)
+
+
+def fail(exc: BaseException, debug: bool = False) -> int:
+    """The one place an error becomes the user's `error: ...` line, its parameters named as
+    the CLI's flags; whether it was raised here, in process, or reported by the worker."""
+    from .supervisor import WorkerFailed
+
+    # a worker's error came with the worker's own traceback (printed before)
+    if debug and not isinstance(exc, WorkerFailed):
+        traceback.print_exception(exc)
+    stderr_line(f"error: {render_text(marked(exc), CLI_FLAGS)}")
+    return exit_code(exc)
+
+
+def interrupted(exc: BaseException) -> int:
+    """Ctrl-C exits 130, SIGTERM 143 (what a shell reports for them), after cleaning up."""
+    from .supervisor import Terminated
+
+    if isinstance(exc, Terminated):
+        stderr_line("terminated")
+        return int(ExitCode.TERMINATED)
+    stderr_line("interrupted")
+    return int(ExitCode.INTERRUPTED)
+
+
+def stderr_line(message: str) -> None:
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.stderr.flush()
+
+
+class ProgressBar:
+    """A Rich progress bar on stderr, fed by the worker's progress events."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled
+        self.bar = None
+        self.tasks: dict[int, int] = {}
+
+    def __enter__(self):
+        return self.update if self.enabled else None
+
+    def update(self, event: dict) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.start()
+        index = int(event.get("index", 0))
+        if index not in self.tasks:
+            self.tasks[index] = self.bar.add_task(f"model {index + 1}", total=event.get("total"))
+        self.bar.update(self.tasks[index], completed=event.get("done", 0))
+
+    def __exit__(self, *exc) -> bool:
+        if self.bar is not None:
+            self.bar.stop()
+        return False
