@@ -21,9 +21,11 @@ from .backend import keras
 from .commands import COMMANDS
 from .context import Context
 from .errors import InputError, UsageError
+from .handles import output_names
 from .job import Job
-from .loading import KerasHandle, ModelHandle, _compiled_losses, _output_names
+from .loading import KerasHandle, ModelHandle
 from .loading import load_model as _load_model
+from .losses import compiled_losses
 
 
 def load_model(path: str | Path, unsafe: bool = False) -> ModelHandle:
@@ -35,13 +37,13 @@ def _handle(model: Any, unsafe: bool) -> ModelHandle:
     if isinstance(model, ModelHandle):
         return model
     if isinstance(model, keras.Model):
-        names = _output_names(model)
+        names = output_names(model)
         return KerasHandle(
             model,
             Path(f"<{model.name}>"),
             "keras",
             "in-memory",
-            _compiled_losses(model, names, keras),
+            compiled_losses(model, names, keras),
         )
     return _load_model(model, unsafe=unsafe)
 

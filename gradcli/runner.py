@@ -14,6 +14,7 @@ from . import __version__
 from .commands import COMMANDS
 from .context import Context, Emit
 from .errors import InputError, exit_code, marked
+from .formats import EXPECTED
 from .job import Job
 from .loading import import_custom_code, load_model
 from .paths import check_model_path, find_models, is_savedmodel
@@ -50,7 +51,7 @@ def run_job(job: Job, emit: Emit) -> int:
     import_custom_code(job.imports)
     models, many = model_paths(job)
     if many and not models:
-        raise InputError(f"{job.model}: no models (.keras, .h5, .hdf5, SavedModel) below it")
+        raise InputError(f"{job.model}: no models ({EXPECTED}) below it")
     worst = 0
     for index, path in enumerate(models):
         if index in job.skip:
