@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import mmap
 import os
-import stat
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -288,31 +287,14 @@ class DeflatedMember:
 
 def _source(path: str | Path, what: str) -> tuple[Path, str, str]:
     """The file to read, its label for messages, and its kind (.npy/.npz)."""
-    from .paths import check_regular
+    from .paths import check_regular, stdin_kind
 
     if str(path) != "-":
         label = f"{what} {path}"
         check_regular(path, label)
         return Path(path), label, Path(path).suffix.lower()
     label = f"{what} - (stdin)"
-    st = os.fstat(0)
-    if not stat.S_ISREG(st.st_mode):  # a pipe: read it whole into an unlinked temp file
-        import shutil
-        import tempfile
-
-        spool = tempfile.TemporaryFile()
-        with os.fdopen(os.dup(0), "rb") as src:
-            shutil.copyfileobj(src, spool, 1 << 22)
-        spool.flush()
-        os.dup2(spool.fileno(), 0)
-        spool.close()
-    head = os.pread(0, 6, 0)
-    if head == _NPY_MAGIC:
-        suffix = ".npy"
-    elif head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        suffix = ".npz"
-    else:
-        raise InputError(f"{label}: neither a .npy nor an .npz stream (by its first bytes)")
+    suffix = stdin_kind(label)
     # a new open of /proc/self/fd/0 has its own offset: mapped and read like any file
     return Path("/proc/self/fd/0"), label, suffix
 

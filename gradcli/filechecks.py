@@ -56,23 +56,29 @@ def _walk_dicts(value: Any) -> Iterator[dict]:
             todo.extend(item)
 
 
-def h5_model_config(path: Path) -> Any:
-    """The `model_config` JSON of a legacy .h5 (None when absent or unreadable)."""
+def h5_json_attr(path: Path, name: str) -> Any:
+    """A JSON attribute of a legacy .h5 (`model_config`, `training_config`); None when absent
+    or unreadable."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
+            raw = f.attrs.get(name)
     except OSError:
-        return None
-    if raw is None:
         return None
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        return None
     try:
         return json.loads(raw)
     except ValueError:
         return None
+
+
+def h5_model_config(path: Path) -> Any:
+    """The `model_config` JSON of a legacy .h5 (None when absent or unreadable)."""
+    return h5_json_attr(path, "model_config")
 
 
 def keras_metadata_configs(path: Path) -> list[Any]:

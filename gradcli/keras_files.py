@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -148,19 +147,9 @@ def tf_keras_safe_mode(safe: bool) -> Any:
 
 def _h5_declared_input(path: Path) -> tuple[int | None, ...] | None:
     """The batch input shape a legacy Sequential `.h5` declares on its first layer."""
-    import h5py
+    from .filechecks import h5_model_config
 
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-    except OSError:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    try:
-        config = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        return None
+    config = h5_model_config(path)
     if not isinstance(config, dict) or config.get("class_name") != "Sequential":
         return None
     layers = (config.get("config") or {}).get("layers")

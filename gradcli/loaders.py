@@ -7,12 +7,12 @@ weight bound. Adding a model format: its suffix in formats.py, its strategy here
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import scanning
 from .backend import tf, tf_keras
 from .errors import ModelError, first_line, param
+from .filechecks import keras_metadata_configs
 from .formats import Loader, ModelFormat, model_format, not_a_savedmodel, unknown_format
 from .handles import KerasHandle, ModelHandle, output_names
 from .keras_files import (
@@ -211,22 +211,9 @@ def load_model(path: str | Path, unsafe: bool = False, describe_only: bool = Fal
 
 def _keras2_code_layers(path: Path) -> list[str]:
     """Lambda layers whose Python bytecode a tf.keras 2 SavedModel would revive and run."""
-    meta_file = path / "keras_metadata.pb"
-    if not meta_file.is_file():
-        return []
-    tf_keras()  # registers the protobuf module below
-    from tf_keras.protobuf import saved_metadata_pb2
-
-    meta = saved_metadata_pb2.SavedMetadata()
-    try:
-        meta.ParseFromString(meta_file.read_bytes())
-    except Exception as exc:  # noqa: BLE001 - a corrupt file is a load error
-        raise ModelError(f"{path}: unreadable keras_metadata.pb ({first_line(exc)})") from None
     found = []
-    for node in meta.nodes:
-        try:
-            layer = json.loads(node.metadata)
-        except ValueError:
+    for layer in keras_metadata_configs(path):
+        if not isinstance(layer, dict):
             continue
         config = layer.get("config") or {}
         if layer.get("class_name") == "Lambda" and config.get("function_type") == "lambda":

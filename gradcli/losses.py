@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,21 +123,10 @@ def _loss_table(
 
 
 def _h5_training_config(path: Path) -> dict | None:
-    import h5py
+    from .filechecks import h5_json_attr
 
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("training_config")
-    except OSError:
-        return None
-    if raw is None:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
+    config = h5_json_attr(path, "training_config")
+    return config if isinstance(config, dict) else None
 
 
 def training_config_losses(path: Path, output_names: list[str]) -> dict | None:

@@ -258,3 +258,28 @@ def remove_stale_temps(dest: str | Path, started: float | None = None) -> list[P
                 continue
             removed.append(Path(entry.path))
     return removed
+
+
+def stdin_kind(label: str) -> str:
+    """`-` as a file: stdin made a regular file (a pipe is copied whole to an unlinked temp
+    file, so it can be mapped and, after a crash, read again); its kind by its first bytes."""
+    import shutil
+    import tempfile
+
+    try:
+        st = os.fstat(0)
+    except OSError:
+        raise InputError(f"{label}: stdin is closed") from None
+    if not stat.S_ISREG(st.st_mode):
+        spool = tempfile.TemporaryFile()
+        with os.fdopen(os.dup(0), "rb") as src:
+            shutil.copyfileobj(src, spool, 1 << 22)
+        spool.flush()
+        os.dup2(spool.fileno(), 0)
+        spool.close()
+    head = os.pread(0, 6, 0)
+    if head == b"\x93NUMPY":
+        return ".npy"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return ".npz"
+    raise InputError(f"{label}: neither a .npy nor an .npz stream (by its first bytes)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from .errors import CLI_FLAGS, ExitCode, InputError, UsageError, exit_code, marked, render_text
+from .errors import CLI_FLAGS, ExitCode, UsageError, exit_code, marked, render_text
 from .job import Job
 from .options import OneDNN
 from .renderers import FORMATS
@@ -57,30 +57,13 @@ def _check_paths(job: Job) -> None:
 
 
 def _spool_stdin(label: str) -> None:
-    """INPUT - : stdin becomes a regular file (a pipe is copied to an unlinked temp file), so
-    the worker can map it, and a rerun after a crash reads it again."""
-    import shutil
-    import stat
-    import tempfile
+    """INPUT - : stdin becomes a regular file before the worker starts, so the worker can map
+    it, and a rerun after a crash reads it again."""
+    from .paths import stdin_kind
 
-    try:
-        st = os.fstat(0)
-    except OSError:
-        raise InputError(f"{label} -: stdin is closed") from None
     if os.isatty(0):
         raise UsageError(f"{label} -: stdin is a terminal; pipe a .npy or .npz into gradcli")
-    if not stat.S_ISREG(st.st_mode):
-        spool = tempfile.TemporaryFile()
-        with os.fdopen(os.dup(0), "rb") as src:
-            shutil.copyfileobj(src, spool, 1 << 22)
-        spool.flush()
-        os.dup2(spool.fileno(), 0)
-        spool.close()
-    head = os.pread(0, 6, 0)
-    if head != b"\x93NUMPY" and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise InputError(
-            f"{label} - (stdin): neither a .npy nor an .npz stream (by its first bytes)"
-        )
+    stdin_kind(f"{label} - (stdin)")
 
 
 def execute(
