@@ -12,7 +12,13 @@ from pathlib import Path
 from . import scanning
 from .backend import tf, tf_keras
 from .errors import ModelError, first_line, param
-from .filechecks import keras_metadata_configs
+from .filechecks import (
+    check_hdf5,
+    check_keras_archive,
+    check_layer_configs,
+    h5_model_config,
+    keras_metadata_configs,
+)
 from .formats import Loader, ModelFormat, model_format, not_a_savedmodel, unknown_format
 from .handles import KerasHandle, ModelHandle, output_names
 from .keras_files import (
@@ -26,6 +32,7 @@ from .losses import compiled_losses
 from .paths import check_not_remote
 from .savedmodels import SavedModelSummary, ServingHandle, describe_savedmodel
 from .strategy import Attempt, Step, StepFailed, Strategy
+from .weightbound import bounded_weights
 
 # ---------------------------------------------------------------- safe-mode scans
 
@@ -33,16 +40,16 @@ from .strategy import Attempt, Step, StepFailed, Strategy
 def scan_keras_archive(path: Path) -> int:
     """A .keras archive: its config (no code, no file paths) and its HDF5 weights; the
     loaders may create no more weights than the archive holds."""
-    return scanning.check_keras_archive(path)
+    return check_keras_archive(path)
 
 
 def scan_hdf5(path: Path) -> int:
     """An .h5 file: its HDF5 storage and its model config; weights bounded by its size,
     for tf_keras (the fallback) as for Keras 3."""
-    scanning.check_hdf5(path, str(path))
-    config = scanning.h5_model_config(path)
+    check_hdf5(path, str(path))
+    config = h5_model_config(path)
     if config is not None:
-        scanning.check_layer_configs(config, str(path))
+        check_layer_configs(config, str(path))
     tf_keras()  # the fallback loader: its weights are bounded too
     return path.stat().st_size
 
@@ -50,8 +57,8 @@ def scan_hdf5(path: Path) -> int:
 def scan_savedmodel(path: Path) -> None:
     """Every graph of a SavedModel, and a tf.keras 2 one's layer configs."""
     scanning.scan_savedmodel(path)
-    for config in scanning.keras_metadata_configs(path):
-        scanning.check_layer_configs(config, str(path))
+    for config in keras_metadata_configs(path):
+        check_layer_configs(config, str(path))
 
 
 def scan_keras2_savedmodel(path: Path) -> None:
@@ -202,7 +209,7 @@ def load_model(path: str | Path, unsafe: bool = False, describe_only: bool = Fal
     attempt = Attempt(path, strategy.format, unsafe)
     if budget is None:
         return strategy.run_steps(attempt)
-    with scanning.bounded_weights(budget, str(path), with_tf_keras=strategy.bound_tf_keras):
+    with bounded_weights(budget, str(path), with_tf_keras=strategy.bound_tf_keras):
         return strategy.run_steps(attempt)
 
 

@@ -155,7 +155,8 @@ SHARED: dict[str, Shared] = {
                 "--class",
                 "-c",
                 metavar="K",
-                help="Objective: unit K of the selected output (class score).",
+                help="Objective: class K on the last axis of the selected output (summed over "
+                "other positions).",
             ),
         ],
         None,

@@ -17,8 +17,8 @@ from .errors import InputError, exit_code, marked
 from .formats import EXPECTED
 from .job import Job
 from .loading import import_custom_code, load_model
-from .paths import check_model_path, find_models, is_savedmodel
-from .writers import Outputs, check_writable
+from .paths import check_model_path, check_output, find_models, is_savedmodel
+from .writers import Outputs
 
 __all__ = ["Context", "Emit", "model_paths", "run_job", "run_one"]
 
@@ -92,7 +92,7 @@ def run_one(
     """One model: load it, run the command in one `Outputs` transaction, return its record."""
     command = COMMANDS[job.command]
     if out is not None:
-        check_writable(out)
+        check_output(out, "--out")
     check_model_path(str(path))  # a FIFO named like a model is refused, never opened
     handle = load_model(path, unsafe=job.unsafe, describe_only=command.run is None)
     if command.describe is not None:

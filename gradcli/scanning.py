@@ -3,7 +3,7 @@
 Everything here reads a file as data (protobuf) and raises `ModelError` (exit 3) when the
 file asks for more than computing tensors. `--unsafe` skips all of it. The checks of HDF5
 files, .keras archives and layer configs are in filechecks.py, the weight bound in
-weightbound.py; their names are importable from here too (one place for the loaders).
+weightbound.py.
 """
 
 from __future__ import annotations
@@ -14,32 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError, first_line, param
-from .filechecks import (
-    check_hdf5,
-    check_keras_archive,
-    check_layer_configs,
-    h5_model_config,
-    keras_metadata_configs,
-    machine_memory,
-    size_text,
-)
-from .weightbound import _PARAM_SLACK, bounded_weights
-
-# the loaders' one entry point to every check: these are re-exported
-__all__ = [
-    "REFUSED_OP_FAMILIES",
-    "ModelError",
-    "bounded_weights",
-    "check_hdf5",
-    "check_keras_archive",
-    "check_layer_configs",
-    "h5_model_config",
-    "keras_metadata_configs",
-    "machine_memory",
-    "refused_family",
-    "scan_savedmodel",
-    "size_text",
-]
+from .filechecks import size_text
+from .weightbound import _PARAM_SLACK
 
 # ---------------------------------------------------------------- the refused ops: ONE list
 #

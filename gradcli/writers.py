@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .paths import check_output, output_file, staging_dir, temp_prefix
+from .paths import output_file, staging_dir, temp_prefix
 
 # The worker replaces this with a check that its parent is still alive (see worker.py):
 # a commit must never happen for a gradcli that is gone.
@@ -193,11 +193,6 @@ def _file_mode(path: Path) -> int:
         mask = os.umask(0)
         os.umask(mask)
         return 0o666 & ~mask
-
-
-def check_writable(path: Path, label: str = "--out") -> None:
-    """Fail early (before any computation) when an output file cannot be written there."""
-    check_output(path, label)
 
 
 class NpzStreamWriter:

@@ -510,14 +510,16 @@ def test_real_process_refuses_every_hostile_model_in_bounded_memory(zoo, hostile
     assert zoo["peak"] < GiB, zoo["peak"]
 
 
-def _zoo_error(zoo, name: str, *fragments: str) -> None:
-    error = zoo["records"][name]["error"]
+def assert_zoo_error(zoo, name: str, *fragments: str) -> None:
+    record = zoo["records"][name]
+    assert record["exit_code"] == 3, record
+    error = record["error"]
     for fragment in fragments:
         assert fragment in error, error
 
 
 def test_write_file_in_serving_function_real_process(zoo):
-    _zoo_error(zoo, "sm_write_file", "'WriteFile'", "function __inference_serve", "--unsafe")
+    assert_zoo_error(zoo, "sm_write_file", "'WriteFile'", "function __inference_serve", "--unsafe")
 
 
 def test_unsafe_brings_the_old_behaviour_back(cli, hostile, tmp_path):
@@ -586,17 +588,17 @@ def test_h5_external_storage_refused_by_every_loader(cli, hostile, tmp_path):
 
 def test_h5_declaring_5_gib_refused_before_allocating(zoo, hostile):
     assert hostile["declared_5g"].stat().st_size < 1 << 20
-    _zoo_error(zoo, "declared_5g.h5", "kernel", "(671088640, 2)", "5.0 GiB")
+    assert_zoo_error(zoo, "declared_5g.h5", "kernel", "(671088640, 2)", "5.0 GiB")
 
 
 def test_tf_keras_only_layer_with_vocabulary_path_never_opens_it(zoo):
     # the vocabulary is a FIFO: a loader that opened it would hang the process
-    _zoo_error(zoo, "vocab_fifo.h5", "StringLookup", "vocab_fifo", "--unsafe")
+    assert_zoo_error(zoo, "vocab_fifo.h5", "StringLookup", "vocab_fifo", "--unsafe")
 
 
 def test_info_on_hostile_savedmodels_in_a_real_process(zoo):
-    _zoo_error(zoo, "sm_init_write", "'WriteFile'", "function __inference_", "--unsafe")
-    _zoo_error(zoo, "keras2_sneaky", "'WriteFile'", "--unsafe")
+    assert_zoo_error(zoo, "sm_init_write", "'WriteFile'", "function __inference_", "--unsafe")
+    assert_zoo_error(zoo, "keras2_sneaky", "'WriteFile'", "--unsafe")
 
 
 def test_tf_keras_only_layer_loads_with_unsafe(cli, hostile):
@@ -619,7 +621,7 @@ def test_keras_archive_weights_with_external_storage(cli, hostile, tmp_path):
 
 def test_tf_keras_fallback_bounded_like_the_primary_loader(zoo, cli, hostile):
     # the fallback (tf_keras) would build this model; its weights are refused by size first
-    _zoo_error(zoo, "tfk_1e9.h5", "(10, 1000000000)", "parameters")
+    assert_zoo_error(zoo, "tfk_1e9.h5", "(10, 1000000000)", "parameters")
     r = cli("info", hostile["tfk_plain"], "--json")  # the same file, honest: no false refusal
     assert r.code == 0, r.err
     assert json.loads(r.out)["loader"] == "tf_keras"
@@ -644,7 +646,7 @@ def test_savedmodel_variable_larger_than_its_checkpoint(cli, hostile, tmp_path):
 
 def test_keras_declaring_a_billion_parameters(zoo, hostile):
     assert hostile["params_1e9"].stat().st_size < 100_000
-    _zoo_error(zoo, "params_1e9.keras", "(5, 1000000000)", "5,000,000,000 parameters")
+    assert_zoo_error(zoo, "params_1e9.keras", "(5, 1000000000)", "5,000,000,000 parameters")
 
 
 def test_npz_bomb_checked_against_the_model_before_inflating(hostile, models, tmp_path):
@@ -874,17 +876,19 @@ def test_tf1_savedmodel_loads_and_its_save_ops_stay_in_the_saver(cli, friendly, 
 
 
 def test_weight_bound_counts_layer_weights_not_optimizer_slots(keras, tmp_path):
-    from gradcli import scanning
+    from gradcli.errors import ModelError
+    from gradcli.filechecks import check_keras_archive
+    from gradcli.weightbound import bounded_weights
 
     inp = keras.Input((200,), name="x")
     model = keras.Model(inp, keras.layers.Dense(100, name="d")(inp))
     model.compile(optimizer="adam", loss="mse")  # never trained: the file holds no slots
     model.save(tmp_path / "m.keras")
     weights = 200 * 100 * 4 + 100 * 4
-    budget = scanning.check_keras_archive(tmp_path / "m.keras")
+    budget = check_keras_archive(tmp_path / "m.keras")
     assert weights <= budget < 2 * weights  # with the slots, 3 x weights would be built
-    with scanning.bounded_weights(budget, "m", slack=0):  # Adam builds 2 slots per weight
+    with bounded_weights(budget, "m", slack=0):  # Adam builds 2 slots per weight
         keras.saving.load_model(tmp_path / "m.keras")
-    with pytest.raises(scanning.ModelError, match="declares a weight of shape \\(100,\\)"):
-        with scanning.bounded_weights(weights - 1, "m", slack=0):
+    with pytest.raises(ModelError, match="declares a weight of shape \\(100,\\)"):
+        with bounded_weights(weights - 1, "m", slack=0):
             keras.saving.load_model(tmp_path / "m.keras")
