@@ -6,9 +6,10 @@ expansion), how it turns gradients into attributions, what it adds to the record
 line and the options it reads. The CLI's `--method` choices and help come from this table, so
 this module stays light at import (NumPy is imported inside the functions that compute).
 
-SmoothGrad copies (SquareGrad and VarGrad use the same noisy copies) and IG steps are
-stacked on the batch axis and go through the same compiled
-tape as vanilla gradients, in calls of at most `rows_per_call` rows: no Python loop per step.
+SmoothGrad copies (SquareGrad and VarGrad use the same noisy copies) and IG steps are stacked
+on the batch axis and go through the same compiled tape as vanilla gradients, in calls of at
+most `rows_per_call` rows: no Python loop per step. A CAM method watches one layer and gets its
+activation and gradient from one tape call per batch.
 """
 
 from __future__ import annotations
