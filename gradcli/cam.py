@@ -91,26 +91,34 @@ def _channels_last(a: np.ndarray, channels_first: bool) -> np.ndarray:
     return np.moveaxis(a, 1, -1) if channels_first else a
 
 
+def _weighted_sum(a: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_k weights[b, k] * a[b, ..., k]: one batched matrix product."""
+    b, k = weights.shape
+    flat = a.reshape(b, -1, k)
+    return (flat @ weights.astype(a.dtype)[:, :, None]).reshape(a.shape[:-1])
+
+
 def _gradcam(a: np.ndarray, g: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    weights = g.mean(axis=axes, keepdims=True)  # alpha_k: mean gradient over positions
-    return (weights * a).sum(axis=-1)
+    weights = g.mean(axis=axes, dtype=np.float64)  # alpha_k: mean gradient over positions
+    return _weighted_sum(a, weights)
 
 
 def _gradcam_pp(a: np.ndarray, g: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     # The closed form for the exponential score exp(o) (Chattopadhay et al. 2018, eq. 19), as
     # the authors' code and tf-keras-vis compute it: exp(o) cancels in alpha; its remaining
     # positive per-sample factor is left out (it overflows float32 above o = 88).
+    g = g.astype(np.float64)
     g2 = g * g
-    denom = 2.0 * g2 + g2 * g * a.sum(axis=axes, keepdims=True)
+    denom = 2.0 * g2 + g2 * g * a.sum(axis=axes, keepdims=True, dtype=np.float64)
     alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=denom != 0)
     norm = alpha.sum(axis=axes, keepdims=True)
-    alpha = alpha / np.where(norm != 0, norm, 1.0)
-    weights = (alpha * np.maximum(g, 0.0)).sum(axis=axes, keepdims=True)
-    return (weights * a).sum(axis=-1)
+    alpha /= np.where(norm != 0, norm, 1.0)
+    weights = (alpha * np.maximum(g, 0.0)).sum(axis=axes)
+    return _weighted_sum(a, weights)
 
 
 def _layercam(a: np.ndarray, g: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    return (np.maximum(g, 0.0) * a).sum(axis=-1)
+    return (np.maximum(g, 0.0) * a).sum(axis=-1, dtype=np.float64)
 
 
 CAMS: dict[str, Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]] = {
@@ -121,11 +129,14 @@ CAMS: dict[str, Callable[[np.ndarray, np.ndarray, tuple[int, ...]], np.ndarray]]
 
 
 def cam_maps(method: str, layer: CamLayer, a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """ReLU of the method's channel-weighted sum of A: (B, t) or (B, h, w), float32."""
-    a64 = _channels_last(np.asarray(a, np.float64), layer.channels_first)
-    g64 = _channels_last(np.asarray(g, np.float64), layer.channels_first)
+    """ReLU of the method's channel-weighted sum of A: (B, t) or (B, h, w), float32.
+
+    A and g stay in their float32 (they are the largest arrays of a run); the per-channel
+    weights are reduced in float64."""
+    a32 = _channels_last(np.asarray(a, np.float32), layer.channels_first)
+    g32 = _channels_last(np.asarray(g, np.float32), layer.channels_first)
     axes = tuple(range(1, 1 + layer.spatial_rank))
-    return np.maximum(CAMS[method](a64, g64, axes), 0.0).astype(np.float32)
+    return np.maximum(CAMS[method](a32, g32, axes), 0.0).astype(np.float32)
 
 
 def input_spatial(shape: tuple[int, ...], layer: CamLayer) -> tuple[int, ...] | None:
