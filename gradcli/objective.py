@@ -371,7 +371,7 @@ class Logits:
 
     def call(self, handle: ModelHandle, xs: list, training: bool) -> list:
         captured: list[list[Any]] = [[] for _ in self.sources]
-        installed: list[tuple[Any, str]] = []
+        installed: list[tuple[Any, str, Any, bool]] = []
         try:
             for source, store in zip(self.sources, captured, strict=True):
                 original = getattr(source.layer, source.attribute)
@@ -380,15 +380,16 @@ class Logits:
                     __store.append(x)
                     return __original(x, *args, **kwargs)
 
+                own = source.attribute in vars(source.layer)  # else the class's method
                 object.__setattr__(source.layer, source.attribute, wrapped)
-                installed.append((source.layer, source.attribute, original))
+                installed.append((source.layer, source.attribute, original, own))
             outputs = list(handle.call(xs, training=training))
         finally:
-            for layer, attribute, original in reversed(installed):
-                if attribute == "call":
-                    layer.__dict__.pop("call", None)
-                else:
+            for layer, attribute, original, own in reversed(installed):
+                if own:
                     object.__setattr__(layer, attribute, original)
+                else:
+                    layer.__dict__.pop(attribute, None)
         for source, store in zip(self.sources, captured, strict=True):
             if len(store) != 1:
                 raise UsageError(

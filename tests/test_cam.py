@@ -53,6 +53,19 @@ def cams(tmp_path_factory, keras):
     h = L.GlobalAveragePooling2D(name="gap")(backbone(x))
     y = L.Dense(2, activation="softmax", name="probs")(h)
     keras.Model(x, y).save(d / "nested.keras")
+
+    # channels_first (N, K, h, w) at the CAM layer; CPU convolutions are channels_last only,
+    # so the conv runs between two Permutes and the CAM layer is a channels_first padding
+    x = keras.Input((3, 12, 12), name="chw")
+    h = L.Permute((2, 3, 1))(x)
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(h)
+    h = L.Permute((3, 1, 2))(h)
+    h = L.ZeroPadding2D(1, data_format="channels_first", name="pad")(h)
+    h = L.GlobalAveragePooling2D(data_format="channels_first", name="gap")(h)
+    y = L.Dense(3, name="scores")(h)
+    keras.Model(x, y).save(d / "cfirst.keras")
+    m["cfirst"] = d / "cfirst.keras"
+    np.save(d / "xc.npy", rng.normal(size=(N, 3, 12, 12)).astype(np.float32))
     m["nested"] = d / "nested.keras"
     np.save(d / "xn.npy", rng.normal(size=(N, 10, 10, 1)).astype(np.float32))
     np.save(d / "yn.npy", rng.integers(0, 2, size=N))
@@ -225,6 +238,24 @@ def test_cam_nested_default_layer_and_target(cli, cams, tmp_path, tf, keras, met
     ref = reference_cam(method, a, g)
     assert ref.max() > 0
     np.testing.assert_allclose(got["cam@backbone/bc2"], ref, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cam_channels_first(cli, cams, tmp_path, tf, keras, method):
+    x = np.load(cams["dir"] / "xc.npy")
+    png = tmp_path / "png"
+    got, rec = run_cam(
+        cli, tmp_path, cams["cfirst"], cams["dir"] / "xc.npy", "-m", method, "--class", "1",
+        "-b", "3", "--png", png, "--png-limit", "1",
+    )  # fmt: skip
+    assert rec["cam"]["layer"] == "pad" and rec["cam"]["default"] is True
+    a, g = reference_a_g(tf, keras, cams["cfirst"], "pad", x, lambda y: y[:, 1])
+    a, g = np.moveaxis(a, 1, -1), np.moveaxis(g, 1, -1)  # (N, 14, 14, 4)
+    ref = reference_cam(method, a, g)
+    assert ref.shape == (N, 14, 14) and ref.max() > 0
+    np.testing.assert_allclose(got["cam@pad"], ref, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(got["chw"], resize_2d(tf, ref, (12, 12)), rtol=2e-4, atol=1e-6)
+    assert [p.name for p in png.iterdir()] == ["chw_0000.png"]
 
 
 # ------------------------------------------------------------------ usage, pictures, process
