@@ -161,11 +161,13 @@ def wrt_input(
     noise: Annotated[
         float,
         typer.Option(
-            "--noise", min=0.0, help="SmoothGrad: noise std as a fraction of each sample's range."
+            "--noise",
+            min=0.0,
+            help="SmoothGrad, SquareGrad, VarGrad: noise std as a fraction of each sample's range.",
         ),
     ] = 0.15,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="SmoothGrad: seed for repeatable noise.")
+        int | None, typer.Option("--seed", help="SmoothGrad family: seed for repeatable noise.")
     ] = None,
     steps: Annotated[
         int, typer.Option("--steps", min=1, help="Integrated Gradients: path steps.")
