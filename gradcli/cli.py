@@ -135,7 +135,7 @@ def info() -> dict[str, Any]:
     return {}
 
 
-@command("wrt-input", "model", "input", "method", *OBJECTIVE, OWN, *RUN)
+@command("wrt-input", "model", "input", "method", "layer", *OBJECTIVE, "logits", OWN, *RUN)
 def wrt_input(
     method: Annotated[
         Method,
@@ -145,17 +145,29 @@ def wrt_input(
             help=method_help(),
         ),
     ] = Method.vanilla,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            metavar="NAME|PATH|INDEX",
+            help="CAM methods: the layer (default: the last layer with a spatial output).",
+        ),
+    ] = None,
     samples: Annotated[
-        int, typer.Option("--samples", min=1, help="SmoothGrad: noisy copies.")
+        int,
+        typer.Option("--samples", min=1, help="SmoothGrad, SquareGrad, VarGrad: noisy copies."),
     ] = 25,
     noise: Annotated[
         float,
         typer.Option(
-            "--noise", min=0.0, help="SmoothGrad: noise std as a fraction of each sample's range."
+            "--noise",
+            min=0.0,
+            help="SmoothGrad, SquareGrad, VarGrad: noise std as a fraction of each sample's range.",
         ),
     ] = 0.15,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="SmoothGrad: seed for repeatable noise.")
+        int | None, typer.Option("--seed", help="SmoothGrad family: seed for repeatable noise.")
     ] = None,
     steps: Annotated[
         int, typer.Option("--steps", min=1, help="Integrated Gradients: path steps.")
@@ -185,8 +197,15 @@ def wrt_input(
     """Gradient of the objective with respect to the input (saliency, attributions)."""
     if "baseline" not in METHODS[method.value].options and baseline != "zeros":
         raise UsageError("--baseline goes with --method integrated")
+    if layer is not None and not METHODS[method.value].needs_layer:
+        cams = ", ".join(m.name for m in METHODS.values() if m.needs_layer)
+        raise UsageError(
+            f"--layer goes with a CAM method ({cams}); for the gradient at a layer use "
+            "`gradcli wrt-layer`"
+        )
     return {
         "method": method.value,
+        "layers": [] if layer is None else [layer],
         "samples": samples,
         "noise": noise,
         "seed": seed,
@@ -198,7 +217,7 @@ def wrt_input(
     }
 
 
-@command("wrt-layer", "model", "input", "layer", *OBJECTIVE, *RUN)
+@command("wrt-layer", "model", "input", "layer", OWN, *OBJECTIVE, "logits", *RUN)
 def wrt_layer(
     layer: Annotated[
         list[str],
@@ -209,12 +228,31 @@ def wrt_layer(
             help="Layer name, nested path outer/inner, or index from `gradcli info` (repeatable).",
         ),
     ],
+    activations: Annotated[
+        bool,
+        typer.Option(
+            "--activations", help="Also write each layer's activation (key LAYER/activation)."
+        ),
+    ] = False,
+    method: Annotated[
+        str | None, typer.Option("--method", "-m", hidden=True, help="See wrt-input --method.")
+    ] = None,
 ) -> dict[str, Any]:
     """Gradient of the objective with respect to a layer's output activation."""
-    return {"layers": list(layer)}
+    if method is not None:
+        cams = [m.name for m in METHODS.values() if m.needs_layer]
+        where = (
+            f"CAM methods are attributions over the input: `gradcli wrt-input MODEL INPUT "
+            f"--method {method} --layer L`"
+            if method in cams
+            else f"methods are options of wrt-input: `gradcli wrt-input MODEL INPUT --method "
+            f"{method}`"
+        )
+        raise UsageError(f"wrt-layer has no --method; {where}")
+    return {"layers": list(layer), "activations": activations}
 
 
-@command("wrt-weights", "model", "input", *OBJECTIVE, OWN, *RUN)
+@command("wrt-weights", "model", "input", *OBJECTIVE, "logits", OWN, *RUN)
 def wrt_weights(
     png: Annotated[
         str | None,

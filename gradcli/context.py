@@ -68,6 +68,7 @@ class Context:
             class_index=job.class_index,
             loss=job.loss,
             from_logits=job.from_logits,
+            logits=job.logits,
             has_target=job.target is not None or target_arrays is not None,
         )
         self.targets: list[ArraySource] = []

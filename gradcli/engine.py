@@ -47,6 +47,7 @@ class StepResult:
     inputs: list[np.ndarray | None]
     layers: list[np.ndarray | None]
     weights: list[np.ndarray | SparseGradient | None]
+    activations: list[np.ndarray] | None = None  # the watched layers' outputs, when asked
 
 
 def _numpy(x: Any) -> np.ndarray | None:
@@ -196,8 +197,11 @@ class GradientEngine:
         training: bool = False,
         jit: bool = False,
         sparse_weights: bool = False,
+        activations: bool = False,
     ) -> None:
         self.handle = handle
+        # True: a step also returns the watched layers' activations (CAM methods need both)
+        self.activations = activations
         # True: embedding-table gradients come back as SparseGradient (rows), else dense
         self.sparse_weights = sparse_weights
         self.objective = objective
@@ -232,7 +236,7 @@ class GradientEngine:
         return [tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(t.dtype)) for t in targets]
 
     def _objective(self, xs: list, ys: list) -> Any:
-        outputs = self.handle.call(xs, training=self.training)
+        outputs = self.objective.model_outputs(self.handle, xs, self.training)
         return self.objective.per_sample(outputs, ys)
 
     def _build(self, targets: Sequence[np.ndarray]) -> None:
@@ -263,7 +267,13 @@ class GradientEngine:
             grads = tape.gradient(
                 total, sources, unconnected_gradients=tf.UnconnectedGradients.NONE
             )
-            return o, grads["inputs"], grads["layers"], grads["weights"]
+            return (
+                o,
+                grads["inputs"],
+                grads["layers"],
+                grads["weights"],
+                acts if self.activations else [],
+            )
 
         self._grad_fn = Compiled(step, [self._input_specs, self._target_specs(targets)], self._jit)
 
@@ -275,7 +285,7 @@ class GradientEngine:
             self._build(targets)
         self._check_class(inputs)
         try:
-            o, gi, gl, gw = self._grad_fn(list(inputs), list(targets))
+            o, gi, gl, gw, acts = self._grad_fn(list(inputs), list(targets))
         except (GradientError, UsageError, InputError):
             raise
         except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
@@ -287,7 +297,13 @@ class GradientEngine:
             weights = [_weight_numpy(g, v) for g, v in zip(gw, self.variables, strict=True)]
         else:
             weights = [_numpy(g) for g in gw]
-        return StepResult(o.numpy(), [_numpy(g) for g in gi], [_numpy(g) for g in gl], weights)
+        return StepResult(
+            o.numpy(),
+            [_numpy(g) for g in gi],
+            [_numpy(g) for g in gl],
+            weights,
+            [a.numpy() for a in acts] if self.activations else None,
+        )
 
     def _check_class(self, inputs: Sequence[np.ndarray]) -> None:
         """--class against the real class axis, where the declared shape leaves it open."""

@@ -19,6 +19,7 @@ class Job:
     from_logits: bool = False
     class_index: int | None = None
     output: str | None = None
+    logits: bool = False  # differentiate the selected output before its softmax/sigmoid
     layers: list[str] = field(default_factory=list)
     method: str = "vanilla"
     samples: int = 25
@@ -32,6 +33,7 @@ class Job:
     out: str | None = None
     png: str | None = None
     png_limit: int = 16
+    activations: bool = False  # wrt-layer: also write the layers' activations
     top: int | None = None
     fail_on: list[str] = field(default_factory=list)
     max_norm: float | None = None

@@ -1,12 +1,15 @@
-"""Attribution methods on the engine: vanilla, gradient x input, SmoothGrad, Integrated Gradients.
+"""Attribution methods on the engine: vanilla, gradient x input, SmoothGrad and its noise-tunnel
+variants (SquareGrad, VarGrad), Integrated Gradients, and the CAM family (cam.py).
 
 Each method is one `Method` entry of `METHODS`: what one sample costs on the tape (its
 expansion), how it turns gradients into attributions, what it adds to the record, its help
 line and the options it reads. The CLI's `--method` choices and help come from this table, so
 this module stays light at import (NumPy is imported inside the functions that compute).
 
-SmoothGrad copies and IG steps are stacked on the batch axis and go through the same compiled
-tape as vanilla gradients, in calls of at most `rows_per_call` rows: no Python loop per step.
+SmoothGrad copies (SquareGrad and VarGrad use the same noisy copies) and IG steps are stacked
+on the batch axis and go through the same compiled tape as vanilla gradients, in calls of at
+most `rows_per_call` rows: no Python loop per step. A CAM method watches one layer and gets its
+activation and gradient from one tape call per batch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from .cam import CamLayer
     from .engine import Batch, GradientEngine
 
 
@@ -30,15 +34,20 @@ class MethodOptions:
     steps: int = 50
     baseline: list[np.ndarray] | None = None  # per input: (N, ...) rows, or None for zeros
     baseline_name: str = "zeros"  # what the record calls the baseline
+    cam_layer: CamLayer | None = None  # CAM methods: the layer (cam.py)
 
 
 @dataclass
 class Attribution:
-    """Per-input attributions of a batch, and the objective where the method reports it."""
+    """Per-input attributions of a batch, and the objective where the method reports it.
 
-    values: list[np.ndarray]
+    A CAM's `values` are its map resized to each input (None for an input without the
+    layer's spatial axes) and `layer_map` the map at the layer's resolution."""
+
+    values: list[np.ndarray | None]
     objective: np.ndarray | None = None
     completeness: dict = field(default_factory=dict)  # IG: per-sample gaps
+    layer_map: np.ndarray | None = None
 
 
 Attribute = Callable[["GradientEngine", "Batch", MethodOptions, int], Attribution]
@@ -62,6 +71,9 @@ class Method:
     expansion: Callable[[MethodOptions], int] = _one_row  # tape rows per input sample
     extras: Callable[[MethodOptions, list[dict]], dict[str, Any]] = _no_extras  # record keys
     options: tuple[str, ...] = ()  # the Job fields (options) it reads besides the common ones
+    # True: it reads a layer's activation and gradient (--layer; the engine watches the layer
+    # and returns its activation instead of input gradients)
+    needs_layer: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -131,9 +143,10 @@ def smoothgrad_noise(
     return rng.standard_normal((options.samples, *x.shape), dtype=np.float32) * sigma
 
 
-def _smoothgrad(
+def _noisy_gradients(
     engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
-) -> Attribution:
+) -> list[np.ndarray]:
+    """Per input, the gradients at the `samples` noisy copies of each row: (B, samples, ...)."""
     import numpy as np
 
     s = options.samples
@@ -145,11 +158,71 @@ def _smoothgrad(
         noisy.append(rows.reshape(len(x) * s, *x.shape[1:]))
     targets = [np.repeat(t, s, axis=0) for t in batch.targets]
     grads = _tape_in_chunks(engine, noisy, targets, rows_per_call)
+    return [g.reshape(len(x), s, *x.shape[1:]) for g, x in zip(grads, batch.inputs, strict=True)]
+
+
+def _smoothgrad(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    import numpy as np
+
+    grads = _noisy_gradients(engine, batch, options, rows_per_call)
     values = [
-        g.reshape(len(x), s, *x.shape[1:]).mean(axis=1, dtype=np.float64).astype(x.dtype)
+        g.mean(axis=1, dtype=np.float64).astype(x.dtype)
         for g, x in zip(grads, batch.inputs, strict=True)
     ]
     return Attribution(values)
+
+
+def _squaregrad(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    import numpy as np
+
+    grads = _noisy_gradients(engine, batch, options, rows_per_call)
+    values = [
+        np.square(g, dtype=np.float64).mean(axis=1).astype(x.dtype)
+        for g, x in zip(grads, batch.inputs, strict=True)
+    ]
+    return Attribution(values)
+
+
+def _vargrad(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    import numpy as np
+
+    grads = _noisy_gradients(engine, batch, options, rows_per_call)
+    values = [  # the population variance (ddof 0) over the noisy copies, as Captum's NoiseTunnel
+        g.var(axis=1, dtype=np.float64).astype(x.dtype)
+        for g, x in zip(grads, batch.inputs, strict=True)
+    ]
+    return Attribution(values)
+
+
+def _cam(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    from .cam import cam_maps, input_spatial, resize
+
+    layer = options.cam_layer
+    assert layer is not None  # the command resolves it before the first batch
+    result = engine.gradients(batch.inputs, batch.targets)
+    (g,) = result.layers
+    if g is None:
+        from .errors import GradientError
+
+        raise GradientError(
+            f"the objective does not depend on layer {layer.info.path!r}: no CAM (its "
+            "gradient is disconnected)"
+        )
+    (a,) = result.activations or [None]
+    maps = cam_maps(options.method, layer, a, g)
+    values = []
+    for x in batch.inputs:
+        size = input_spatial(x.shape[1:], layer)
+        values.append(None if size is None else resize(maps, size))
+    return Attribution(values, result.objective, layer_map=maps)
 
 
 def _integrated(
@@ -228,6 +301,26 @@ register(
 )
 register(
     Method(
+        "squaregrad",
+        "mean of grad^2 over the noisy copies",
+        _squaregrad,
+        expansion=lambda o: o.samples,
+        extras=_smoothgrad_extras,
+        options=("samples", "noise", "seed"),
+    )
+)
+register(
+    Method(
+        "vargrad",
+        "variance of grad over the noisy copies",
+        _vargrad,
+        expansion=lambda o: o.samples,
+        extras=_smoothgrad_extras,
+        options=("samples", "noise", "seed"),
+    )
+)
+register(
+    Method(
         "integrated",
         "Integrated Gradients",
         _integrated,
@@ -236,3 +329,6 @@ register(
         options=("steps", "baseline"),
     )
 )
+register(Method("gradcam", "Grad-CAM on --layer", _cam, options=("layers",), needs_layer=True))
+register(Method("gradcam++", "Grad-CAM++ on --layer", _cam, options=("layers",), needs_layer=True))
+register(Method("layercam", "Layer-CAM on --layer", _cam, options=("layers",), needs_layer=True))

@@ -13,6 +13,7 @@ from .arrays import ArraySource
 from .backend import keras, tf
 from .errors import InputError, UsageError, param
 from .loading import LossSpec, ModelHandle, resolve_loss
+from .logits import Logits
 
 
 class ObjectiveKind(StrEnum):
@@ -31,6 +32,13 @@ class Objective:
     class_index: int | None = None
     losses: dict[int, LossSpec] = field(default_factory=dict)  # per output index (kind "loss")
     output_shapes: dict[int, tuple] = field(default_factory=dict)  # declared, without N
+    logits: Logits | None = None  # --logits: the selected outputs before their softmax/sigmoid
+
+    def model_outputs(self, handle: ModelHandle, xs: list, training: bool) -> list:
+        """The model's outputs for the objective (with --logits, the selected ones as logits)."""
+        if self.logits is None:
+            return handle.call(xs, training=training)
+        return self.logits.call(handle, xs, training)
 
     @property
     def needs_targets(self) -> bool:
@@ -53,8 +61,9 @@ class Objective:
         if self.kind == ObjectiveKind.CLASS:
             shape = self.output_shapes.get(self.outputs[0], ())
             summed = " (summed over positions)" if len(shape) > 1 else ""
-            return f"class {self.class_index} of {names}{summed}"
-        return f"sum of {names}"
+            logit = " logit" if self.logits else ""
+            return f"class {self.class_index}{logit} of {names}{summed}"
+        return f"sum of logits of {names}" if self.logits else f"sum of {names}"
 
     def check_class_range(self, handle: ModelHandle, shape: tuple[int | None, ...]) -> None:
         """--class K indexes the output's last (class) axis: refuse K outside it (exit 2)."""
@@ -248,10 +257,23 @@ def build_objective(
     loss: str | None = None,
     from_logits: bool = False,
     has_target: bool = False,
+    logits: bool = False,
 ) -> Objective:
     """Resolve the SPEC's objective rules against a model."""
     selected = _select_outputs(handle, output)
     names = [o.name for o in handle.outputs]
+    if logits:
+        if has_target:
+            raise UsageError(
+                f"{param('logits')} goes with {param('class_index')} or the output sum; a loss "
+                f"reads the model's own output (for a loss on logits, use a model that outputs "
+                f"them with {param('loss', 'NAME')} {param('from_logits')})"
+            )
+        objective = build_objective(
+            handle, output=output, class_index=class_index, loss=loss, from_logits=from_logits
+        )
+        objective.logits = Logits.find(handle, selected)
+        return objective
     if loss is not None and not has_target:
         raise UsageError(
             f"{param('loss')} needs {param('target')} (the labels the loss compares against)"

@@ -162,6 +162,18 @@ SHARED: dict[str, Shared] = {
         None,
         _same,
     ),
+    "logits": Shared(
+        Annotated[
+            bool,
+            typer.Option(
+                "--logits",
+                help="Differentiate the selected output before its final softmax/sigmoid "
+                "(the model's file is not changed).",
+            ),
+        ],
+        False,
+        _same,
+    ),
     "output": Shared(
         Annotated[
             str | None,

@@ -88,6 +88,113 @@ def write_heatmaps(
     return paths
 
 
+def write_cam_pictures(
+    directory: str | os.PathLike[str],
+    prefix: str,
+    x: np.ndarray,
+    cam: np.ndarray,
+    start_index: int = 0,
+    title: str | None = None,
+) -> list[pathlib.Path]:
+    """Write one PNG per sample of a class activation map resized to its input.
+
+    Images: `x` (n, H, W) or (n, H, W, C) with `cam` (n, H, W): input, map, map over the input.
+    1-D inputs: `x` (n, T) or (n, T, C) with `cam` (n, T): the signal above the map as a strip
+    on the same time axis. Sample i goes to `directory/{prefix}_{start_index + i:04d}.png`.
+    """
+    x = np.asarray(x)
+    cam = np.asarray(cam)
+    if x.shape[: cam.ndim] != cam.shape or x.ndim not in (cam.ndim, cam.ndim + 1):
+        raise ValueError(f"input {x.shape} and map {cam.shape} do not line up")
+    if cam.ndim not in (2, 3):
+        raise ValueError(f"expected maps of shape (N, T) or (N, H, W), got {cam.shape}")
+    out_dir = pathlib.Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    import matplotlib.style
+
+    paths: list[pathlib.Path] = []
+    with matplotlib.style.context("default"):
+        for i in range(x.shape[0]):
+            index = start_index + i
+            path = out_dir / f"{prefix}_{index:04d}.png"
+            if cam.ndim == 3:
+                fig = _cam_image_figure(x[i], cam[i], index, title)
+            else:
+                fig = _cam_strip_figure(x[i], cam[i], index, title)
+            _save_atomic(fig, path)
+            paths.append(path)
+    return paths
+
+
+def _cam_scaled(cam: np.ndarray) -> tuple[np.ndarray, float]:
+    """A map in [0, 1] (divided by its maximum; non-finite values count as 0), and the max."""
+    a = np.where(np.isfinite(cam), np.asarray(cam, np.float64), 0.0)
+    peak = float(a.max()) if a.size else 0.0
+    return (a / peak if peak > 0 else np.zeros_like(a)), peak
+
+
+def _cam_image_figure(x: np.ndarray, cam: np.ndarray, index: int, title: str | None) -> Figure:
+    shown, gray = _normalized_input(x)
+    scaled, peak = _cam_scaled(cam)
+    fig = _new_figure(*HEATMAP_SIZE_INCHES)
+    ax_in, ax_cam, ax_over = fig.subplots(1, 3)
+    image_kw = {"interpolation": "antialiased", "vmin": 0.0, "vmax": 1.0}
+    if shown.ndim == 3:
+        ax_in.imshow(shown, interpolation="antialiased")
+    else:
+        ax_in.imshow(shown, cmap="gray", **image_kw)
+    ax_in.set_title("input", fontsize=10)
+    heat = ax_cam.imshow(scaled, cmap=HEATMAP_CMAP, **image_kw)
+    ax_cam.set_title(f"CAM (max {peak:.2e})" if peak > 0 else "CAM (all zero)", fontsize=10)
+    cbar = fig.colorbar(heat, ax=ax_cam, fraction=0.046, pad=0.03, ticks=[0.0, 0.5, 1.0])
+    cbar.ax.tick_params(labelsize=8)
+    cbar.set_label("relative to the map's max", fontsize=8)
+    ax_over.imshow(gray, cmap="gray", **image_kw)
+    ax_over.imshow(scaled, cmap=HEATMAP_CMAP, alpha=OVERLAY_ALPHA, **image_kw)
+    ax_over.set_title("overlay", fontsize=10)
+    for ax in (ax_in, ax_cam, ax_over):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title} - sample {index}" if title else f"sample {index}", fontsize=11)
+    return fig
+
+
+def _cam_strip_figure(x: np.ndarray, cam: np.ndarray, index: int, title: str | None) -> Figure:
+    signal = np.asarray(x, np.float64)
+    if signal.ndim == 1:
+        signal = signal[:, None]
+    if signal.shape[1] > 8:  # many channels: their mean, not an unreadable tangle
+        signal = signal.mean(axis=1, keepdims=True)
+    scaled, peak = _cam_scaled(cam)
+    steps = len(cam)
+    fig = _new_figure(HEATMAP_SIZE_INCHES[0], 3.2)
+    ax_sig, ax_cam = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    t = np.arange(steps) + 0.5
+    for c in range(signal.shape[1]):
+        ax_sig.plot(t, signal[:, c], linewidth=1)
+    ax_sig.set_xlim(0, steps)
+    ax_sig.set_title("input", fontsize=10)
+    ax_sig.tick_params(labelsize=8)
+    ax_cam.imshow(
+        scaled[None, :],
+        cmap=HEATMAP_CMAP,
+        aspect="auto",
+        extent=(0, steps, 0, 1),
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+    )
+    ax_cam.set_yticks([])
+    ax_cam.tick_params(labelsize=8)
+    ax_cam.set_xlabel(
+        f"position; CAM relative to its max ({peak:.2e})" if peak > 0 else "CAM all zero",
+        fontsize=9,
+    )
+    fig.suptitle(f"{title} - sample {index}" if title else f"sample {index}", fontsize=11)
+    return fig
+
+
 def write_flow_chart(
     path: str | os.PathLike[str],
     layers: Sequence[str],

@@ -119,6 +119,11 @@ def _render_info(rec: Record, console: Console) -> None:
 
 def _render_gradients(rec: Record, console: Console) -> None:
     console.print(_header(rec))
+    cam = rec.extra.get("cam")
+    if cam:
+        chosen = ", the default: the last layer with a spatial output" if cam["default"] else ""
+        resized = f"; resized to {', '.join(cam['resized'])}" if cam["resized"] else ""
+        console.print(f"CAM layer: {cam['layer']} ({cam['class']}{chosen}){resized}")
     weights = rec.command == "wrt-weights"
     table = Table(show_edge=False)
     table.add_column("variable" if weights else "tensor")

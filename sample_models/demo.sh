@@ -22,6 +22,9 @@ step $G info $S/shapes_cnn.keras
 # Saliency of each image's score for class 0 (filled square); heatmaps as PNGs
 step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --class 0 --png $OUT/saliency -o $OUT/saliency.npz
 
+# Where the CNN looks: Grad-CAM on its last spatial layer, overlaid on each image
+step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --class 0 -m gradcam --png $OUT/gradcam --png-limit 4
+
 # Integrated Gradients of the loss with the true labels, with its completeness check
 step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --target $S/shapes_y.npy -m integrated --steps 64 --png $OUT/ig --png-limit 4
 
@@ -40,4 +43,4 @@ step $G wrt-weights $S/checkpoints $S/tabular_x.npy --target $S/tabular_y.npy --
 # Autodiff against finite differences
 step $G check $S/two_io.keras $S/two_io_x.npz --target $S/two_io_y.npz --wrt weights
 
-printf '\nPictures and arrays are in %s/ (saliency/*.png, ig/*.png, legacy_flow.png).\n' "$OUT"
+printf '\nPictures and arrays are in %s/ (saliency/*.png, gradcam/*.png, ig/*.png, legacy_flow.png).\n' "$OUT"

@@ -1,12 +1,15 @@
-"""`wrt-input`: attributions d o_i / d x_i under a method of the methods table."""
+"""`wrt-input`: attributions d o_i / d x_i under a method of the methods table; the CAM
+methods' maps of a layer, resized to the input."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
 from gradcli.arrays import check_samples, read_arrays
+from gradcli.cam import CamLayer, cam_layer, input_spatial
 from gradcli.context import Context, committed
 from gradcli.engine import GradientEngine
 from gradcli.errors import InputError, UsageError, param
@@ -19,6 +22,8 @@ from gradcli.writers import Outputs
 def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     job, handle = ctx.job, ctx.handle
     method, options = _method(ctx)
+    if options.cam_layer is not None:
+        return _run_cam(ctx, method, options, out, png)
     engine = GradientEngine(
         handle, ctx.objective, wrt_inputs=True, training=job.training, jit=job.jit
     )
@@ -65,6 +70,16 @@ def _method(ctx: Context) -> tuple[Method, MethodOptions]:
     options = MethodOptions(
         job.method, job.samples, job.noise, job.seed if job.seed is not None else 0, job.steps
     )
+    if method.needs_layer:
+        if len(job.layers) > 1:
+            raise UsageError(f"{param('layers')}: a CAM is computed on one layer")
+        options.cam_layer = cam_layer(ctx.handle, job.layers[0] if job.layers else None)
+    elif job.layers:
+        raise UsageError(
+            f"{param('layers')} goes with a CAM method ("
+            + ", ".join(m.name for m in METHODS.values() if m.needs_layer)
+            + "); for the gradient at a layer use `gradcli wrt-layer`"
+        )
     if "seed" in method.options and job.seed is None:
         options.seed = int(np.random.SeedSequence().entropy % (2**31))
     if "baseline" in method.options and job.baseline not in (None, "zeros"):
@@ -149,3 +164,122 @@ def _write_heatmaps(
         title = f"{Path(job.model).name}: {job.method}, {objective}, w.r.t. {name}"
         written += [str(png / p.name) for p in write_heatmaps(stage, prefix, x, g, title=title)]
     return written
+
+
+def _run_cam(
+    ctx: Context, method: Method, options: MethodOptions, out: Path | None, png: Path | None
+) -> dict:
+    """A CAM method: per sample, the map at the layer's resolution (key `cam@LAYER`) and
+    resized to each input with the layer's spatial axes (key: the input's name)."""
+    job, handle = ctx.job, ctx.handle
+    layer = options.cam_layer
+    assert layer is not None
+    names = [i.name for i in handle.inputs]
+    if layer.key in names:
+        raise UsageError(
+            f"the CAM key {layer.key!r} is also the name of a model input; the npz could not "
+            "tell them apart"
+        )
+    sizes = {n: input_spatial(tuple(ctx.inputs[n].shape[1:]), layer) for n in names}
+    resized = [n for n in names if sizes[n] is not None]
+    engine = GradientEngine(
+        handle,
+        ctx.objective,
+        layers=[layer.info],
+        training=job.training,
+        jit=job.jit,
+        activations=True,
+    )
+    keys = [*resized, layer.key]
+    stats = {k: TensorStats(k) for k in keys}
+    for n in resized:
+        stats[n].shape = (ctx.n, *sizes[n])
+    top = {n: TopFeatures(int(np.prod(sizes[n]))) for n in resized} if job.top else {}
+    pictures = _CamPictures(png, resized, ctx.inputs, layer, job.png_limit)
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for batch in ctx.batches(engine, ctx.batch_size()):
+            att = attribute(engine, batch, options, ctx.batch_size())
+            layer_map = att.layer_map
+            assert layer_map is not None
+            if batch.start == 0:  # the layer's spatial size is known after the first batch
+                stats[layer.key].shape = (ctx.n, *layer_map.shape[1:])
+                specs = {k: (stats[k].shape, "<f4") for k in keys}
+                writer = stack.enter_context(ctx.sink(out, specs))
+            arrays = {n: att.values[names.index(n)] for n in resized}
+            arrays[layer.key] = layer_map
+            for k in keys:
+                stats[k].update(arrays[k])
+                if writer:
+                    writer.write(k, arrays[k])
+            for n in top:
+                top[n].update(arrays[n])
+            pictures.keep(batch.inputs, arrays)
+            ctx.progress(batch.stop)
+        written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs)
+        written = committed(writer)
+    for name, features in top.items():
+        stats[name].extra["top"] = _top_features(features, job.top, sizes[name])
+    extra = {
+        "method": job.method,
+        "out": written,
+        "cam": {
+            "layer": layer.info.path,
+            "class": layer.info.class_name,
+            "default": layer.default,
+            "map": layer.key,
+            "resized": resized,
+        },
+    }
+    if png:
+        extra["png"] = written_png
+    return ctx.record([stats[k] for k in keys], **extra)
+
+
+class _CamPictures:
+    """--png for a CAM: the first `limit` samples of each input the map is resized to, drawn
+    with the map over them (an image) or under them (a 1-D strip)."""
+
+    def __init__(
+        self, png: Path | None, resized: list[str], inputs: dict, layer: CamLayer, limit: int
+    ) -> None:
+        self.png = png
+        self.limit = limit
+        self.layer = layer
+        self.positions = {n: list(inputs).index(n) for n in resized}
+        self.kept: dict[str, list] = {n: [] for n in resized} if png else {}
+        if png and not resized:
+            shapes = ", ".join(str(tuple(s.shape[1:])) for s in inputs.values())
+            raise UsageError(
+                f"{param('png')}: no input has the spatial axes of layer "
+                f"{layer.info.path!r} (input shapes {shapes}), so there is nothing to overlay"
+            )
+
+    def keep(self, xs: list[np.ndarray], arrays: dict[str, np.ndarray]) -> None:
+        for name, parts in self.kept.items():
+            have = sum(len(a) for a, _ in parts)
+            if have < self.limit:
+                take = self.limit - have
+                parts.append((xs[self.positions[name]][:take], arrays[name][:take]))
+
+    def write(self, job: Job, objective: str, outputs: Outputs | None) -> list[str]:
+        if self.png is None:
+            return []
+        from gradcli.pictures import write_cam_pictures
+
+        stage = outputs.stage_dir(self.png) if outputs is not None else self.png
+        written = []
+        for name, parts in self.kept.items():
+            if not parts:
+                continue
+            x = np.concatenate([p[0] for p in parts])[: self.limit]
+            cam = np.concatenate([p[1] for p in parts])[: self.limit]
+            if x.ndim == cam.ndim + 1 and self.layer.channels_first:
+                x = np.moveaxis(x, 1, -1)  # pictures want channels last
+            title = (
+                f"{Path(job.model).name}: {job.method} on {self.layer.info.path}, "
+                f"{objective}, over {name}"
+            )
+            paths = write_cam_pictures(stage, name.replace("/", "_"), x, cam, title=title)
+            written += [str(self.png / p.name) for p in paths]
+        return written
