@@ -33,6 +33,8 @@ class Job:
     png: str | None = None
     png_limit: int = 16
     top: int | None = None
+    per_sample: bool = False
+    per_sample_arrays: bool = False
     fail_on: list[str] = field(default_factory=list)
     max_norm: float | None = None
     min_norm: float | None = None
