@@ -34,6 +34,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/persample.py
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py

@@ -79,6 +79,15 @@ def ps_models(tmp_path_factory, keras):
     np.save(d / "emb_y.npy", rng.normal(size=(N, 2)).astype(np.float32))
     m["emb"] = (d / "emb.keras", d / "emb_x.npy", ["-t", d / "emb_y.npy"])
 
+    # LayerNormalization takes the general path; --training makes it the Jacobian's
+    inp = keras.Input((5,), name="x")
+    h = keras.layers.Dense(6, activation="tanh", name="pre")(inp)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    ln = keras.Model(inp, keras.layers.Dense(2, name="out")(h), name="ln_model")
+    ln.compile(loss="mse")
+    ln.save(d / "ln.keras")
+    m["ln"] = (d / "ln.keras", d / "bn_x.npy", ["-t", d / "bn_y.npy"])
+
     a = keras.Input((4,), name="a")
     b = keras.Input((3,), name="b")
     t = keras.layers.Dense(8, activation="tanh", name="trunk")(
@@ -113,8 +122,9 @@ def _objective(tf, name, model, d, i):
         return -tf.nn.log_softmax(model(x, training=False))[0, y]
     if name == "cnn":
         return model(np.load(d / "cnn_x.npy")[i : i + 1], training=False)[0, 1]
-    if name in ("bn", "emb"):
-        x, y = np.load(d / f"{name}_x.npy")[i : i + 1], np.load(d / f"{name}_y.npy")[i]
+    if name in ("bn", "emb", "ln"):
+        stem = "bn" if name == "ln" else name
+        x, y = np.load(d / f"{stem}_x.npy")[i : i + 1], np.load(d / f"{stem}_y.npy")[i]
         return tf.reduce_mean(tf.square(y - model(x, training=False)[0]))
     xs, ys = npz(d / "two_x.npz"), npz(d / "two_y.npz")
     out = model([xs["a"][i : i + 1], xs["b"][i : i + 1]], training=False)
@@ -223,6 +233,19 @@ def test_per_sample_norms_arrays_and_spread_match_single_sample_tapes(
         assert ps["general_path"] == ["bn"]
     else:
         assert ps["general_path"] == []
+
+
+def test_training_mode_general_path_uses_the_same_forward_pass(cli, ps_models, tmp_path, tf):
+    model, x, objective = ps_models["ln"]
+    ref = references(tf, ps_models, "ln")  # LayerNormalization: training = inference
+    got, rec = run_json(
+        cli, tmp_path, "wrt-weights", model, x, *objective, "--per-sample-arrays", "--training"
+    )
+    ps = rec["per_sample"]
+    assert ps["general_path"] == ["ln"] and ps["mode"] == "training"
+    for n in ps["variables"]:
+        np.testing.assert_allclose(got["per_sample/" + n], ref[n], rtol=1e-4, atol=1e-7)
+    check_spread(ps["model"], _flat(ref, ps["variables"]))
 
 
 def test_mean_gradient_and_rows_are_unchanged_by_per_sample(cli, ps_models, tmp_path):
