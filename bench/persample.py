@@ -178,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         x = rng.random((n, *shape), dtype=np.float32)
         x_path = work / f"{model.stem}_x.npy"
         np.save(x_path, x)
-        report += bench_compute(name, model, x, repeats)
+        lines = bench_compute(name, model, x, repeats)
+        print("\n".join(lines), flush=True)
+        report += lines
         if not args.no_process:
-            report += bench_process(name, model, x_path, max(1, min(repeats, 3)))
-        print("\n".join(report[-6:]), flush=True)
+            lines = bench_process(name, model, x_path, max(1, min(repeats, 3)))
+            print("\n".join(lines), flush=True)
+            report += lines
     report.append(f"load average at the end {loadavg()}")
     print("\n==== summary\n" + "\n".join(report))
     return 0

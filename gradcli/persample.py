@@ -311,10 +311,12 @@ class PerSampleEngine:
             return []
         index = {id(v): k for k, v in enumerate(self.variables)}
         slots = []
+        seen: set[int] = set()
         for row in self.handle.layers:
             kind = _kind(row.layer)
-            if kind is None:
+            if kind is None or id(row.layer) in seen:  # listed twice: wrapped once
                 continue
+            seen.add(id(row.layer))
             positions = {}
             for role, var in _weights(row.layer, kind):
                 k = index.get(id(_tf_variable(var)))

@@ -88,6 +88,14 @@ def ps_models(tmp_path_factory, keras):
     ln.save(d / "ln.keras")
     m["ln"] = (d / "ln.keras", d / "bn_x.npy", ["-t", d / "bn_y.npy"])
 
+    # one Dense layer called twice: its g_i is the sum over both calls (general path)
+    inp = keras.Input((5,), name="x")
+    tied = keras.layers.Dense(5, activation="tanh", name="tied")
+    shared = keras.Model(inp, keras.layers.Dense(2, name="out")(tied(tied(inp))), name="shared")
+    shared.compile(loss="mse")
+    shared.save(d / "shared.keras")
+    m["shared"] = (d / "shared.keras", d / "bn_x.npy", ["-t", d / "bn_y.npy"])
+
     a = keras.Input((4,), name="a")
     b = keras.Input((3,), name="b")
     t = keras.layers.Dense(8, activation="tanh", name="trunk")(
@@ -122,8 +130,8 @@ def _objective(tf, name, model, d, i):
         return -tf.nn.log_softmax(model(x, training=False))[0, y]
     if name == "cnn":
         return model(np.load(d / "cnn_x.npy")[i : i + 1], training=False)[0, 1]
-    if name in ("bn", "emb", "ln"):
-        stem = "bn" if name == "ln" else name
+    if name in ("bn", "emb", "ln", "shared"):
+        stem = "bn" if name in ("ln", "shared") else name
         x, y = np.load(d / f"{stem}_x.npy")[i : i + 1], np.load(d / f"{stem}_y.npy")[i]
         return tf.reduce_mean(tf.square(y - model(x, training=False)[0]))
     xs, ys = npz(d / "two_x.npz"), npz(d / "two_y.npz")
@@ -156,12 +164,13 @@ def spread_reference(g: np.ndarray) -> dict:
     mean = g.mean(axis=0)
     trace = np.square(g - mean).sum() / (len(g) - 1)
     g_sq = np.square(mean).sum()
-    return {
-        "g_norm": np.sqrt(g_sq),
-        "trace_cov": trace,
-        "snr": g_sq / (trace / len(g)),
-        "b_simple": trace / g_sq,
-    }
+    with np.errstate(divide="ignore"):  # no noise at all: SNR is infinite
+        return {
+            "g_norm": np.sqrt(g_sq),
+            "trace_cov": trace,
+            "snr": g_sq / (trace / len(g)),
+            "b_simple": trace / g_sq,
+        }
 
 
 def _flat(ref: dict, names: list[str]) -> np.ndarray:
@@ -245,6 +254,17 @@ def test_training_mode_general_path_uses_the_same_forward_pass(cli, ps_models, t
     assert ps["general_path"] == ["ln"] and ps["mode"] == "training"
     for n in ps["variables"]:
         np.testing.assert_allclose(got["per_sample/" + n], ref[n], rtol=1e-4, atol=1e-7)
+    check_spread(ps["model"], _flat(ref, ps["variables"]))
+
+
+def test_a_layer_called_twice_takes_the_general_path(cli, ps_models, tmp_path, tf):
+    model, x, objective = ps_models["shared"]
+    ref = references(tf, ps_models, "shared")
+    got, rec = run_json(cli, tmp_path, "wrt-weights", model, x, *objective, "--per-sample")
+    ps = rec["per_sample"]
+    assert ps["general_path"] == ["tied"]
+    want = np.stack([np.sqrt(np.square(ref[n].reshape(N, -1)).sum(1)) for n in ps["variables"]], 1)
+    np.testing.assert_allclose(got["per_sample/norms"], want, rtol=1e-4, atol=1e-7)
     check_spread(ps["model"], _flat(ref, ps["variables"]))
 
 
