@@ -234,7 +234,7 @@ def wrt_weights(
         bool,
         typer.Option(
             "--per-sample-arrays",
-            help="With --per-sample: stream every g_i to the .npz (N x the model's size).",
+            help="Also stream every g_i to the .npz (implies --per-sample; N x the model's size).",
         ),
     ] = False,
     top: Annotated[
