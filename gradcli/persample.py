@@ -310,6 +310,14 @@ class PerSampleEngine:
         if not self.handle.has_layers:
             return []
         index = {id(v): k for k, v in enumerate(self.variables)}
+        # a variable that another (non-model) layer also holds, e.g. an embedding table tied
+        # to an output projection, gets gradient from outside its layer: general path
+        holders: dict[int, set[int]] = {}
+        for row in self.handle.layers:
+            if isinstance(row.layer, keras.Model):
+                continue
+            for w in getattr(row.layer, "trainable_weights", []):
+                holders.setdefault(id(_tf_variable(w)), set()).add(id(row.layer))
         slots = []
         seen: set[int] = set()
         for row in self.handle.layers:
@@ -318,8 +326,11 @@ class PerSampleEngine:
                 continue
             seen.add(id(row.layer))
             positions = {}
-            for role, var in _weights(row.layer, kind):
-                k = index.get(id(_tf_variable(var)))
+            weights = [(role, _tf_variable(var)) for role, var in _weights(row.layer, kind)]
+            if any(len(holders.get(id(var), ())) > 1 for _, var in weights):
+                continue
+            for role, var in weights:
+                k = index.get(id(var))
                 if k is not None:
                     positions[role] = k
             if positions:

@@ -382,3 +382,38 @@ def test_flipped_label_ranks_first_in_top(outlier):
     # and by a margin: the clean samples were fitted
     assert top[0]["norm"] > 3 * top[1]["norm"]
     assert top[0]["norm"] == pytest.approx(ps["sample_norm"]["max"])
+
+
+def test_a_tied_embedding_table_takes_the_general_path(keras, tf):
+    """An output projection that reuses the embedding table (weight tying): the table's
+    gradient comes from two layers, so the Embedding's own fast path would miss half."""
+    from gradcli.api import run
+
+    class TiedLogits(keras.layers.Layer):
+        def __init__(self, embedding, **kwargs):
+            super().__init__(**kwargs)
+            self.embedding = embedding
+
+        def call(self, h):
+            return tf.matmul(h, self.embedding.embeddings, transpose_b=True)
+
+    keras.utils.set_random_seed(3)
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    emb = keras.layers.Embedding(9, 4, name="emb")
+    h = keras.layers.GlobalAveragePooling1D(name="pool")(emb(ids))
+    h = keras.layers.Dense(4, activation="tanh", name="mix")(h)
+    model = keras.Model(ids, TiedLogits(emb, name="tied")(h))
+    x = np.random.default_rng(3).integers(0, 9, size=(N, 5)).astype(np.int32)
+    got, rec = run("wrt-weights", model, x, per_sample_arrays=True, class_index=2)
+    ps = rec["per_sample"]
+    owner = next(v["layer"] for v in ps["per_variable"] if v["name"] == "emb/embeddings")
+    assert ps["general_path"] == [owner]  # the layer wrt-weights files the table under
+    for v in model.trainable_variables:
+        want = []
+        for i in range(N):
+            with tf.GradientTape() as tape:
+                o = model(x[i : i + 1])[0, 2]
+            want.append(tf.convert_to_tensor(tape.gradient(o, v)).numpy())
+        np.testing.assert_allclose(
+            got["per_sample/" + v.path], np.stack(want), rtol=1e-4, atol=1e-7
+        )
