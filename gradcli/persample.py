@@ -12,9 +12,14 @@ This is exact because d(sum_j o_j)/dz_i = d o_i/dz_i when samples do not interac
 holds in inference mode (BatchNormalization uses its moving statistics).
 
 General path: every other variable (normalization scales, recurrent cells, custom layers,
-shared layers, SavedModel exports) gets the Jacobian of the per-sample objective vector,
-vectorized with pfor: (B, *shape) per variable. Callers bound B so that B x (size of those
+shared layers, tied weights, SavedModel exports) gets single-sample tapes vectorized over
+the batch with pfor (`tf.vectorized_map`); with --training, where a second forward pass
+would draw other dropout masks, the Jacobian of the per-sample objective vector of the same
+pass. Either gives (B, *shape) per variable: callers bound B so that B x (size of those
 variables) stays small.
+
+Not detected: a variable read outside its layer without Keras tracking it (a closure over
+another layer's weights, which only `--unsafe` Lambda layers can do).
 
 The mean-gradient sum G over the batch comes from the same tape, exactly as `GradientEngine`
 computes it, so `wrt-weights --per-sample` reports the same G as plain `wrt-weights`.
