@@ -35,6 +35,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/gradcam.py
+	$(BIN)/python bench/persample.py
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py

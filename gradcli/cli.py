@@ -260,9 +260,39 @@ def wrt_weights(
             "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG."
         ),
     ] = None,
+    per_sample: Annotated[
+        bool,
+        typer.Option(
+            "--per-sample",
+            help="Also each sample's gradient g_i: norm distribution, tr Σ, SNR, noise scale "
+            "B_simple per variable, layer and model; norms to the .npz.",
+        ),
+    ] = False,
+    per_sample_arrays: Annotated[
+        bool,
+        typer.Option(
+            "--per-sample-arrays",
+            help="Also stream every g_i to the .npz (implies --per-sample; N x the model's size).",
+        ),
+    ] = False,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top",
+            min=1,
+            metavar="K",
+            help="List the K samples with the largest gradient norm (implies --per-sample; "
+            "default 5).",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Gradient of the mean objective over all samples w.r.t. each trainable variable."""
-    return {"png": png}
+    return {
+        "png": png,
+        "per_sample": per_sample or per_sample_arrays or top is not None,
+        "per_sample_arrays": per_sample_arrays,
+        "top": top,
+    }
 
 
 @command("jacobian", "model", "input", "output", OWN, *RUN)

@@ -35,6 +35,8 @@ class Job:
     png_limit: int = 16
     activations: bool = False  # wrt-layer: also write the layers' activations
     top: int | None = None
+    per_sample: bool = False
+    per_sample_arrays: bool = False
     fail_on: list[str] = field(default_factory=list)
     max_norm: float | None = None
     min_norm: float | None = None

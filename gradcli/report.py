@@ -174,9 +174,60 @@ def _render_gradients(rec: Record, console: Console) -> None:
                 where = str(f["feature"]) if "index" not in f else str(tuple(f["index"]))
                 top.add_row(str(rank), where, fmt(f["mean_abs"]))
             console.print(top)
+    if rec.extra.get("per_sample"):
+        _render_per_sample(rec.extra["per_sample"], console)
     if rec.extra.get("layer_summary"):
         _render_flow(rec.extra["layer_summary"], console)
     _render_footer(rec, console)
+
+
+def _render_per_sample(ps: dict, console: Console) -> None:
+    """wrt-weights --per-sample: the spread of the g_i, per layer and model, and the top
+    samples."""
+    dist = ps["sample_norm"]
+    bad = f" · {dist['nonfinite']} non-finite" if dist.get("nonfinite") else ""
+    console.print(
+        f"per-sample gradients g_i (N={ps['n']}, {ps.get('mode', 'inference')} mode): "
+        f"‖g_i‖ median {fmt(dist['median'])} · p90 {fmt(dist['p90'])} · "
+        f"p99 {fmt(dist['p99'])} · max {fmt(dist['max'])}{bad}"
+    )
+    table = Table(show_edge=False)
+    for col, justify in (
+        ("layer", "left"),
+        ("‖G‖", "right"),
+        ("tr Σ", "right"),
+        ("SNR", "right"),
+        ("B_simple", "right"),
+        ("median ‖g_i‖", "right"),
+        ("max ‖g_i‖", "right"),
+    ):
+        table.add_column(col, justify=justify)
+    for name, row in [*((r["layer"], r) for r in ps["layers"]), ("model", ps["model"])]:
+        norms = row.get("sample_norm") or {}
+        table.add_row(
+            Text(name, style="bold") if row is ps["model"] else name,
+            fmt(row["g_norm"]),
+            fmt(row["trace_cov"]),
+            fmt(row["snr"]),
+            fmt(row["b_simple"]),
+            fmt(norms.get("median")),
+            fmt(norms.get("max")),
+        )
+    console.print(table)
+    console.print(
+        "  tr Σ: trace of the g_i's covariance · SNR = ‖G‖² / (tr Σ / N) · "
+        "B_simple = tr Σ / ‖G‖² (critical batch size estimate)"
+    )
+    if ps.get("note"):
+        console.print(f"  {ps['note']}")
+    if ps.get("top"):
+        console.print(f"top {len(ps['top'])} samples by gradient norm ‖g_i‖:")
+        top = Table(show_edge=False)
+        for col in ("rank", "sample", "‖g_i‖", "objective"):
+            top.add_column(col, justify="right")
+        for rank, item in enumerate(ps["top"], 1):
+            top.add_row(str(rank), str(item["index"]), fmt(item["norm"]), fmt(item["objective"]))
+        console.print(top)
 
 
 def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None:

@@ -124,6 +124,8 @@ def _main() -> int:
         line += chunk
     job_data = json.loads(line)
     debug = bool(job_data.pop("debug", False))
+    if debug:  # commands add their own `debug:` lines on stderr (shown only with --debug)
+        os.environ["GRADCLI_DEBUG"] = "1"
     lifeline = None
     if job_fd != 0:
         lifeline = _Lifeline(job_fd, parent)
