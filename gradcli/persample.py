@@ -362,7 +362,7 @@ class PerSampleEngine:
                 tape.watch(variables)
                 capture.install(tape)
                 try:
-                    outputs = self.handle.call(xs, training=self.training)
+                    outputs = self.objective.model_outputs(self.handle, xs, self.training)
                 finally:
                     capture.remove()
                 o = self.objective.per_sample(outputs, ys)
@@ -421,7 +421,8 @@ class PerSampleEngine:
             y1 = [y[None] for y in sample[1]]
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(variables)
-                o = self.objective.per_sample(self.handle.call(x1, training=False), y1)
+                outputs = self.objective.model_outputs(self.handle, x1, False)
+                o = self.objective.per_sample(outputs, y1)
                 total = tf.reduce_sum(o)
             grads = tape.gradient(
                 total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO

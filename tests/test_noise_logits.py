@@ -157,6 +157,40 @@ def test_logits_sum_objective_and_wrt_layer(cli, heads, tmp_path, tf, keras):
     np.testing.assert_allclose(layer["h"], np.tile(kernel[:, 1], (N, 1)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["softmax", "nested"])
+def test_logits_weight_gradients_mean_and_per_sample(cli, heads, tmp_path, tf, keras, name):
+    """wrt-weights --logits, plain and --per-sample (a Dense head: the ghost-norm path, whose
+    capture of the pre-activation must agree with --logits' own), against the twin model."""
+    path = heads["dir"] / "x.npy"
+    x = np.load(path)
+    twin = twin_logits(keras, heads[name])
+    per_sample = []
+    for i in range(N):
+        with tf.GradientTape() as tape:
+            o = tf.reduce_sum(twin(x[i : i + 1])[:, 2])
+        per_sample.append([g.numpy() for g in tape.gradient(o, twin.trainable_variables)])
+    mean = [np.mean([p[k] for p in per_sample], axis=0) for k in range(4)]
+    norms = np.sqrt([sum(float(np.sum(g**2)) for g in p) for p in per_sample])
+    got, _ = run(cli, tmp_path, "wrt-weights", heads[name], path, "--class", "2", "--logits")
+    weights = [got[k] for k in got if not k.startswith("__")]
+    for g, want in zip(weights, mean, strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+    got, _ = run(
+        cli,
+        tmp_path,
+        "wrt-weights",
+        heads[name],
+        path,
+        "--class",
+        "2",
+        "--logits",
+        "--per-sample",
+        "-b",
+        "3",
+    )
+    np.testing.assert_allclose(got["per_sample/norm"], norms, rtol=1e-4)
+
+
 def test_logits_refused_clearly(cli, heads):
     x = heads["dir"] / "x.npy"
     r = cli("wrt-input", heads["linear"], x, "--class", "0", "--logits")
