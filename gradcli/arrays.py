@@ -323,7 +323,8 @@ def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, 
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"{label}: not a readable .npz file ({_describe(exc)})") from None
     with zf:
-        keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        # a result gradcli wrote carries its provenance entry: not an array to read
+        keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy") and n != "__gradcli__.npy"]
         if not keys:
             raise InputError(f"{label}: holds no arrays")
         chosen: dict[str, str] = {}
