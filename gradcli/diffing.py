@@ -121,9 +121,9 @@ class Figures:
             "nonfinite": self.nonfinite,
         }
         if self.ranks:
-            ranks = [r for r in self.ranks if math.isfinite(r)]
-            out["rank_corr"] = float(np.mean(ranks)) if ranks else None
-            out["rank_corr_min"] = float(np.min(ranks)) if ranks else None
+            finite = all(math.isfinite(r) for r in self.ranks)  # NaN in a sample: undefined
+            out["rank_corr"] = float(np.mean(self.ranks)) if finite else None
+            out["rank_corr_min"] = float(np.min(self.ranks)) if finite else None
             out["top_overlap"] = float(np.mean(self.overlaps))
             out["top_overlap_min"] = float(np.min(self.overlaps))
         return out

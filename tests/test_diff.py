@@ -139,9 +139,9 @@ def test_attribution_maps_rank_correlation_and_top_overlap(cli, pair):
     assert row["top_overlap"] == pytest.approx(np.mean(overlaps), abs=1e-12)
     assert row["top_overlap_min"] == pytest.approx(np.min(overlaps), abs=1e-12)
     # the gate is on the lowest sample's correlation: just above it trips, at it passes
-    r, rec = _diff(cli, b, a, "--min-rank-corr", repr(np.min(rhos) + 1e-6))
+    r, rec = _diff(cli, b, a, "--min-rank-corr", repr(float(np.min(rhos)) + 1e-6))
     assert r.code == 1 and rec["tensors"][0]["status"] == "low-rank-corr"
-    r, rec = _diff(cli, b, a, "--min-rank-corr", repr(np.min(rhos) - 1e-6))
+    r, rec = _diff(cli, b, a, "--min-rank-corr", repr(float(np.min(rhos)) - 1e-6))
     assert r.code == 0 and rec["tensors"][0]["status"] == "ok"
 
 
@@ -295,3 +295,22 @@ def test_against_through_the_worker_leaves_only_the_outputs(pair, tmp_path):
     assert r.code == 1, r.err
     assert "✗ high-rel-diff" in r.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.against.npz", "o.npz"]
+
+
+def test_nonfinite_values_give_no_figure_and_trip_the_gates(cli, tmp_path):
+    a = np.ones((3, 4))
+    a[1, 2] = np.nan
+    np.savez(tmp_path / "a.npz", g=a)
+    np.savez(tmp_path / "b.npz", g=np.ones((3, 4)))
+    r, rec = _diff(cli, tmp_path / "a.npz", tmp_path / "b.npz")
+    (row,) = rec["tensors"]
+    assert r.code == 0 and row["status"] == "ok"  # no gate given: reported, not tripped
+    assert (row["cosine"], row["rel_diff"], row["rank_corr"], row["nonfinite"]) == (
+        None,
+        None,
+        None,
+        1,
+    )
+    assert row["sign_agreement"] == 11 / 12
+    r, rec = _diff(cli, tmp_path / "a.npz", tmp_path / "b.npz", "--min-rank-corr", "0")
+    assert r.code == 1 and rec["tensors"][0]["status"] == "low-rank-corr"

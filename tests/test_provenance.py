@@ -266,3 +266,17 @@ def test_hashing_speed_is_reported(tmp_path):
     rate = 64 / (time.perf_counter() - start)
     assert digest == sha(f)
     print(f"sha256: {rate:.0f} MB/s")
+
+
+def test_a_tensor_named_like_the_provenance_entry_is_refused(cli, keras, tmp_path):
+    inp = keras.Input((3,), name="__gradcli__")
+    model = keras.Model(inp, keras.layers.Dense(1, name="d")(inp))
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))
+    out = tmp_path / "g.npz"
+    r = cli("wrt-input", tmp_path / "m.keras", tmp_path / "x.npy", "-o", out)
+    assert r.code == 3
+    assert r.err == (
+        f"error: {out}: a tensor is named '__gradcli__', the key gradcli keeps for provenance\n"
+    )
+    assert not out.exists()
