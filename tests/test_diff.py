@@ -314,3 +314,21 @@ def test_nonfinite_values_give_no_figure_and_trip_the_gates(cli, tmp_path):
     assert row["sign_agreement"] == 11 / 12
     r, rec = _diff(cli, tmp_path / "a.npz", tmp_path / "b.npz", "--min-rank-corr", "0")
     assert r.code == 1 and rec["tensors"][0]["status"] == "low-rank-corr"
+
+
+def test_keys_named_differently_pair_by_position_when_shapes_agree(cli, tmp_path):
+    """A model's variables and its renamed export's: same shapes in the same order."""
+    rng = np.random.default_rng(3)
+    k, b = rng.normal(size=(4, 2)), rng.normal(size=2)
+    np.savez(tmp_path / "a.npz", **{"d/kernel": k, "d/bias": b})
+    np.savez(tmp_path / "b.npz", **{"m/d/kernel:0": k, "m/d/bias:0": -b})
+    r, rec = _diff(cli, tmp_path / "a.npz", tmp_path / "b.npz")
+    assert r.code == 0, r.err
+    rows = {t["name"]: t for t in rec["tensors"]}
+    assert set(rows) == {"d/kernel ~ m/d/kernel:0", "d/bias ~ m/d/bias:0"}
+    assert rows["d/kernel ~ m/d/kernel:0"]["cosine"] == pytest.approx(1.0)
+    assert rows["d/bias ~ m/d/bias:0"]["cosine"] == pytest.approx(-1.0)
+    assert "keys paired by position" in r.err
+    np.savez(tmp_path / "c.npz", **{"m/d/kernel:0": k, "m/d/bias:0": np.ones(3)})
+    r, rec = _diff(cli, tmp_path / "a.npz", tmp_path / "c.npz")
+    assert sorted(t["status"] for t in rec["tensors"]) == ["only-in-a"] * 2 + ["only-in-b"] * 2
