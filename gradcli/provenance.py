@@ -216,6 +216,8 @@ def build(
         if "baseline" in _method_options(job.method):
             method["baseline"] = _file(job.baseline, hashes.get("baseline")) or "zeros"
     params = {name: getattr(job, name) for name in _COMMAND_PARAMS.get(job.command, ())}
+    if job.command == "check" and params["seed"] is None:
+        params["seed"] = 0  # the seed check's directions use when none is given
     prov.update(
         method=method,
         parameters=params,
