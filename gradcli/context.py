@@ -108,14 +108,13 @@ class Context:
             self.targets = [sources[t] for t in tnames]
             self.objective.check_targets(handle, self.targets)
         # the files' sha256, read in a thread while the gradients are computed
-        self.hashes = Hashes.start(
-            {
-                "model": str(handle.path),
-                "input": None if arrays is not None else job.input,
-                "target": None if not self.targets else job.target,
-                "baseline": job.baseline if job.command == "wrt-input" else None,
-            }
-        )
+        files = {
+            "model": str(handle.path),
+            "input": None if arrays is not None else job.input,
+            "target": None if not self.targets else job.target,
+            "baseline": job.baseline if job.command == "wrt-input" else None,
+        }
+        self.hashes = Hashes.start(files)
 
     @property
     def input_sources(self) -> list[ArraySource]:
