@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .provenance import NPZ_KEY
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -323,7 +324,8 @@ def read_arrays(path: str | Path, names: Sequence[str], what: str) -> dict[str, 
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"{label}: not a readable .npz file ({_describe(exc)})") from None
     with zf:
-        keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        # a result gradcli wrote carries its provenance entry: not an array to read
+        keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy") and n[:-4] != NPZ_KEY]
         if not keys:
             raise InputError(f"{label}: holds no arrays")
         chosen: dict[str, str] = {}

@@ -20,7 +20,7 @@ from . import __version__
 from .errors import ExitCode, GradcliError, UsageError
 from .job import Job
 from .methods import METHODS, method_help
-from .options import OBJECTIVE, OWN, RUN, SHARED, Method, OneDNN, Wrt
+from .options import AGAINST, DIFF_GATES, OBJECTIVE, OWN, REPORTS, RUN, SHARED, Method, OneDNN, Wrt
 from .session import execute, fail, interrupted, stderr_line
 
 HELP = """Gradients of saved Keras models, from the shell.
@@ -76,6 +76,47 @@ def _guard(fn):
     return wrapper
 
 
+def _parameters(own: Any, layout: tuple[str, ...]) -> list[inspect.Parameter]:
+    """A command's parameters: its own ones and the shared ones `layout` names, in order."""
+    params: list[inspect.Parameter] = []
+    for item in layout:
+        if item == OWN:
+            params += [p for p in own.values() if p.name not in layout]
+        elif item in own:
+            params.append(own[item])
+        else:
+            shared = SHARED[item]
+            params.append(
+                inspect.Parameter(
+                    item,
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    default=shared.default,
+                    annotation=shared.annotation,
+                )
+            )
+    return params
+
+
+def local_command(name: str, *layout: str):
+    """Register a command that runs in this process without TensorFlow (`diff`): `fn` takes
+    its own options and the shared ones named in `layout`, and is called with all of them."""
+
+    def decorate(fn: Callable[..., None]):
+        own = inspect.signature(fn, eval_str=True).parameters
+        params = _parameters(own, layout)
+
+        def run(**kwargs: Any) -> None:
+            fn(**kwargs)
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return app.command(name)(_guard(run))
+
+    return decorate
+
+
 def command(name: str, *layout: str):
     """Register a command whose function takes only its own options and returns the Job
     fields they set; the shared options named in `layout` (in help order, OWN marking where
@@ -83,22 +124,7 @@ def command(name: str, *layout: str):
 
     def decorate(fn: Callable[..., dict[str, Any]]):
         own = inspect.signature(fn, eval_str=True).parameters
-        params: list[inspect.Parameter] = []
-        for item in layout:
-            if item == OWN:
-                params += [p for p in own.values() if p.name not in layout]
-            elif item in own:
-                params.append(own[item])
-            else:
-                shared = SHARED[item]
-                params.append(
-                    inspect.Parameter(
-                        item,
-                        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                        default=shared.default,
-                        annotation=shared.annotation,
-                    )
-                )
+        params = _parameters(own, layout)
         job_fields = {f.name for f in fields(Job)}
 
         def run(**kwargs: Any) -> None:
@@ -115,6 +141,7 @@ def command(name: str, *layout: str):
                 quiet=kwargs.get("quiet", True),
                 onednn=kwargs.get("onednn", OneDNN.auto),
                 debug=kwargs.get("debug", False),
+                junit=kwargs.get("junit"),
             )
 
         run.__name__ = fn.__name__
@@ -135,7 +162,9 @@ def info() -> dict[str, Any]:
     return {}
 
 
-@command("wrt-input", "model", "input", "method", "layer", *OBJECTIVE, "logits", OWN, *RUN)
+@command(
+    "wrt-input", "model", "input", "method", "layer", *OBJECTIVE, "logits", OWN, *RUN, *AGAINST
+)
 def wrt_input(
     method: Annotated[
         Method,
@@ -217,7 +246,7 @@ def wrt_input(
     }
 
 
-@command("wrt-layer", "model", "input", "layer", OWN, *OBJECTIVE, "logits", *RUN)
+@command("wrt-layer", "model", "input", "layer", OWN, *OBJECTIVE, "logits", *RUN, *AGAINST)
 def wrt_layer(
     layer: Annotated[
         list[str],
@@ -252,7 +281,7 @@ def wrt_layer(
     return {"layers": list(layer), "activations": activations}
 
 
-@command("wrt-weights", "model", "input", *OBJECTIVE, "logits", OWN, *RUN)
+@command("wrt-weights", "model", "input", *OBJECTIVE, "logits", OWN, *RUN, *AGAINST)
 def wrt_weights(
     png: Annotated[
         str | None,
@@ -343,6 +372,40 @@ def check(
     if eps is not None and eps <= 0:
         raise UsageError("--eps must be positive")
     return {"wrt": wrt.value, "directions": directions, "eps": eps, "rtol": rtol, "seed": seed}
+
+
+@local_command("diff", "a", "b", *DIFF_GATES, *REPORTS)
+def diff(
+    a: Annotated[
+        str, typer.Argument(metavar="A", help="A result .npz (the new one).", show_default=False)
+    ],
+    b: Annotated[
+        str,
+        typer.Argument(
+            metavar="B", help="The result .npz to compare with (the reference).", show_default=False
+        ),
+    ],
+    **options: Any,
+) -> None:
+    """Compare two result .npz files key by key: cosine, relative L2 difference (B the
+    reference), max abs difference, sign agreement; for attribution maps, per-sample Spearman
+    rank correlation and top-P% overlap. NumPy only (no TensorFlow)."""
+    from .session import present
+
+    def produce(on_record, on_progress) -> int:
+        from .diffing import DiffGates, diff_files
+
+        gates = DiffGates(options["min_cosine"], options["max_rel_diff"], options["min_rank_corr"])
+        on_record(diff_files(a, b, gates, options["top_percent"]))
+        return 0
+
+    present(
+        produce,
+        output_format="json" if options["as_json"] else options["output_format"].value,
+        quiet=options["quiet"],
+        debug=options["debug"],
+        junit=options["junit"],
+    )
 
 
 # ------------------------------------------------------------------ entry point

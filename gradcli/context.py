@@ -17,6 +17,7 @@ from .errors import ExitCode, InputError, UsageError
 from .job import Job
 from .loading import ModelHandle
 from .objective import Objective, build_objective
+from .provenance import NPZ_KEY, Hashes
 from .stats import TensorStats
 from .writers import MemorySink, NpzStreamWriter, Outputs
 
@@ -25,7 +26,8 @@ Sink = MemorySink | NpzStreamWriter
 
 
 def base_record(job: Job, handle: ModelHandle) -> dict:
-    """The keys every record of a loaded model starts with."""
+    """The keys every record of a loaded model starts with (`provenance` comes last, from
+    `provenance_of` or `Context.provenance`)."""
     return {
         "version": __version__,
         "command": job.command,
@@ -33,6 +35,25 @@ def base_record(job: Job, handle: ModelHandle) -> dict:
         "format": handle.format,
         "loader": handle.loader,
     }
+
+
+def provenance_of(job: Job, handle: ModelHandle) -> dict:
+    """The provenance of a record that only describes the model (`info`)."""
+    from .provenance import build
+
+    hashes = Hashes({"model": str(handle.path)}).result()
+    return build(job, model=str(handle.path), model_format=handle.format, hashes=hashes)
+
+
+def _draw_seed(job: Job) -> None:
+    """A method that reads --seed gets one drawn now when none was given: the provenance
+    records the seed used, and every model of the run (and --against) gets the same noise."""
+    from .methods import METHODS
+
+    method = METHODS.get(job.method)
+    if job.command == "wrt-input" and method is not None and "seed" in method.options:
+        if job.seed is None:
+            job.seed = int(np.random.SeedSequence().entropy % (2**31))
 
 
 class Context:
@@ -54,6 +75,8 @@ class Context:
         self.handle = handle
         self.emit = emit
         self.index = index
+        self._provenance: dict | None = None
+        _draw_seed(job)
         names = [i.name for i in handle.inputs]
         if arrays is not None:
             self.inputs = arrays
@@ -85,6 +108,14 @@ class Context:
             check_samples(sources, {}, "target", n=self.n)
             self.targets = [sources[t] for t in tnames]
             self.objective.check_targets(handle, self.targets)
+        # the files' sha256, read in a thread while the gradients are computed
+        files = {
+            "model": str(handle.path),
+            "input": None if arrays is not None else job.input,
+            "target": None if not self.targets else job.target,
+            "baseline": job.baseline if job.command == "wrt-input" else None,
+        }
+        self.hashes = Hashes.start(files)
 
     @property
     def input_sources(self) -> list[ArraySource]:
@@ -115,7 +146,36 @@ class Context:
             exit_code=int(ExitCode.GATE) if tripped else 0,
         )
         rec.update(extra)
+        bounds = {"too-large": self.job.max_norm, "too-small": self.job.min_norm}
+        if any(v is not None for v in bounds.values()):
+            rec["limits"] = {k: v for k, v in bounds.items() if v is not None}
+        rec["provenance"] = self.provenance()
         return rec
+
+    def provenance(self) -> dict:
+        """This run's provenance (waits for the file hashes); the .npz and the record get
+        the same one."""
+        from .provenance import build
+
+        if self._provenance is not None:
+            return self._provenance
+        job = self.job
+        objective = {
+            "described": self.objective.describe(),
+            "output": job.output,
+            "class": job.class_index,
+            "loss": job.loss,
+            "from_logits": bool(job.from_logits),
+        }
+        self._provenance = build(
+            job,
+            model=str(self.handle.path),
+            model_format=self.handle.format,
+            hashes=self.hashes.result(),
+            objective=objective,
+            batch_size=self.batch_size(),
+        )
+        return self._provenance
 
     def temp(self, path: str) -> None:
         self.emit("temp", path=path)
@@ -125,7 +185,11 @@ class Context:
         if self.collect is not None:
             return MemorySink(self.collect, specs)
         if out is not None:
-            return NpzStreamWriter(out, specs, self.temp, self.outputs)
+            if NPZ_KEY in specs:
+                raise InputError(
+                    f"{out}: a tensor is named {NPZ_KEY!r}, the key gradcli keeps for provenance"
+                )
+            return NpzStreamWriter(out, specs, self.temp, self.outputs, provenance=self.provenance)
         return None
 
     @contextlib.contextmanager

@@ -49,6 +49,11 @@ class Job:
     rtol: float | None = None
     shard: tuple[int, int] | None = None
     skip: list[int] = field(default_factory=list)
+    against: str | None = None  # --against MODEL_B: the same job on B, then the diff
+    min_cosine: float | None = None
+    max_rel_diff: float | None = None
+    min_rank_corr: float | None = None
+    top_percent: float = 10.0
 
     @property
     def gates(self) -> Gates:

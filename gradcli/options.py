@@ -339,7 +339,87 @@ SHARED: dict[str, Shared] = {
         False,
         None,
     ),
+    "junit": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--junit",
+                metavar="FILE",
+                help="Also write a JUnit XML report: a testcase per model x tensor, failures "
+                "for tripped gates.",
+            ),
+        ],
+        None,
+        None,
+    ),
+    "against": Shared(
+        Annotated[
+            str | None,
+            typer.Option(
+                "--against",
+                metavar="MODEL_B",
+                help="Run the same job on MODEL_B too and diff the two results (B the "
+                "reference); the diff gates apply.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "min_cosine": Shared(
+        Annotated[
+            float | None,
+            typer.Option(
+                "--min-cosine", metavar="X", help="Diff gate: exit 1 when a tensor's cosine < X."
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "max_rel_diff": Shared(
+        Annotated[
+            float | None,
+            typer.Option(
+                "--max-rel-diff",
+                metavar="X",
+                min=0.0,
+                help="Diff gate: exit 1 when a tensor's |A - B| / |B| > X.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "min_rank_corr": Shared(
+        Annotated[
+            float | None,
+            typer.Option(
+                "--min-rank-corr",
+                metavar="X",
+                help="Diff gate (attribution maps): exit 1 when a sample's Spearman rank "
+                "correlation < X.",
+            ),
+        ],
+        None,
+        _same,
+    ),
+    "top_percent": Shared(
+        Annotated[
+            float,
+            typer.Option(
+                "--top-percent",
+                metavar="P",
+                min=0.001,
+                max=100.0,
+                help="Diff of attribution maps: overlap of each sample's top P% features.",
+            ),
+        ],
+        10.0,
+        _same,
+    ),
 }
+
+DIFF_GATES = ("min_cosine", "max_rel_diff", "min_rank_corr", "top_percent")
+AGAINST = ("against", *DIFF_GATES)
+REPORTS = ("output_format", "as_json", "junit", "quiet", "debug")
 
 
 OBJECTIVE = ("target", "loss", "from_logits", "class_index", "output")
@@ -357,6 +437,7 @@ RUN = (
     "unsafe",
     "imports",
     "shard",
+    "junit",
     "onednn",
     "debug",
 )

@@ -35,9 +35,17 @@ def _tables(records: list[dict], console: Console) -> None:
     render(records, console)
 
 
+def _markdown(records: list[dict], console: Console) -> None:
+    from .markdown import render_markdown
+
+    console.file.write(render_markdown(records))
+    console.file.flush()
+
+
 FORMATS: dict[str, Format] = {
     "table": Format("tables for people", end=_tables),
     "json": Format("one JSON object per model on stdout, nothing else", each=_json_line),
+    "markdown": Format("Markdown tables (for $GITHUB_STEP_SUMMARY, PR comments)", end=_markdown),
 }
 
 

@@ -62,6 +62,8 @@ def render_one(rec: Record, console: Console) -> None:
         _render_info(rec, console)
     elif command == "check":
         _render_check(rec, console)
+    elif command == "diff":
+        _render_diff(rec, console)
     else:
         _render_gradients(rec, console)
 
@@ -250,6 +252,48 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
     console.print(table)
     if logs:
         console.print(f"  (bars span 10^{lo:.1f} to 10^{hi:.1f})")
+
+
+def _render_diff(rec: Record, console: Console) -> None:
+    """A diff record (`gradcli diff`, `--against`): a row per tensor, B the reference."""
+    info = rec.extra
+    console.print(f"[bold]A[/bold] {info['a']}\n[bold]B[/bold] {info['b']} (the reference)")
+    per_sample = info.get("per_sample")
+    table = Table(show_edge=False)
+    table.add_column("tensor")
+    table.add_column("shape")
+    for col in ("cosine", "rel diff", "max abs diff", "sign agree"):
+        table.add_column(col, justify="right")
+    if per_sample:
+        table.add_column("rank ρ mean (min)", justify="right")
+        table.add_column(f"top {fmt(info.get('top_percent'))}%", justify="right")
+    table.add_column("status", no_wrap=True)
+    for t in rec.tensors:
+        f = t.extra
+        row = [
+            t.name,
+            _shape(t.shape),
+            fmt(f.get("cosine"), 6),
+            fmt(f.get("rel_diff"), 3),
+            fmt(f.get("max_abs_diff"), 3),
+            fmt(f.get("sign_agreement"), 4),
+        ]
+        if per_sample:
+            if "rank_corr" in f:
+                row += [
+                    f"{fmt(f['rank_corr'], 3)} ({fmt(f['rank_corr_min'], 3)})",
+                    fmt(f.get("top_overlap"), 3),
+                ]
+            else:
+                row += ["-", "-"]
+        row.append(_status(t))
+        table.add_row(*row)
+    console.print(table)
+    for run in info.get("runs") or []:
+        if run.get("out"):
+            console.print(f"wrote {run['out']} ({run['model']})")
+    if rec.gates:
+        console.print(Text(f"gates tripped: {', '.join(rec.gates)}", style="bold red"))
 
 
 def _render_check(rec: Record, console: Console) -> None:

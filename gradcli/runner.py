@@ -64,7 +64,12 @@ def run_job(job: Job, emit: Emit) -> int:
             out = Path(job.out) if job.out else None
             png = Path(job.png) if job.png else None
         try:
-            record = run_one(job, path, out, png, emit, index)
+            if job.against:
+                from .against import run_against
+
+                record = run_against(job, path, out, emit, index)
+            else:
+                record = run_one(job, path, out, png, emit, index)
         except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
             if not many:
                 raise

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -48,12 +49,33 @@ def _check_paths(job: Job) -> None:
     outputs = []
     if job.out is not None:
         outputs.append(("--out", job.out, ".npz", many))
+    if job.against is not None:
+        _check_against(job, many)
+        if job.out is not None:
+            from .against import against_file
+
+            outputs.append(("--out (B's result)", str(against_file(job.out)), ".npz", False))
     if job.png is not None:
         outputs.append(("--png", job.png, ".png", many or job.command == "wrt-input"))
     for label, value, suffix, directory in outputs:
         path = Path(value) if directory else output_file(value, suffix)
         check_output(path, label, directory=directory)
         remove_stale_temps(path)
+
+
+def _check_against(job: Job, many: bool) -> None:
+    """--against: one model against one model (a SavedModel directory is one model)."""
+    from .paths import check_model_path, is_savedmodel
+
+    check_model_path(job.against)
+    b_many = Path(job.against).is_dir() and not is_savedmodel(Path(job.against))
+    if many or b_many:
+        raise UsageError(
+            "--against compares one model with one model; for directories, write each "
+            "run's results with -o and compare them with `gradcli diff`"
+        )
+    if job.png is not None:
+        raise UsageError("--png goes without --against")
 
 
 def _spool_stdin(label: str) -> None:
@@ -73,8 +95,46 @@ def execute(
     quiet: bool = False,
     onednn: OneDNN = OneDNN.auto,
     debug: bool = False,
+    junit: str | None = None,
 ) -> None:
-    """Run a job and exit with its code; the one place errors become messages."""
+    """Run a job in the worker and exit with its code."""
+    from . import supervisor
+
+    def produce(on_record, on_progress) -> int:
+        _check_paths(job)
+        if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0"):
+            outcome = supervisor.run_inprocess(
+                job, debug=debug, on_record=on_record, on_progress=on_progress
+            )
+        else:
+            outcome = supervisor.run(
+                job,
+                debug=debug,
+                onednn=onednn.value,
+                on_record=on_record,
+                on_progress=on_progress,
+                warn=stderr_line,
+            )
+        if outcome.traceback and debug:
+            sys.stderr.write(outcome.traceback)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.exit_code
+
+    present(produce, output_format=output_format, quiet=quiet, debug=debug, junit=junit)
+
+
+def present(
+    produce: Callable[[Callable[[dict], None], Callable | None], int],
+    *,
+    output_format: str | None = None,
+    quiet: bool = False,
+    debug: bool = False,
+    junit: str | None = None,
+) -> None:
+    """Show what `produce(on_record, on_progress)` computes (its records, in the format
+    asked, and the --junit report) and exit with the worst code; the one place errors
+    become messages, whether the records come from the worker or from this process."""
     from . import supervisor
 
     fmt = FORMATS[output_format or "table"]
@@ -87,37 +147,30 @@ def execute(
     err = Console(stderr=True)
     code = 0
     try:
-        _check_paths(job)
+        if junit is not None:
+            _check_report(junit, "--junit")
         records: list[dict] = []
 
         def on_record(record: dict) -> None:
             if record.get("error"):
                 record["error"] = render_text(record["error"], CLI_FLAGS)
+            for line in record.get("warnings") or []:
+                stderr_line(f"warning: {line}")
+            for line in record.get("notes") or []:
+                stderr_line(f"note: {line}")
             if fmt.each is not None:
                 fmt.each(record, sys.stdout)
             records.append(record)
 
         with ProgressBar(err, enabled=not quiet and err.is_terminal) as on_progress:
-            if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0"):
-                outcome = supervisor.run_inprocess(
-                    job, debug=debug, on_record=on_record, on_progress=on_progress
-                )
-            else:
-                outcome = supervisor.run(
-                    job,
-                    debug=debug,
-                    onednn=onednn.value,
-                    on_record=on_record,
-                    on_progress=on_progress,
-                    warn=stderr_line,
-                )
-        if outcome.traceback and debug:
-            sys.stderr.write(outcome.traceback)
-        if outcome.error is not None:
-            raise outcome.error
+            worst = produce(on_record, on_progress)
         if fmt.end is not None:
             fmt.end(records, out)
-        code = max([outcome.exit_code] + [int(r.get("exit_code", 0)) for r in records])
+        if junit is not None:
+            from .junit import write_junit
+
+            write_junit(records, junit)
+        code = max([worst] + [int(r.get("exit_code", 0)) for r in records])
     except KeyboardInterrupt as exc:
         code = interrupted(exc)
     except BrokenPipeError:
@@ -130,6 +183,14 @@ def execute(
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(code)
+
+
+def _check_report(path: str, label: str) -> None:
+    """A report file (--junit) is checked writable before any work, like -o."""
+    from .paths import check_output, remove_stale_temps
+
+    check_output(Path(path), label)
+    remove_stale_temps(Path(path))
 
 
 def fail(exc: BaseException, debug: bool = False) -> int:

@@ -211,8 +211,10 @@ class NpzStreamWriter:
         arrays: dict[str, tuple[tuple[int, ...], str]],
         on_temp: Callable[[str], None] | None = None,
         outputs: Outputs | None = None,
+        provenance: Callable[[], dict] | None = None,
     ) -> None:
         self.path = output_file(path, ".npz")
+        self.provenance = provenance  # called at commit: its JSON becomes one more entry
         self._own = outputs is None
         self.outputs = Outputs(on_temp) if outputs is None else outputs
         self.tmp = self.outputs.temp_file(self.path)
@@ -269,6 +271,12 @@ class NpzStreamWriter:
                 entry.write(_header(shape, dtype))
                 shutil.copyfileobj(src, entry, 1 << 22)
             spool.unlink()
+        if self.provenance is not None:
+            from .provenance import NPZ_KEY, to_npz_entry
+
+            value = to_npz_entry(self.provenance())
+            with self.zip.open(NPZ_KEY + ".npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, value, allow_pickle=False)
         self.zip.close()
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())

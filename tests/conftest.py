@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_models"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# provenance's "written" time pinned (reproducible-builds convention): two runs' records
+# compare equal, goldens stay deterministic
+os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")
 
 
 @dataclass
@@ -192,5 +195,6 @@ def load(path: Path):
 
 
 def npz(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of an .npz (a result's provenance entry, `__gradcli__`, left out)."""
     with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if k != "__gradcli__"}

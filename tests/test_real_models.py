@@ -18,7 +18,7 @@ VOCAB, T, N = 50, 6, 7
 
 def npz(path) -> dict[str, np.ndarray]:
     with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if k != "__gradcli__"}
 
 
 # ------------------------------------------------------------------ models

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradcli.context import base_record
+from gradcli.context import base_record, provenance_of
 from gradcli.job import Job
 from gradcli.loading import ModelHandle
 
@@ -34,4 +34,5 @@ def describe(job: Job, handle: ModelHandle) -> dict:
         trainable_params=int(sum(int(np.prod(v.shape)) for _, v in handle.named_variables())),
         exit_code=0,
     )
+    rec["provenance"] = provenance_of(job, handle)
     return rec

@@ -60,7 +60,7 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
 
 
 def _method(ctx: Context) -> tuple[Method, MethodOptions]:
-    """The job's method and its options (a SmoothGrad seed drawn now when none was given)."""
+    """The job's method and its options (Context drew a seed for a method that needs one)."""
     job = ctx.job
     method = METHODS.get(job.method)
     if method is None:
@@ -80,8 +80,6 @@ def _method(ctx: Context) -> tuple[Method, MethodOptions]:
             + ", ".join(m.name for m in METHODS.values() if m.needs_layer)
             + "); for the gradient at a layer use `gradcli wrt-layer`"
         )
-    if "seed" in method.options and job.seed is None:
-        options.seed = int(np.random.SeedSequence().entropy % (2**31))
     if "baseline" in method.options and job.baseline not in (None, "zeros"):
         options.baseline = _read_baseline(ctx, job.baseline)
         options.baseline_name = job.baseline
