@@ -76,6 +76,9 @@ class Context:
         self.emit = emit
         self.index = index
         self._provenance: dict | None = None
+        # what a command resolved that the job left open (a CAM's default layer): recorded
+        # with the method's parameters
+        self.resolved: dict[str, Any] = {}
         _draw_seed(job)
         names = [i.name for i in handle.inputs]
         if arrays is not None:
@@ -166,6 +169,7 @@ class Context:
             "class": job.class_index,
             "loss": job.loss,
             "from_logits": bool(job.from_logits),
+            "logits": bool(job.logits),
         }
         self._provenance = build(
             job,
@@ -175,6 +179,8 @@ class Context:
             objective=objective,
             batch_size=self.batch_size(),
         )
+        if self._provenance.get("method") is not None:
+            self._provenance["method"].update(self.resolved)
         return self._provenance
 
     def temp(self, path: str) -> None:

@@ -25,7 +25,8 @@ _CHUNK = 1 << 22
 
 # the Job fields that are parameters of each command's computation (besides the objective)
 _COMMAND_PARAMS = {
-    "wrt-layer": ("layers",),
+    "wrt-layer": ("layers", "activations"),
+    "wrt-weights": ("per_sample", "per_sample_arrays", "top"),
     "jacobian": ("max_elements",),
     "check": ("wrt", "directions", "eps", "rtol", "seed"),
 }

@@ -234,6 +234,7 @@ def test_cam_nested_default_layer_and_target(cli, cams, tmp_path, tf, keras, met
         "--target", cams["dir"] / "yn.npy", "--loss", "sparse_categorical_crossentropy",
     )  # fmt: skip
     assert rec["cam"]["layer"] == "backbone/bc2" and rec["cam"]["default"] is True
+    assert rec["provenance"]["method"]["layer"] == "backbone/bc2"  # the default, recorded
     a, g = reference_a_g(tf, keras, cams["nested"], "bc2", x, sparse_ce(y))
     ref = reference_cam(method, a, g)
     assert ref.max() > 0

@@ -170,7 +170,12 @@ def test_directory_model_hash_is_sha256sum_over_sorted_files(cli, models):
 @pytest.mark.parametrize(
     ("command", "extra", "params"),
     [
-        ("wrt-layer", ("--layer", "d2"), {"layers": ["d2"]}),
+        ("wrt-layer", ("--layer", "d2"), {"layers": ["d2"], "activations": False}),
+        (
+            "wrt-weights",
+            ("--top", "2"),
+            {"per_sample": True, "per_sample_arrays": False, "top": 2},
+        ),
         ("jacobian", (), {"max_elements": 1e8}),
         (
             "check",

@@ -74,6 +74,7 @@ def _method(ctx: Context) -> tuple[Method, MethodOptions]:
         if len(job.layers) > 1:
             raise UsageError(f"{param('layers')}: a CAM is computed on one layer")
         options.cam_layer = cam_layer(ctx.handle, job.layers[0] if job.layers else None)
+        ctx.resolved["layer"] = options.cam_layer.info.path
     elif job.layers:
         raise UsageError(
             f"{param('layers')} goes with a CAM method ("
