@@ -17,11 +17,12 @@ from .errors import ExitCode, InputError, UsageError
 from .job import Job
 from .loading import ModelHandle
 from .objective import Objective, build_objective
+from .pipeline import BackgroundSink, enabled, prefetch
 from .stats import TensorStats
 from .writers import MemorySink, NpzStreamWriter, Outputs
 
 Emit = Callable[..., None]
-Sink = MemorySink | NpzStreamWriter
+Sink = MemorySink | NpzStreamWriter | BackgroundSink
 
 
 def base_record(job: Job, handle: ModelHandle) -> dict:
@@ -93,7 +94,8 @@ class Context:
         return self.job.batch_size or default_batch_size(self.handle)
 
     def batches(self, engine: GradientEngine, size: int):
-        return read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
+        batches = read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
+        return prefetch(batches) if enabled() else batches  # the next batch read meanwhile
 
     def progress(self, done: int) -> None:
         self.emit("progress", index=self.index, done=done, total=self.n)
@@ -121,11 +123,14 @@ class Context:
 
     def open_sink(self, out: Path | None, specs: dict[str, tuple[tuple[int, ...], str]]):
         """Where result arrays go: memory (API), a streaming .npz (-o), or nowhere."""
+        sink: Sink | None = None
         if self.collect is not None:
-            return MemorySink(self.collect, specs)
-        if out is not None:
-            return NpzStreamWriter(out, specs, self.temp, self.outputs)
-        return None
+            sink = MemorySink(self.collect, specs)
+        elif out is not None:
+            sink = NpzStreamWriter(out, specs, self.temp, self.outputs)
+        if sink is not None and enabled():  # rows written while the next batch computes
+            sink = BackgroundSink(sink)
+        return sink
 
     @contextlib.contextmanager
     def sink(
