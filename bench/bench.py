@@ -5,25 +5,34 @@ Everything it writes goes to bench-out/ (gitignored); the big memory-test files 
 at the end. The goals are those of SPEC.md "Speed and memory"; this is a benchmark, not a
 test: it always exits 0 unless something fails to run, and prints PASS/MISS per goal.
 
-What is measured
-- wrt-input vanilla, whole process (Python + TensorFlow start-up, model load, reading the
-  .npy, computing, writing the .npz): `gradcli` versus bench-out/reference.py, a hand-written
-  `tf.function` batched GradientTape (batch 256) over the np.load'ed array, np.savez'd.
-- the per-sample eager loop of the usual examples (one tf.GradientTape per sample), in this
-  process, on a subset; forward-pass and batched-gradient rates in this process.
-- SmoothGrad and Integrated Gradients: cost per gradient (wall minus start-up, divided by
-  samples x copies) versus vanilla's (goal: within 20%).
-- wrt-layer and wrt-weights, whole process, versus hand-written references (goal, by analogy
-  with wrt-input: within 10%).
+What is measured (the goals of SPEC.md "Speed and memory" and issue 17)
+- wrt-input vanilla on 16,384 CNN images, whole process (Python + TensorFlow start-up, model
+  load, reading the .npy, computing, writing the .npz): `gradcli` versus bench-out/reference.py,
+  a hand-written `tf.function` batched GradientTape (batch 256) over the np.load'ed array,
+  np.savez'd (goal: <= 0.95x).
+- a small job (MLP, N=1), whole process: gradcli versus the same script (goal: <= +0.15 s).
+- ResNet50 (keras.applications, random weights, 224x224x3, N=64; built once and cached in
+  bench-out/) with wrt-input, and a Transformer encoder (token ids -> Embedding -> 2 blocks
+  of self-attention + FFN + LayerNorm -> pooled head) with wrt-layer on the embedding output:
+  each against the script at its own best batch size, found by a sweep in this process
+  (goal: <= 1.00x).
+- gradxinput, SmoothGrad and Integrated Gradients: cost per gradient (wall minus start-up,
+  per tape row) relative to vanilla's (goal: <= 1.05x).
+- wrt-layer and wrt-weights on the CNN, whole process, versus hand-written references (goal:
+  within 10%); the per-sample eager loop of the usual examples (goal: gradcli >= 20x faster).
 - peak RSS of `gradcli wrt-input` on a 1 GiB input (ru_maxrss of the largest process of the
   tree, taken by /usr/bin/time; and the summed RSS of the tree, sampled every 50 ms).
-- `gradcli --help` wall time.
+- `gradcli --help` wall time; the device TensorFlow computes on.
+
+Ratios are medians of interleaved pairs (gradcli, then the script), printed with their
+[min-max] spread.
 
 Other processes may share the machine: before each timed run the benchmark waits (bounded)
 for them to calm down, and records the CPU the rest of the machine used during the run
 ("other load", in cores, from /proc/stat minus our own CPU time). Whole-process times still
-vary by about +-10% from run to run, so comparisons are interleaved, best of 5, with the
-median ratio and the CPU-time ratio in the note column.
+vary by about +-10% from run to run, so comparisons are interleaved (5 pairs for wrt-input,
+3 for the slower ones, 2 for ResNet50), the goal is judged on the median ratio, and the
+CPU-time ratio is in the note column.
 """
 
 from __future__ import annotations

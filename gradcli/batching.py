@@ -173,6 +173,12 @@ def uses_gpu() -> bool:
         return False
 
 
+def input_rows(handle: Any) -> int:
+    """Rows per call by the input rule alone: INPUT_VALUES input values, at most MAX_ROWS."""
+    input_values = sum(_values(info.shape) or 1 for info in handle.inputs)
+    return rows_for(input_values, 0, activation_budget())
+
+
 def default_batch_size(handle: Any) -> int:
     """Rows per tape call for this model (see the module docstring)."""
     input_values = sum(_values(info.shape) or 1 for info in handle.inputs)

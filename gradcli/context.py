@@ -12,6 +12,7 @@ import numpy as np
 
 from . import __version__
 from .arrays import ArraySource, check_samples, read_arrays
+from .batching import input_rows
 from .engine import GradientEngine, default_batch_size, read_batches
 from .errors import ExitCode, InputError, UsageError
 from .job import Job
@@ -92,6 +93,17 @@ class Context:
 
     def batch_size(self) -> int:
         return self.job.batch_size or default_batch_size(self.handle)
+
+    def method_batch(self, expansion: int) -> int:
+        """Samples a batch holds for a method that runs `expansion` tape rows per sample
+        (SmoothGrad copies, IG steps). Its tape calls are split at `batch_size()` rows
+        anyway, so the batch itself may hold more: as many samples as the input rule allows
+        (about 4M input values), so that per-batch work (objective passes, stats, writes)
+        is spread over many tape calls instead of repeated for every one."""
+        rows = self.batch_size()
+        if expansion <= 1:
+            return rows
+        return max(1, max(rows, input_rows(self.handle)) // expansion)
 
     def batches(self, engine: GradientEngine, size: int):
         batches = read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
