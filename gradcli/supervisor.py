@@ -304,7 +304,7 @@ def _worker_env(onednn_value: str | None) -> dict[str, str]:
 
 
 def _take_prestarted(env: dict[str, str], debug: bool) -> Worker | None:
-    """The prestarted worker, if it is alive and was started as this attempt wants."""
+    """The prestarted worker, if it was started with the environment this attempt wants."""
     global _prestarted
     worker, _prestarted = _prestarted, None
     if worker is None:
