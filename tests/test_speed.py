@@ -3,6 +3,7 @@ reads and writes overlapping the tape, and the worker started before parsing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -276,3 +277,38 @@ def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
         except OSError:
             continue
     assert workers == []
+
+
+def test_the_early_worker_is_the_one_that_runs_the_job(speed_models, monkeypatch, capsys):
+    """One worker per run: the one started before parsing gets the job (its environment,
+    --onednn off included, matches what the parsed job wants)."""
+    from gradcli import launch
+    from gradcli.backend import keras, tf
+
+    monkeypatch.delenv("GRADCLI_INPROCESS", raising=False)
+    spawned = []
+    spawn = supervisor._spawn
+
+    def counting(env, debug):
+        spawned.append(env.get(supervisor.ONEDNN_VAR))
+        return spawn(env, debug)
+
+    monkeypatch.setattr(supervisor, "_spawn", counting)
+    x = speed_models["dir"] / "x.npy"
+    argv = ["wrt-input", str(speed_models["cnn"]), str(x), "--onednn", "off", "--json"]
+    previous = supervisor.signal.getsignal(supervisor.signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as done:
+            launch.main(argv)
+    finally:
+        supervisor.signal.signal(supervisor.signal.SIGTERM, previous)
+    assert done.value.code == 0, capsys.readouterr().err
+    assert spawned == ["0"]
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = keras.saving.load_model(speed_models["cnn"])
+    xt = tf.constant(np.load(x))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        total = tf.reduce_sum(model(xt, training=False))
+    want = float(np.linalg.norm(tape.gradient(total, xt).numpy().astype(np.float64)))
+    assert record["tensors"][0]["l2"] == pytest.approx(want, rel=1e-4)
