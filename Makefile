@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench samples clean
+.PHONY: install demo test lint format bench bench-quick samples clean
 
 install: $(STAMP)
 
@@ -32,10 +32,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# about 12 minutes on 2 cores (ResNet50 built once into bench-out/); bench-quick: a smoke run
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/gradcam.py
 	$(BIN)/python bench/persample.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/bench.py --quick --skip-memory
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py

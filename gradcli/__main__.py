@@ -1,6 +1,6 @@
 """`python -m gradcli` is the `gradcli` command."""
 
-from gradcli.cli import main
+from gradcli.launch import main
 
 if __name__ == "__main__":
     main()

@@ -413,6 +413,17 @@ def diff(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: usage errors become one `error:` line and exit 2."""
+    from . import supervisor
+
+    if argv is None:  # the program itself (launch.py has usually started the worker already)
+        supervisor.prestart(sys.argv[1:])
+    try:
+        _main(argv)
+    finally:  # a worker started before parsing and never given its job goes, silently
+        supervisor.discard_prestarted()
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         # without standalone mode, a typer.Exit raised by a command comes back as its code
         code = app(args=argv, standalone_mode=False, prog_name="gradcli")

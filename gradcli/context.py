@@ -12,17 +12,19 @@ import numpy as np
 
 from . import __version__
 from .arrays import ArraySource, check_samples, read_arrays
+from .batching import input_rows
 from .engine import GradientEngine, default_batch_size, read_batches
 from .errors import ExitCode, InputError, UsageError
 from .job import Job
 from .loading import ModelHandle
 from .objective import Objective, build_objective
+from .pipeline import BackgroundSink, enabled, prefetch
 from .provenance import NPZ_KEY, Hashes
 from .stats import TensorStats
 from .writers import MemorySink, NpzStreamWriter, Outputs
 
 Emit = Callable[..., None]
-Sink = MemorySink | NpzStreamWriter
+Sink = MemorySink | NpzStreamWriter | BackgroundSink
 
 
 def base_record(job: Job, handle: ModelHandle) -> dict:
@@ -127,8 +129,20 @@ class Context:
     def batch_size(self) -> int:
         return self.job.batch_size or default_batch_size(self.handle)
 
+    def method_batch(self, expansion: int) -> int:
+        """Samples a batch holds for a method that runs `expansion` tape rows per sample
+        (SmoothGrad copies, IG steps). Its tape calls are split at `batch_size()` rows
+        anyway, so the batch itself may hold more: as many samples as the input rule allows
+        (about 4M input values), so that per-batch work (objective passes, stats, writes)
+        is spread over many tape calls instead of repeated for every one."""
+        rows = self.batch_size()
+        if expansion <= 1:
+            return rows
+        return max(1, max(rows, input_rows(self.handle)) // expansion)
+
     def batches(self, engine: GradientEngine, size: int):
-        return read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
+        batches = read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
+        return prefetch(batches) if enabled() else batches  # the next batch read meanwhile
 
     def progress(self, done: int) -> None:
         self.emit("progress", index=self.index, done=done, total=self.n)
@@ -188,15 +202,18 @@ class Context:
 
     def open_sink(self, out: Path | None, specs: dict[str, tuple[tuple[int, ...], str]]):
         """Where result arrays go: memory (API), a streaming .npz (-o), or nowhere."""
+        sink: Sink | None = None
         if self.collect is not None:
-            return MemorySink(self.collect, specs)
-        if out is not None:
+            sink = MemorySink(self.collect, specs)
+        elif out is not None:
             if NPZ_KEY in specs:
                 raise InputError(
                     f"{out}: a tensor is named {NPZ_KEY!r}, the key gradcli keeps for provenance"
                 )
-            return NpzStreamWriter(out, specs, self.temp, self.outputs, provenance=self.provenance)
-        return None
+            sink = NpzStreamWriter(out, specs, self.temp, self.outputs, provenance=self.provenance)
+        if sink is not None and enabled():  # rows written while the next batch computes
+            sink = BackgroundSink(sink)
+        return sink
 
     @contextlib.contextmanager
     def sink(

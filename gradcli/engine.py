@@ -16,6 +16,7 @@ import numpy as np
 
 from .arrays import ArraySource
 from .backend import keras, tf
+from .batching import default_batch_size
 from .errors import GradientError, InputError, UsageError, first_line
 from .loading import LayerInfo, ModelHandle
 from .objective import Objective, ObjectiveKind
@@ -85,16 +86,6 @@ def read_batches(
             [s.read(start, stop, d) for s, d in zip(inputs, input_dtypes, strict=True)],
             [t.read(start, stop, target_dtype(t)) for t in targets],
         )
-
-
-def default_batch_size(handle: ModelHandle) -> int:
-    """About 4M input values a tape call, between 1 and 1024 rows, a power of two."""
-    per_sample = 0
-    for info in handle.inputs:
-        per_sample += int(np.prod([d or 32 for d in info.shape], dtype=np.int64)) or 1
-    rows = max(1, (1 << 22) // max(1, per_sample))
-    rows = min(1024, rows)
-    return 1 << (rows.bit_length() - 1)
 
 
 class LayerCapture:

@@ -104,9 +104,7 @@ def run(
     attempt = 0
     while True:
         attempt += 1
-        env = dict(os.environ)
-        if value is not None:
-            env[ONEDNN_VAR] = value
+        env = _worker_env(value)
         data = asdict(job)
         data["skip"] = sorted(set(data.get("skip") or []) | done)
         data["debug"] = debug
@@ -151,25 +149,15 @@ def _attempt(
     """One worker run: its outcome, or None when a signal killed it; and its return code."""
     temps: list[str] = []
     error: Outcome | None = None
-    job_r, lifeline = os.pipe()
-    env = {**env, JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
-    with tempfile.TemporaryFile() as raw_err:
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gradcli.worker"],
-                stdout=subprocess.PIPE,
-                stderr=None if debug else raw_err,
-                env=env,
-                pass_fds=(job_r,),
-            )
-        except BaseException:
-            os.close(lifeline)
-            raise
-        finally:
-            os.close(job_r)
+    worker = _take_prestarted(env, debug) or _spawn(env, debug)
+    proc, lifeline = worker.proc, worker.lifeline
+    with worker.raw_err as raw_err:
         try:
             # the job, then nothing: the worker sees EOF on this pipe when we are gone
-            os.write(lifeline, json.dumps(data).encode("utf-8") + b"\n")
+            # (a worker that died before its job, e.g. killed while prestarted, is reported
+            # from its exit status below, as any other)
+            with contextlib.suppress(BrokenPipeError):
+                os.write(lifeline, json.dumps(data).encode("utf-8") + b"\n")
             for line in proc.stdout:
                 try:
                     event = json.loads(line)
@@ -226,6 +214,125 @@ def _attempt(
                 GradientError(f"the worker process failed (exit {returncode}){detail}"),
             ), returncode
         return Outcome(returncode, records), returncode
+
+
+@dataclass
+class Worker:
+    """A started worker process: waiting for its job on the lifeline pipe."""
+
+    proc: subprocess.Popen
+    lifeline: int  # our end of the job pipe; closing it tells the worker we are gone
+    raw_err: Any  # a temp file holding its stderr (unless debug)
+    env: dict[str, str]  # the environment it was started with (before our own variables)
+    debug: bool
+
+
+def _spawn(env: dict[str, str], debug: bool) -> Worker:
+    """Start `python -m gradcli.worker`; it begins importing TensorFlow at once."""
+    raw_err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the attempt or discard
+    job_r, lifeline = os.pipe()
+    full = {**env, JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gradcli.worker"],
+            stdout=subprocess.PIPE,
+            stderr=None if debug else raw_err,
+            env=full,
+            pass_fds=(job_r,),
+        )
+    except BaseException:
+        os.close(lifeline)
+        raw_err.close()
+        raise
+    finally:
+        os.close(job_r)
+    return Worker(proc, lifeline, raw_err, dict(env), debug)
+
+
+# A worker started before the command line was parsed (see prestart), waiting for its job.
+_prestarted: Worker | None = None
+
+
+def prestart(argv: list[str]) -> None:
+    """Start the worker now, before the command line is parsed, so that its TensorFlow import
+    (about 3.5 s) overlaps the CLI's own start-up and checks: only when argv names a command
+    that runs in a worker and asks for no help or version. `run` uses it when the parsed job
+    wants the same environment; otherwise, or when parsing fails, it is killed unheard."""
+    global _prestarted
+    if _prestarted is not None or not _wants_worker(argv):
+        return
+    onednn = _scan_option(argv, "--onednn") or "auto"
+    if onednn not in ("auto", "on", "off"):
+        return  # a bad value: parsing will say so
+    value, _ = onednn_setting(onednn, dict(os.environ))
+    debug = "--debug" in argv or os.environ.get("GRADCLI_DEBUG", "") not in ("", "0")
+    handle_sigterm()  # from now on SIGTERM is a clean stop (exit 143), as once the job runs
+    try:
+        _prestarted = _spawn(_worker_env(value), debug)
+    except OSError:  # no worker now: `run` starts one as before
+        _prestarted = None
+
+
+WORKER_COMMANDS = frozenset({"info", "wrt-input", "wrt-layer", "wrt-weights", "jacobian", "check"})
+
+
+def _wants_worker(argv: list[str]) -> bool:
+    if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0") or not argv:
+        return False
+    if argv[0] not in WORKER_COMMANDS:
+        return False
+    # `-` (stdin): the CLI first spools stdin into a file the worker must inherit as fd 0
+    return not any(a in ("-h", "--help", "-V", "--version", "-") for a in argv[1:])
+
+
+def _scan_option(argv: list[str], name: str) -> str | None:
+    """The value of `--name V` or `--name=V` in argv (the last one wins, as in parsing)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _worker_env(onednn_value: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if onednn_value is not None:
+        env[ONEDNN_VAR] = onednn_value
+    return env
+
+
+def _take_prestarted(env: dict[str, str], debug: bool) -> Worker | None:
+    """The prestarted worker, if it was started with the environment this attempt wants."""
+    global _prestarted
+    worker, _prestarted = _prestarted, None
+    if worker is None:
+        return None
+    if worker.env == env and worker.debug == debug:
+        return worker  # even if it has died since: that is this attempt's outcome
+    _discard(worker)
+    return None
+
+
+def discard_prestarted() -> None:
+    """Kill a prestarted worker that was never given a job (parsing failed, --help, ...)."""
+    global _prestarted
+    worker, _prestarted = _prestarted, None
+    if worker is not None:
+        _discard(worker)
+
+
+def _discard(worker: Worker) -> None:
+    with contextlib.suppress(OSError):
+        os.close(worker.lifeline)
+    with contextlib.suppress(OSError):
+        worker.proc.kill()  # SIGKILL: it holds no temp files yet and must print nothing
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        worker.proc.wait(timeout=5)
+    if worker.proc.stdout is not None:
+        worker.proc.stdout.close()
+    worker.raw_err.close()
 
 
 def _stop(proc: subprocess.Popen, lifeline: int) -> None:

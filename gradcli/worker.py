@@ -95,6 +95,38 @@ def _arm_parent_death(parent: int | None) -> None:
         os._exit(143)
 
 
+# Keras imports matplotlib.pyplot at start-up (for keras.visualization, about 0.4-0.9 s) when
+# it is installed; the worker never draws through Keras, and pictures.py imports matplotlib
+# itself when a run writes a PNG.
+_NOT_AT_START = ("matplotlib",)
+
+
+class _Deferred:
+    """A meta-path finder that makes `import matplotlib` fail while Keras is imported (Keras
+    catches the ImportError and goes on without it); removed right after."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name.split(".", 1)[0] in _NOT_AT_START:
+            raise ImportError(f"{name} is imported later, when a picture is drawn")
+        return None
+
+
+def import_backend() -> None:
+    """Import TensorFlow and Keras (gradcli.backend) without what a run does not need."""
+    if "gradcli.backend" in sys.modules:
+        return
+    blocker = None
+    if not any(m in sys.modules for m in _NOT_AT_START):
+        blocker = _Deferred()
+        sys.meta_path.insert(0, blocker)
+    try:
+        from . import backend  # noqa: F401 - the import is the point
+    finally:
+        if blocker is not None:
+            sys.meta_path.remove(blocker)
+
+
 def main() -> int:
     from .supervisor import Terminated
 
@@ -116,12 +148,17 @@ def _main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     job_fd = int(os.environ.get(JOB_FD_VAR, "0"))
+    # TensorFlow first: the supervisor may have started us before the command line was even
+    # parsed (supervisor.prestart), and the job waits in the pipe meanwhile
+    import_backend()
     line = b""
     while not line.endswith(b"\n"):
         chunk = os.read(job_fd, 1 << 16)
         if not chunk:
             break
         line += chunk
+    if not line.strip():  # the supervisor went away without a job (parsing failed): no output
+        return 0
     job_data = json.loads(line)
     debug = bool(job_data.pop("debug", False))
     if debug:  # commands add their own `debug:` lines on stderr (shown only with --debug)

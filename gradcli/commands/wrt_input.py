@@ -36,7 +36,7 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     completeness: list[dict] = []
     specs = {n: (shapes[n], engine.input_dtypes[k].str) for k, n in enumerate(names)}
     with ctx.sink(out, specs) as writer:
-        for batch in ctx.batches(engine, max(1, rows_per_call // method.expansion(options))):
+        for batch in ctx.batches(engine, ctx.method_batch(method.expansion(options))):
             att = attribute(engine, batch, options, rows_per_call)
             for k, name in enumerate(names):
                 g = att.values[k]

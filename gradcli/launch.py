@@ -1,0 +1,30 @@
+"""The `gradcli` program's first lines: start the worker, then parse (cli.py).
+
+A gradient command spends most of its start-up in the worker importing TensorFlow (about
+3.5 s); the CLI process needs about 0.2 s to import Typer and Rich and parse. This module
+imports neither: it starts the worker first (supervisor.prestart, for a command that runs
+in a worker and asks for no help or version), so both start-ups overlap, then hands over to
+cli.main, which gives the worker its job once parsed or kills it unheard if parsing fails.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    from . import supervisor
+
+    try:
+        supervisor.prestart(sys.argv[1:] if argv is None else list(argv))
+        from .cli import main as cli_main
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM before the CLI could take over
+        supervisor.discard_prestarted()
+        terminated = isinstance(exc, supervisor.Terminated)
+        sys.stderr.write("terminated\n" if terminated else "interrupted\n")
+        sys.exit(143 if terminated else 130)
+    cli_main(argv)
+
+
+if __name__ == "__main__":
+    main()
