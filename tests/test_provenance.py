@@ -92,6 +92,7 @@ def test_target_and_objective_parameters_of_wrt_weights(cli, models, tmp_path):
         "class": None,
         "loss": "mae",
         "from_logits": False,
+        "logits": False,
     }
     assert prov["training"] is True and prov["method"] is None
 
