@@ -161,43 +161,35 @@ def _noisy_gradients(
     return [g.reshape(len(x), s, *x.shape[1:]) for g, x in zip(grads, batch.inputs, strict=True)]
 
 
-def _smoothgrad(
-    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
-) -> Attribution:
-    import numpy as np
+def _noise_tunnel(reduce: Callable[[np.ndarray], np.ndarray]) -> Attribute:
+    """A method reducing the gradients at the noisy copies (axis 1) in float64."""
 
-    grads = _noisy_gradients(engine, batch, options, rows_per_call)
-    values = [
-        g.mean(axis=1, dtype=np.float64).astype(x.dtype)
-        for g, x in zip(grads, batch.inputs, strict=True)
-    ]
-    return Attribution(values)
+    def attribute_noisy(
+        engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+    ) -> Attribution:
+        grads = _noisy_gradients(engine, batch, options, rows_per_call)
+        values = [reduce(g).astype(x.dtype) for g, x in zip(grads, batch.inputs, strict=True)]
+        return Attribution(values)
 
-
-def _squaregrad(
-    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
-) -> Attribution:
-    import numpy as np
-
-    grads = _noisy_gradients(engine, batch, options, rows_per_call)
-    values = [
-        np.square(g, dtype=np.float64).mean(axis=1).astype(x.dtype)
-        for g, x in zip(grads, batch.inputs, strict=True)
-    ]
-    return Attribution(values)
+    return attribute_noisy
 
 
-def _vargrad(
-    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
-) -> Attribution:
-    import numpy as np
+def _mean(g: np.ndarray) -> np.ndarray:
+    return g.mean(axis=1, dtype="float64")
 
-    grads = _noisy_gradients(engine, batch, options, rows_per_call)
-    values = [  # the population variance (ddof 0) over the noisy copies, as Captum's NoiseTunnel
-        g.var(axis=1, dtype=np.float64).astype(x.dtype)
-        for g, x in zip(grads, batch.inputs, strict=True)
-    ]
-    return Attribution(values)
+
+def _mean_square(g: np.ndarray) -> np.ndarray:
+    return (g.astype("float64") ** 2).mean(axis=1)
+
+
+def _variance(g: np.ndarray) -> np.ndarray:
+    # the population variance (ddof 0) over the noisy copies, as Captum's NoiseTunnel
+    return g.var(axis=1, dtype="float64")
+
+
+_smoothgrad = _noise_tunnel(_mean)
+_squaregrad = _noise_tunnel(_mean_square)
+_vargrad = _noise_tunnel(_variance)
 
 
 def _cam(

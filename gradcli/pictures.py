@@ -7,7 +7,7 @@ import math
 import os
 import pathlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,6 +72,24 @@ def write_heatmaps(
         raise ValueError(f"input and gradient shapes differ: {x.shape} vs {g.shape}")
     if x.ndim not in (3, 4):
         raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {x.shape}")
+    return _write_figures(
+        directory,
+        prefix,
+        start_index,
+        x.shape[0],
+        lambda i, index: _heatmap_figure(x[i], g[i], index, title),
+    )
+
+
+def _write_figures(
+    directory: str | os.PathLike[str],
+    prefix: str,
+    start_index: int,
+    count: int,
+    figure: Callable[[int, int], Figure],
+) -> list[pathlib.Path]:
+    """`figure(i, index)` for each of `count` samples, saved atomically as
+    `directory/{prefix}_{index:04d}.png` (index = start_index + i)."""
     out_dir = pathlib.Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -79,11 +97,10 @@ def write_heatmaps(
 
     paths: list[pathlib.Path] = []
     with matplotlib.style.context("default"):  # a user's matplotlibrc must not change the files
-        for i in range(x.shape[0]):
+        for i in range(count):
             index = start_index + i
             path = out_dir / f"{prefix}_{index:04d}.png"
-            fig = _heatmap_figure(x[i], g[i], index, title)
-            _save_atomic(fig, path)
+            _save_atomic(figure(i, index), path)
             paths.append(path)
     return paths
 
@@ -108,23 +125,14 @@ def write_cam_pictures(
         raise ValueError(f"input {x.shape} and map {cam.shape} do not line up")
     if cam.ndim not in (2, 3):
         raise ValueError(f"expected maps of shape (N, T) or (N, H, W), got {cam.shape}")
-    out_dir = pathlib.Path(directory)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    import matplotlib.style
-
-    paths: list[pathlib.Path] = []
-    with matplotlib.style.context("default"):
-        for i in range(x.shape[0]):
-            index = start_index + i
-            path = out_dir / f"{prefix}_{index:04d}.png"
-            if cam.ndim == 3:
-                fig = _cam_image_figure(x[i], cam[i], index, title)
-            else:
-                fig = _cam_strip_figure(x[i], cam[i], index, title)
-            _save_atomic(fig, path)
-            paths.append(path)
-    return paths
+    draw = _cam_image_figure if cam.ndim == 3 else _cam_strip_figure
+    return _write_figures(
+        directory,
+        prefix,
+        start_index,
+        x.shape[0],
+        lambda i, index: draw(x[i], cam[i], index, title),
+    )
 
 
 def _cam_scaled(cam: np.ndarray) -> tuple[np.ndarray, float]:
