@@ -133,6 +133,15 @@ class LayerCapture:
         return result
 
 
+def check_training(handle: ModelHandle, training: bool) -> None:
+    """--training runs Keras layers in training mode; an exported function has no such mode."""
+    if training and not handle.supports_training:
+        raise UsageError(
+            "--training needs a Keras model; a SavedModel export runs its "
+            "serving function in inference mode"
+        )
+
+
 class Compiled:
     """A tf.function traced once for any batch size, without AutoGraph.
 
@@ -200,11 +209,7 @@ class GradientEngine:
         self.layers = list(layers)
         self.wrt_weights = wrt_weights
         self.training = training
-        if training and not handle.supports_training:
-            raise UsageError(
-                "--training needs a Keras model; a SavedModel export runs its "
-                "serving function in inference mode"
-            )
+        check_training(handle, training)
         named = handle.named_variables() if wrt_weights else []
         self.variable_names = [name for name, _ in named]
         # Keras 3 variables wrap a tf.Variable; the tape wants the latter

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .backend import keras, tf
-from .engine import Compiled
+from .engine import Compiled, check_training
 from .errors import GradientError, InputError, UsageError, first_line
 from .loading import LayerInfo, ModelHandle
 from .objective import Objective, ObjectiveKind
@@ -282,11 +282,7 @@ class PerSampleEngine:
         self.objective = objective
         self.training = training
         self.arrays = arrays
-        if training and not handle.supports_training:
-            raise UsageError(
-                "--training needs a Keras model; a SavedModel export runs its "
-                "serving function in inference mode"
-            )
+        check_training(handle, training)
         if training and handle.has_layers:
             mixing = batch_interacting_layers(handle)
             if mixing:
