@@ -23,29 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-IMAGE_SHAPE = (32, 32, 3)
-LAYER = "conv2"
+# the CNN of bench/bench.py: conv2's output is (N, 13, 13, 64)
+from bench import IMAGE_SHAPE, LAYER, build_cnn  # noqa: E402
+
 CLASS = 3
 GOAL = 1.1
-
-
-def build_cnn(path: Path) -> None:
-    """The CNN of bench/bench.py: conv2's output is (N, 13, 13, 64)."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input(IMAGE_SHAPE, name="image")
-    h = keras.layers.Conv2D(32, 3, activation="relu", name="conv1")(inp)
-    h = keras.layers.MaxPooling2D(name="pool1")(h)
-    h = keras.layers.Conv2D(64, 3, activation="relu", name=LAYER)(h)
-    h = keras.layers.MaxPooling2D(name="pool2")(h)
-    h = keras.layers.Flatten(name="flatten")(h)
-    h = keras.layers.Dense(128, activation="relu", name="fc1")(h)
-    out = keras.layers.Dense(10, name="logits")(h)
-    keras.Model(inp, out, name="bench_cnn").save(path)
 
 
 def main() -> None:
