@@ -187,3 +187,53 @@ def default_batch_size(handle: Any) -> int:
     except Exception:  # noqa: BLE001 - an estimate: a model that does not say gets the input rule
         act = 0
     return rows_for(input_values, act, activation_budget(), uses_gpu())
+
+
+PROBE_MIN_BATCHES = 32  # probe only when the input holds this many batches of the estimate
+PROBE_MARGIN = 0.03  # twice the rows must be this much faster a row to be taken
+
+
+class RowsProbe:
+    """Settles the rows per call while running: the estimate above, or twice it.
+
+    The estimate counts layer outputs; some models (attention, whose score matrices are no
+    layer's output) run faster with bigger calls than it says. So on a long input the first
+    batches alternate between `rows` and `2 * rows` and are timed (the first of each size is
+    left out: tracing, kernel set-up), and the rest of the input runs at the size that costs
+    less per row, twice the rows only when at least PROBE_MARGIN cheaper. Only the sizes of
+    the batches change: every row is computed once, in order, so results do not.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.double = 2 * rows
+        # the first two batches (one of each size) warm up; then two timed of each size
+        self.plan = [rows, self.double, rows, self.double, rows, self.double, rows]
+        self.per_row: dict[int, list[float]] = {rows: [], self.double: []}
+        self.chosen: int | None = None
+
+    def sizes(self):
+        """Batch sizes in order: the plan, then the chosen size for good."""
+        yield from self.plan
+        while True:
+            yield self.decide()
+
+    def observe(self, position: int, rows: int, seconds: float) -> None:
+        """The time the `position`-th batch (`rows` rows) took to process."""
+        if position >= 2 and rows in self.per_row and position < len(self.plan):
+            self.per_row[rows].append(seconds / rows)
+
+    def decide(self) -> int:
+        if self.chosen is None:
+            small, large = self.per_row[self.rows], self.per_row[self.double]
+            faster = small and large and min(large) < (1 - PROBE_MARGIN) * min(small)
+            self.chosen = self.double if faster else self.rows
+        return self.chosen
+
+
+def probe_for(rows: int, n: int, input_limit: int) -> RowsProbe | None:
+    """A RowsProbe when the input is long enough to pay for one, and twice the rows stay
+    within the input rule; else None (the estimate is used as it is)."""
+    if n < PROBE_MIN_BATCHES * rows or 2 * rows > min(MAX_ROWS, input_limit):
+        return None
+    return RowsProbe(rows)

@@ -312,3 +312,49 @@ def test_the_early_worker_is_the_one_that_runs_the_job(speed_models, monkeypatch
         total = tf.reduce_sum(model(xt, training=False))
     want = float(np.linalg.norm(tape.gradient(total, xt).numpy().astype(np.float64)))
     assert record["tensors"][0]["l2"] == pytest.approx(want, rel=1e-4)
+
+
+# ------------------------------------------------------------------ rows settled while running
+
+
+def test_rows_probe_plan_and_decision():
+    probe = batching.RowsProbe(8)
+    sizes = probe.sizes()
+    assert [next(sizes) for _ in range(len(probe.plan))] == [8, 16, 8, 16, 8, 16, 8]
+    for position, rows, seconds in [(0, 8, 9.0), (1, 16, 9.0), (2, 8, 1.0), (3, 16, 1.8)]:
+        probe.observe(position, rows, seconds)  # the first of each size is warm-up: ignored
+    assert next(sizes) == 16  # 0.1125 s a row against 0.125: 10% cheaper
+    assert next(sizes) == 16  # and for good
+    probe = batching.RowsProbe(8)
+    probe.observe(2, 8, 1.0)
+    probe.observe(3, 16, 1.98)  # 1% cheaper a row: not worth leaving the estimate
+    assert probe.decide() == 8
+    assert batching.RowsProbe(8).decide() == 8  # nothing timed: the estimate
+    assert batching.probe_for(64, 2048, 1 << 20) is not None
+    assert batching.probe_for(64, 2047, 1 << 20) is None  # too short to pay for a probe
+    assert batching.probe_for(1024, 1 << 20, 1 << 20) is None  # 2 x 1024 > MAX_ROWS
+    assert batching.probe_for(64, 4096, 100) is None  # twice the rows break the input rule
+
+
+@pytest.mark.parametrize("margin", [-10.0, 10.0])  # twice the rows always / never taken
+def test_probed_batches_cover_every_row_once(cli, speed_models, tf, tmp_path, monkeypatch, margin):
+    """Batches of changing size (2, 4, 2, 4, 2, 4, 2, then 2 or 4) give the one-tape result."""
+    import gradcli.context
+    from conftest import load
+
+    monkeypatch.setattr(gradcli.context, "default_batch_size", lambda handle: 2)
+    monkeypatch.setattr(batching, "PROBE_MIN_BATCHES", 2)
+    monkeypatch.setattr(batching, "PROBE_MARGIN", margin)
+    model = load(speed_models["cnn"])
+    x = np.load(speed_models["dir"] / "x.npy")
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        total = tf.reduce_sum(model(xt, training=False)[:, 1])
+    want = tape.gradient(total, xt).numpy()
+    out = tmp_path / "g.npz"
+    r = cli("wrt-input", speed_models["cnn"], speed_models["dir"] / "x.npy", "--class", "1",
+            "-o", out, "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    np.testing.assert_allclose(npz(out)["image"], want, rtol=1e-5, atol=1e-6)
+    assert json.loads(r.out)["provenance"]["batch_size"] == (4 if margin < 0 else 2)
