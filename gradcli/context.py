@@ -4,8 +4,6 @@ the objective, batches, progress events, output sinks and the JSON record envelo
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import numpy as np
 
 from . import __version__
 from .arrays import ArraySource, check_samples, read_arrays
-from .batching import RowsProbe, input_rows, probe_for
+from .batching import input_rows
 from .engine import GradientEngine, default_batch_size, read_batches
 from .errors import ExitCode, InputError, UsageError
 from .job import Job
@@ -80,7 +78,6 @@ class Context:
         self.emit = emit
         self.index = index
         self._provenance: dict | None = None
-        self._probe: RowsProbe | None = None  # how the rows per call were settled, if probed
         # what a command resolved that the job left open (a CAM's default layer): recorded
         # with the method's parameters
         self.resolved: dict[str, Any] = {}
@@ -144,21 +141,8 @@ class Context:
         return max(1, max(rows, input_rows(self.handle)) // expansion)
 
     def batches(self, engine: GradientEngine, size: int):
-        """The input in batches of `size` rows, the next one read while the current one is
-        processed. At the default rows per call on a long input, the first batches settle
-        between that estimate and twice it (batching.RowsProbe; GRADCLI_PROBE=0: off)."""
-        probe = None
-        if (
-            self.job.batch_size is None
-            and size == self.batch_size()
-            and os.environ.get("GRADCLI_PROBE", "1") != "0"
-        ):
-            probe = probe_for(size, self.n, input_rows(self.handle))
-            self._probe = probe or self._probe
-        sizes = probe.sizes() if probe is not None else size
-        batches = read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, sizes)
-        batches = prefetch(batches) if enabled() else batches  # the next batch read meanwhile
-        return _timed(batches, probe) if probe is not None else batches
+        batches = read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
+        return prefetch(batches) if enabled() else batches  # the next batch read meanwhile
 
     def progress(self, done: int) -> None:
         self.emit("progress", index=self.index, done=done, total=self.n)
@@ -207,9 +191,7 @@ class Context:
             model_format=self.handle.format,
             hashes=self.hashes.result(),
             objective=objective,
-            batch_size=self._probe.chosen
-            if self._probe and self._probe.chosen
-            else self.batch_size(),
+            batch_size=self.batch_size(),
         )
         if self._provenance.get("method") is not None:
             self._provenance["method"].update(self.resolved)
@@ -255,15 +237,6 @@ class Context:
                 if sink is not None:
                     sink.write(key, value)
             return committed(sink)
-
-
-def _timed(batches: Iterator, probe: RowsProbe) -> Iterator:
-    """`batches`, each timed from when it is handed out to when the next is asked for: the
-    time the command spent on it (tape call, statistics, writes)."""
-    for position, batch in enumerate(batches):
-        start = time.perf_counter()
-        yield batch
-        probe.observe(position, batch.stop - batch.start, time.perf_counter() - start)
 
 
 def committed(sink: Sink | None) -> str | None:

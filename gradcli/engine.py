@@ -8,7 +8,6 @@ ids in tokens.py.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,21 +75,17 @@ def read_batches(
     input_dtypes: Sequence[np.dtype],
     targets: Sequence[ArraySource],
     n: int,
-    batch_size: int | Iterator[int],
+    batch_size: int,
 ) -> Iterator[Batch]:
-    """Stream batches from the (memory-mapped) sources: of `batch_size` rows, or of the sizes
-    an iterator gives in turn (batching.RowsProbe)."""
-    sizes = itertools.repeat(batch_size) if isinstance(batch_size, int) else batch_size
-    start = 0
-    while start < n:
-        stop = min(n, start + next(sizes))
+    """Stream batches from the (memory-mapped) sources."""
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
         yield Batch(
             start,
             stop,
             [s.read(start, stop, d) for s, d in zip(inputs, input_dtypes, strict=True)],
             [t.read(start, stop, target_dtype(t)) for t in targets],
         )
-        start = stop
 
 
 class LayerCapture:
