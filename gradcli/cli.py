@@ -3,6 +3,10 @@ come from options.py), the Typer app and the console-script entry; session.py ru
 
 Nothing here imports TensorFlow: `--help`, `--version` and option errors answer at once; the
 work runs in a worker process (supervisor.py).
+
+One file on purpose: it is the whole command-line surface, one signature per command with
+its own options' help text, which reads best in one place (the shared options are in
+options.py, the work elsewhere).
 """
 
 from __future__ import annotations

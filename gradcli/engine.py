@@ -19,7 +19,7 @@ from .backend import keras, tf
 from .batching import default_batch_size
 from .errors import GradientError, InputError, UsageError, first_line
 from .loading import LayerInfo, ModelHandle
-from .objective import Objective, ObjectiveKind
+from .objective import Objective
 from .sparse import GradientSum, SparseGradient
 from .tokens import (
     input_dtype,
@@ -57,7 +57,7 @@ def _numpy(x: Any) -> np.ndarray | None:
     return None if x is None else x.numpy()
 
 
-def _weight_numpy(x: Any, variable: Any) -> np.ndarray | SparseGradient | None:
+def weight_numpy(x: Any, variable: Any) -> np.ndarray | SparseGradient | None:
     if isinstance(x, tf.IndexedSlices):
         shape = x.dense_shape
         shape = tuple(variable.shape) if shape is None else tuple(int(d) for d in shape.numpy())
@@ -226,7 +226,6 @@ class GradientEngine:
         self._jit = jit
         self._grad_fn = None
         self._forward_fn = None
-        self._class_checked = False
 
     def _target_specs(self, targets: Sequence[np.ndarray]) -> list[Any]:
         return [tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(t.dtype)) for t in targets]
@@ -279,7 +278,7 @@ class GradientEngine:
         """One tape call over a batch (any size)."""
         if self._grad_fn is None:
             self._build(targets)
-        self._check_class(inputs)
+        self.objective.check_class_size(self.handle, inputs)
         try:
             o, gi, gl, gw, acts = self._grad_fn(list(inputs), list(targets))
         except (GradientError, UsageError, InputError):
@@ -290,7 +289,7 @@ class GradientEngine:
             if g is None:  # the objective does not reach it: token ids are the usual reason
                 raise missing_input_gradient(self.handle, k)
         if self.sparse_weights:
-            weights = [_weight_numpy(g, v) for g, v in zip(gw, self.variables, strict=True)]
+            weights = [weight_numpy(g, v) for g, v in zip(gw, self.variables, strict=True)]
         else:
             weights = [_numpy(g) for g in gw]
         return StepResult(
@@ -301,25 +300,11 @@ class GradientEngine:
             [a.numpy() for a in acts] if self.activations else None,
         )
 
-    def _check_class(self, inputs: Sequence[np.ndarray]) -> None:
-        """--class against the real class axis, where the declared shape leaves it open."""
-        if self._class_checked or self.objective.kind != ObjectiveKind.CLASS:
-            return
-        self._class_checked = True
-        index = self.objective.outputs[0]
-        shape = self.handle.outputs[index].shape
-        if shape and shape[-1] is None and len(inputs[0]):
-            try:  # one sample's forward pass gives the real size
-                y = self.handle.call([x[:1] for x in inputs], training=False)[index]
-            except Exception:  # noqa: BLE001 - the gradient call reports model errors itself
-                return
-            self.objective.check_class_range(self.handle, tuple(y.shape[1:]))
-
     def objective_values(
         self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] = ()
     ) -> np.ndarray:
         """The per-sample objective only (a forward pass)."""
-        self._check_class(inputs)
+        self.objective.check_class_size(self.handle, inputs)
         if self._forward_fn is None:
 
             def forward(xs, ys):

@@ -33,6 +33,7 @@ class Objective:
     losses: dict[int, LossSpec] = field(default_factory=dict)  # per output index (kind "loss")
     output_shapes: dict[int, tuple] = field(default_factory=dict)  # declared, without N
     logits: Logits | None = None  # --logits: the selected outputs before their softmax/sigmoid
+    class_size_checked: bool = False  # check_class_size ran (once per objective)
 
     def model_outputs(self, handle: ModelHandle, xs: list, training: bool) -> list:
         """The model's outputs for the objective (with --logits, the selected ones as logits)."""
@@ -64,6 +65,21 @@ class Objective:
             logit = " logit" if self.logits else ""
             return f"class {self.class_index}{logit} of {names}{summed}"
         return f"sum of logits of {names}" if self.logits else f"sum of {names}"
+
+    def check_class_size(self, handle: ModelHandle, inputs: list) -> None:
+        """--class against the real class axis, where the declared shape leaves it open: one
+        sample's forward pass gives the real size (once; engines call it before a batch)."""
+        if self.class_size_checked or self.kind != ObjectiveKind.CLASS:
+            return
+        self.class_size_checked = True
+        index = self.outputs[0]
+        shape = handle.outputs[index].shape
+        if shape and shape[-1] is None and len(inputs[0]):
+            try:
+                y = handle.call([x[:1] for x in inputs], training=False)[index]
+            except Exception:  # noqa: BLE001 - the gradient call reports model errors itself
+                return
+            self.check_class_range(handle, tuple(y.shape[1:]))
 
     def check_class_range(self, handle: ModelHandle, shape: tuple[int | None, ...]) -> None:
         """--class K indexes the output's last (class) axis: refuse K outside it (exit 2)."""

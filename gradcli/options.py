@@ -1,5 +1,9 @@
 """The CLI's option declarations: choices from the methods and formats tables, and one
-entry per option that several commands share (light: Typer only, no NumPy)."""
+entry per option that several commands share (light: Typer only, no NumPy).
+
+One file on purpose: it is a table, one declaration per shared option (flag, help, default,
+how it reaches the Job), and its length is the number of options, not logic.
+"""
 
 from __future__ import annotations
 

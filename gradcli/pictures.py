@@ -1,4 +1,9 @@
-"""PNG pictures: saliency heatmaps and the gradient-flow chart (matplotlib, imported lazily)."""
+"""PNG pictures: saliency heatmaps, CAM overlays and strips, and the gradient-flow chart
+(matplotlib, imported lazily).
+
+One file on purpose: every picture shares its style constants, the three-panel layout, the
+input normalization and the atomic save, and this is the only module that draws.
+"""
 
 from __future__ import annotations
 
@@ -143,29 +148,9 @@ def _cam_scaled(cam: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _cam_image_figure(x: np.ndarray, cam: np.ndarray, index: int, title: str | None) -> Figure:
-    shown, gray = _normalized_input(x)
     scaled, peak = _cam_scaled(cam)
-    fig = _new_figure(*HEATMAP_SIZE_INCHES)
-    ax_in, ax_cam, ax_over = fig.subplots(1, 3)
-    image_kw = {"interpolation": "antialiased", "vmin": 0.0, "vmax": 1.0}
-    if shown.ndim == 3:
-        ax_in.imshow(shown, interpolation="antialiased")
-    else:
-        ax_in.imshow(shown, cmap="gray", **image_kw)
-    ax_in.set_title("input", fontsize=10)
-    heat = ax_cam.imshow(scaled, cmap=HEATMAP_CMAP, **image_kw)
-    ax_cam.set_title(f"CAM (max {peak:.2e})" if peak > 0 else "CAM (all zero)", fontsize=10)
-    cbar = fig.colorbar(heat, ax=ax_cam, fraction=0.046, pad=0.03, ticks=[0.0, 0.5, 1.0])
-    cbar.ax.tick_params(labelsize=8)
-    cbar.set_label("relative to the map's max", fontsize=8)
-    ax_over.imshow(gray, cmap="gray", **image_kw)
-    ax_over.imshow(scaled, cmap=HEATMAP_CMAP, alpha=OVERLAY_ALPHA, **image_kw)
-    ax_over.set_title("overlay", fontsize=10)
-    for ax in (ax_in, ax_cam, ax_over):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"{title} - sample {index}" if title else f"sample {index}", fontsize=11)
-    return fig
+    label = f"CAM (max {peak:.2e})" if peak > 0 else "CAM (all zero)"
+    return _three_panels(x, scaled, label, "relative to the map's max", index, title)
 
 
 def _cam_strip_figure(x: np.ndarray, cam: np.ndarray, index: int, title: str | None) -> Figure:
@@ -294,39 +279,44 @@ def _normalized_input(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _heatmap_figure(x: np.ndarray, g: np.ndarray, index: int, title: str | None) -> Figure:
-    shown, gray = _normalized_input(x)
     sal = saliency_map(g)
     a = np.abs(np.asarray(g, dtype=np.float64))
     nonfinite = int((~np.isfinite(a)).sum())
     finite_vals = a[np.isfinite(a)]
     peak = float(finite_vals.max()) if finite_vals.size else 0.0
-
-    fig = _new_figure(*HEATMAP_SIZE_INCHES)
-    ax_in, ax_heat, ax_over = fig.subplots(1, 3)
-    image_kw = {"interpolation": "antialiased", "vmin": 0.0, "vmax": 1.0}
-    if shown.ndim == 3:
-        ax_in.imshow(shown, interpolation="antialiased")
-    else:
-        ax_in.imshow(shown, cmap="gray", **image_kw)
-    ax_in.set_title("input", fontsize=10)
-
-    heat = ax_heat.imshow(sal, cmap=HEATMAP_CMAP, **image_kw)
     if not finite_vals.size:
         detail = "no finite value"
     else:
         detail = f"max {peak:.2e}" if peak > 0 else "all zero"
         if nonfinite:
             detail += f", {nonfinite} non-finite"
-    ax_heat.set_title(f"|gradient| ({detail})", fontsize=10)
-    cbar = fig.colorbar(heat, ax=ax_heat, fraction=0.046, pad=0.03, ticks=[0.0, 0.5, 1.0])
+    return _three_panels(
+        x, sal, f"|gradient| ({detail})", f"relative, clipped at p{CLIP_PERCENTILE:g}", index, title
+    )
+
+
+def _three_panels(
+    x: np.ndarray, map01: np.ndarray, label: str, scale: str, index: int, title: str | None
+) -> Figure:
+    """Input | a map in [0, 1] (with its colour bar) | the map over the input in gray."""
+    shown, gray = _normalized_input(x)
+    fig = _new_figure(*HEATMAP_SIZE_INCHES)
+    ax_in, ax_map, ax_over = fig.subplots(1, 3)
+    image_kw = {"interpolation": "antialiased", "vmin": 0.0, "vmax": 1.0}
+    if shown.ndim == 3:
+        ax_in.imshow(shown, interpolation="antialiased")
+    else:
+        ax_in.imshow(shown, cmap="gray", **image_kw)
+    ax_in.set_title("input", fontsize=10)
+    heat = ax_map.imshow(map01, cmap=HEATMAP_CMAP, **image_kw)
+    ax_map.set_title(label, fontsize=10)
+    cbar = fig.colorbar(heat, ax=ax_map, fraction=0.046, pad=0.03, ticks=[0.0, 0.5, 1.0])
     cbar.ax.tick_params(labelsize=8)
-    cbar.set_label(f"relative, clipped at p{CLIP_PERCENTILE:g}", fontsize=8)
-
+    cbar.set_label(scale, fontsize=8)
     ax_over.imshow(gray, cmap="gray", **image_kw)
-    ax_over.imshow(sal, cmap=HEATMAP_CMAP, alpha=OVERLAY_ALPHA, **image_kw)
+    ax_over.imshow(map01, cmap=HEATMAP_CMAP, alpha=OVERLAY_ALPHA, **image_kw)
     ax_over.set_title("overlay", fontsize=10)
-
-    for ax in (ax_in, ax_heat, ax_over):
+    for ax in (ax_in, ax_map, ax_over):
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{title} - sample {index}" if title else f"sample {index}", fontsize=11)

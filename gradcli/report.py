@@ -1,4 +1,8 @@
-"""Present records: Rich tables for people, JSON lines for scripts (no TensorFlow here)."""
+"""Present records: Rich tables for people, JSON lines for scripts (no TensorFlow here).
+
+One file on purpose: a renderer per record kind (gradients, per-sample, flow, diff, check,
+info, many models), all sharing the number formats, status cells and header; each is short.
+"""
 
 from __future__ import annotations
 

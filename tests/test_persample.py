@@ -417,3 +417,26 @@ def test_a_tied_embedding_table_takes_the_general_path(keras, tf):
         np.testing.assert_allclose(
             got["per_sample/" + v.path], np.stack(want), rtol=1e-4, atol=1e-7
         )
+
+
+def test_class_beyond_an_undeclared_class_axis_is_exit_2(cli, tf, tmp_path):
+    """An output whose class axis the model leaves open (None): --class is checked against one
+    sample's real output, by the gradient engine and by the per-sample engine alike."""
+
+    class Open(tf.Module):
+        def __init__(self) -> None:
+            self.w = tf.Variable(np.arange(12, dtype=np.float32).reshape(4, 3) / 10)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def serve(self, x):
+            return tf.reshape(x @ self.w, [tf.shape(x)[0], -1])  # static shape (None, None)
+
+    tf.saved_model.save(Open(), str(tmp_path / "open"))
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((3, 4), np.float32))
+    for args in (("wrt-input",), ("wrt-weights", "--per-sample")):
+        r = cli(args[0], tmp_path / "open", x, "--class", "5", *args[1:])
+        assert r.code == 2, r.err
+        assert "3 classes; K must be in 0..2" in r.err, r.err
+        ok = cli(args[0], tmp_path / "open", x, "--class", "2", *args[1:], "--json")
+        assert ok.code == 0, ok.err
