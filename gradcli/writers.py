@@ -195,6 +195,9 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~mask
 
 
+SYNC_BYTES = 16 << 20  # NpzStreamWriter flushes to disk after this many bytes of rows
+
+
 class NpzStreamWriter:
     """Write named arrays of known shape into an .npz, one batch of rows at a time.
 
@@ -235,6 +238,7 @@ class NpzStreamWriter:
             self._temps.append(spool)
             self._spool[key] = open(spool, "wb")  # noqa: SIM115 - closed by commit/abort
         self._done = False
+        self._unsynced = 0  # bytes written since the last _sync
 
     def write(self, key: str, rows: np.ndarray) -> None:
         """Append the next rows of array `key` (rows must arrive in order)."""
@@ -250,6 +254,22 @@ class NpzStreamWriter:
         target = self._direct if key == self._direct_key else self._spool[key]
         target.write(rows.data if rows.size else b"")
         self.written[key] += rows.shape[0]
+        self._unsynced += rows.nbytes
+        if self._unsynced >= SYNC_BYTES:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Flush what is written so far to disk. `commit` fsyncs the finished file before it
+        is renamed into place; syncing as the rows come (in the writer thread, while the tape
+        runs) leaves that fsync little to wait for: for a 200 MB output here it took
+        0.14-0.21 s without, 0.014 s with a sync every 16 MiB."""
+        self._unsynced = 0
+        files = [self.zip.fp, *self._spool.values()]
+        for f in files:
+            if f is None:
+                continue
+            f.flush()
+            os.fdatasync(f.fileno())
 
     def commit(self) -> Path:
         for key, (shape, _) in self.arrays.items():

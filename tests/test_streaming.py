@@ -65,6 +65,34 @@ def test_stream_writer_entries_and_atomicity(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npz"]
 
 
+def test_syncing_as_rows_come_writes_the_same_file(tmp_path, monkeypatch):
+    """The writer flushes to disk every SYNC_BYTES of rows (so commit's fsync has little left
+    to wait for); the file is byte for byte the one written without those syncs."""
+    import os
+
+    from gradcli import writers
+
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(writers.os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    specs = {"first": ((6, 4), "<f4"), "second": ((6, 2), "<f8")}
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 2))
+    files = []
+    for sync_bytes in (1 << 40, 1):
+        monkeypatch.setattr(writers, "SYNC_BYTES", sync_bytes)
+        path = tmp_path / f"out{sync_bytes}.npz"
+        with NpzStreamWriter(path, specs) as w:
+            for start in range(0, 6, 2):
+                w.write("first", a[start : start + 2])
+                w.write("second", b[start : start + 2])
+            w.commit()
+        files.append(path.read_bytes())
+        assert len(synced) == (0 if sync_bytes > 1 else 6 * 2)  # 6 writes, 2 open files each
+    assert files[0] == files[1]
+    np.testing.assert_array_equal(npz(tmp_path / "out1.npz")["first"], a)
+
+
 def test_failed_write_leaves_previous_file_untouched(tmp_path):
     path = tmp_path / "out.npz"
     path.write_bytes(b"previous")
