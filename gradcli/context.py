@@ -13,7 +13,7 @@ import numpy as np
 from . import __version__
 from .arrays import ArraySource, check_samples, read_arrays
 from .batching import input_rows
-from .engine import GradientEngine, default_batch_size, read_batches
+from .engine import Batch, GradientEngine, default_batch_size, read_batches
 from .errors import ExitCode, InputError, UsageError
 from .job import Job
 from .loading import ModelHandle
@@ -56,6 +56,11 @@ def _draw_seed(job: Job) -> None:
     if job.command == "wrt-input" and method is not None and "seed" in method.options:
         if job.seed is None:
             job.seed = int(np.random.SeedSequence().entropy % (2**31))
+
+
+def _with_prepared(batch: Batch, prepare: Callable[[Batch], Any]) -> Batch:
+    batch.prepared = prepare(batch)
+    return batch
 
 
 class Context:
@@ -140,9 +145,16 @@ class Context:
             return rows
         return max(1, max(rows, input_rows(self.handle)) // expansion)
 
-    def batches(self, engine: GradientEngine, size: int):
+    def batches(
+        self, engine: GradientEngine, size: int, prepare: Callable[[Batch], Any] | None = None
+    ):
+        """The input in batches of `size` rows. The next batch is read, and `prepare` (a
+        method's work before the tape: noisy copies, path points) sets its `prepared`, in a
+        reader thread while the current one is on the tape."""
         batches = read_batches(self.input_sources, engine.input_dtypes, self.targets, self.n, size)
-        return prefetch(batches) if enabled() else batches  # the next batch read meanwhile
+        if prepare is not None:
+            batches = (_with_prepared(b, prepare) for b in batches)
+        return prefetch(batches) if enabled() else batches
 
     def progress(self, done: int) -> None:
         self.emit("progress", index=self.index, done=done, total=self.n)

@@ -38,6 +38,7 @@ class Batch:
     stop: int
     inputs: list[np.ndarray]
     targets: list[np.ndarray]
+    prepared: Any = None  # a method's tape inputs for the batch (Method.prepare), if made
 
 
 @dataclass

@@ -51,6 +51,9 @@ class Attribution:
 
 
 Attribute = Callable[["GradientEngine", "Batch", MethodOptions, int], Attribution]
+# work on a batch that needs no tape (noisy copies, IG path points): Context.batches runs it in
+# the reader thread, so it overlaps the previous batch's tape calls
+Prepare = Callable[["Batch", MethodOptions], Any]
 
 
 def _one_row(options: MethodOptions) -> int:
@@ -74,6 +77,14 @@ class Method:
     # True: it reads a layer's activation and gradient (--layer; the engine watches the layer
     # and returns its activation instead of input gradients)
     needs_layer: bool = False
+    # the tape's inputs for a batch, built off the main thread; `attribute` finds them in
+    # `batch.prepared` (and builds them itself where nobody did)
+    prepare: Prepare | None = None
+
+
+def prepared(batch: Batch, options: MethodOptions, prepare: Prepare) -> Any:
+    """What `prepare` made of this batch in the reader thread, or made now."""
+    return batch.prepared if batch.prepared is not None else prepare(batch, options)
 
 
 METHODS: dict[str, Method] = {}
@@ -143,10 +154,8 @@ def smoothgrad_noise(
     return rng.standard_normal((options.samples, *x.shape), dtype=np.float32) * sigma
 
 
-def _noisy_gradients(
-    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
-) -> list[np.ndarray]:
-    """Per input, the gradients at the `samples` noisy copies of each row: (B, samples, ...)."""
+def _noisy_copies(batch: Batch, options: MethodOptions) -> tuple[list, list]:
+    """The tape's rows for a batch: `samples` noisy copies of each row, and the targets."""
     import numpy as np
 
     s = options.samples
@@ -156,8 +165,16 @@ def _noisy_gradients(
         for i in range(len(x)):
             rows[i] = x[i] + smoothgrad_noise(x[i], batch.start + i, k, options)
         noisy.append(rows.reshape(len(x) * s, *x.shape[1:]))
-    targets = [np.repeat(t, s, axis=0) for t in batch.targets]
+    return noisy, [np.repeat(t, s, axis=0) for t in batch.targets]
+
+
+def _noisy_gradients(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> list[np.ndarray]:
+    """Per input, the gradients at the `samples` noisy copies of each row: (B, samples, ...)."""
+    noisy, targets = prepared(batch, options, _noisy_copies)
     grads = _tape_in_chunks(engine, noisy, targets, rows_per_call)
+    s = options.samples
     return [g.reshape(len(x), s, *x.shape[1:]) for g, x in zip(grads, batch.inputs, strict=True)]
 
 
@@ -217,9 +234,9 @@ def _cam(
     return Attribution(values, result.objective, layer_map=maps)
 
 
-def _integrated(
-    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
-) -> Attribution:
+def _path_points(batch: Batch, options: MethodOptions) -> tuple[list, list, list]:
+    """The tape's rows for a batch: `steps` points on the path from each row's baseline to
+    the row (midpoint rule), the targets, and the baselines."""
     import numpy as np
 
     m = options.steps
@@ -242,7 +259,16 @@ def _integrated(
         a = alphas.reshape(1, m, *shape)
         rows = b[:, None] + a * (x - b)[:, None]
         path_inputs.append(rows.reshape(len(x) * m, *x.shape[1:]).astype(x.dtype))
-    targets = [np.repeat(t, m, axis=0) for t in batch.targets]
+    return path_inputs, [np.repeat(t, m, axis=0) for t in batch.targets], baselines
+
+
+def _integrated(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    import numpy as np
+
+    m = options.steps
+    path_inputs, targets, baselines = prepared(batch, options, _path_points)
     grads = _tape_in_chunks(engine, path_inputs, targets, rows_per_call)
     values = []
     for g, x, b in zip(grads, batch.inputs, baselines, strict=True):
@@ -289,6 +315,7 @@ register(
         expansion=lambda o: o.samples,
         extras=_smoothgrad_extras,
         options=("samples", "noise", "seed"),
+        prepare=_noisy_copies,
     )
 )
 register(
@@ -299,6 +326,7 @@ register(
         expansion=lambda o: o.samples,
         extras=_smoothgrad_extras,
         options=("samples", "noise", "seed"),
+        prepare=_noisy_copies,
     )
 )
 register(
@@ -309,6 +337,7 @@ register(
         expansion=lambda o: o.samples,
         extras=_smoothgrad_extras,
         options=("samples", "noise", "seed"),
+        prepare=_noisy_copies,
     )
 )
 register(
@@ -319,6 +348,7 @@ register(
         expansion=lambda o: o.steps,
         extras=_integrated_extras,
         options=("steps", "baseline"),
+        prepare=_path_points,
     )
 )
 register(Method("gradcam", "Grad-CAM on --layer", _cam, options=("layers",), needs_layer=True))

@@ -93,6 +93,45 @@ def test_default_batch_size_is_deterministic_and_reads_the_model(speed_models):
     assert 4 << 20 <= budget <= 64 << 20
 
 
+def test_methods_prepare_their_rows_off_the_tape_with_the_same_result(speed_models, tf):
+    """SmoothGrad's noisy copies and IG's path points are made by Method.prepare (in the
+    reader thread when run by a command); made there or inside `attribute`, the result is
+    the same, and it matches a plain tape."""
+    from gradcli.engine import Batch, GradientEngine
+    from gradcli.methods import METHODS, MethodOptions, attribute, smoothgrad_noise
+    from gradcli.objective import build_objective
+
+    handle = _handle(speed_models["cnn"])
+    engine = GradientEngine(handle, build_objective(handle, class_index=1), wrt_inputs=True)
+    x = np.load(speed_models["dir"] / "x.npy")[:3]
+
+    def tape(rows):
+        rows = tf.constant(rows)
+        with tf.GradientTape() as t:
+            t.watch(rows)
+            total = tf.reduce_sum(handle.model(rows, training=False)[:, 1])
+        return t.gradient(total, rows).numpy().astype(np.float64)
+
+    for name in ("smoothgrad", "integrated"):
+        options = MethodOptions(name, samples=4, noise=0.2, seed=3, steps=5)
+        plain = Batch(10, 13, [x], [])
+        made = Batch(10, 13, [x], [], prepared=METHODS[name].prepare(plain, options))
+        got = attribute(engine, made, options, 8).values[0]
+        np.testing.assert_array_equal(got, attribute(engine, plain, options, 8).values[0])
+        if name == "smoothgrad":
+            want = [
+                tape(x[i] + smoothgrad_noise(x[i], 10 + i, 0, options)).mean(axis=0)
+                for i in range(3)
+            ]
+        else:
+            alphas = (np.arange(5) + 0.5) / 5
+            want = [
+                x[i] * tape((alphas[:, None, None, None] * x[i]).astype(np.float32)).mean(0)
+                for i in range(3)
+            ]
+        np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-7)
+
+
 def test_results_are_the_same_for_every_batch_size(cli, speed_models, tf, tmp_path):
     """wrt-input (vanilla, IG), wrt-layer and wrt-weights at 1, 5, 37 rows and the default all
     match one plain tape over all 37 samples."""

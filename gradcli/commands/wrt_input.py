@@ -4,6 +4,7 @@ methods' maps of a layer, resized to the input."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,11 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     pictures = _Pictures(png, names, shapes, job.png_limit)
     completeness: list[dict] = []
     specs = {n: (shapes[n], engine.input_dtypes[k].str) for k, n in enumerate(names)}
+    # the noisy copies or path points of the next batch are made while this one is on the tape
+    prepare = functools.partial(method.prepare, options=options) if method.prepare else None
     with ctx.sink(out, specs) as writer:
-        for batch in ctx.batches(engine, ctx.method_batch(method.expansion(options))):
+        size = ctx.method_batch(method.expansion(options))
+        for batch in ctx.batches(engine, size, prepare):
             att = attribute(engine, batch, options, rows_per_call)
             for k, name in enumerate(names):
                 g = att.values[k]
