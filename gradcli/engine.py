@@ -29,6 +29,8 @@ from .tokens import (
     token_uses,
 )
 
+_VALID_SPEC = tf.TensorSpec((), tf.int32)  # rows of a call that are not padding
+
 
 @dataclass
 class Batch:
@@ -227,6 +229,8 @@ class GradientEngine:
         self._jit = jit
         self._grad_fn = None
         self._forward_fn = None
+        self._longest = 0  # rows of the longest call so far (--jit pads shorter ones to it)
+        self.padded_rows = 0  # rows of padding computed and dropped, in all
 
     def _target_specs(self, targets: Sequence[np.ndarray]) -> list[Any]:
         return [tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(t.dtype)) for t in targets]
@@ -239,7 +243,7 @@ class GradientEngine:
         layer_capture = self.layers
         variables = self.variables
 
-        def step(xs, ys):
+        def step(xs, ys, valid):
             xs, ys = list(xs), list(ys)
             capture = LayerCapture(layer_capture)
             with tf.GradientTape(watch_accessed_variables=bool(variables)) as tape:
@@ -251,7 +255,10 @@ class GradientEngine:
                     o = self._objective(xs, ys)
                 finally:
                     capture.remove()
-                total = tf.reduce_sum(o)
+                # rows from `valid` on are padding (see _pad): out of the sum, so out of
+                # every gradient; without padding the mask is all ones and changes nothing
+                keep = tf.cast(tf.range(tf.shape(o)[0]) < valid, o.dtype)
+                total = tf.reduce_sum(o * keep)
             acts = (
                 capture.outputs(xs, [i.name for i in self.handle.inputs]) if layer_capture else []
             )
@@ -271,7 +278,29 @@ class GradientEngine:
                 acts if self.activations else [],
             )
 
-        self._grad_fn = Compiled(step, [self._input_specs, self._target_specs(targets)], self._jit)
+        self._grad_fn = Compiled(
+            step, [self._input_specs, self._target_specs(targets), _VALID_SPEC], self._jit
+        )
+
+    def _pad(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> tuple:
+        """Under XLA (--jit), a batch shorter than the longest so far, usually the last one,
+        is padded to that length with copies of its last row, so that XLA does not compile
+        the step again for one more shape (1.4 s for the bench Transformer, where a call
+        takes 0.07 s). The copies are masked out of the objective's sum, and their rows are
+        dropped from the results. Not in training mode, where copies would change the
+        batch statistics (BatchNorm); not without XLA, where a new shape costs nothing.
+        Returns (inputs, targets, valid rows)."""
+        rows = len(inputs[0]) if len(inputs) else 0
+        self._longest = max(self._longest, rows)
+        if not self._jit or self.training or rows == 0 or rows == self._longest:
+            return list(inputs), list(targets), rows
+        extra = self._longest - rows
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
+
+        self.padded_rows += extra
+        return [pad(x) for x in inputs], [pad(t) for t in targets], rows
 
     def gradients(
         self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] = ()
@@ -280,8 +309,10 @@ class GradientEngine:
         if self._grad_fn is None:
             self._build(targets)
         self.objective.check_class_size(self.handle, inputs)
+        inputs, targets, valid = self._pad(inputs, targets)
+        padded = bool(inputs) and len(inputs[0]) != valid
         try:
-            o, gi, gl, gw, acts = self._grad_fn(list(inputs), list(targets))
+            o, gi, gl, gw, acts = self._grad_fn(inputs, targets, np.int32(valid))
         except (GradientError, UsageError, InputError):
             raise
         except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
@@ -293,12 +324,17 @@ class GradientEngine:
             weights = [weight_numpy(g, v) for g, v in zip(gw, self.variables, strict=True)]
         else:
             weights = [_numpy(g) for g in gw]
+
+        def rows(x: Any) -> np.ndarray | None:
+            a = _numpy(x)
+            return a[:valid] if padded and a is not None else a
+
         return StepResult(
-            o.numpy(),
-            [_numpy(g) for g in gi],
-            [_numpy(g) for g in gl],
+            rows(o),
+            [rows(g) for g in gi],
+            [rows(g) for g in gl],
             weights,
-            [a.numpy() for a in acts] if self.activations else None,
+            [rows(a) for a in acts] if self.activations else None,
         )
 
     def objective_values(
@@ -314,8 +350,9 @@ class GradientEngine:
             self._forward_fn = Compiled(
                 forward, [self._input_specs, self._target_specs(targets)], self._jit
             )
+        inputs, targets, valid = self._pad(inputs, targets)
         try:
-            return self._forward_fn(list(inputs), list(targets)).numpy()
+            return self._forward_fn(inputs, targets).numpy()[:valid]
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             raise GradientError(f"the model cannot be evaluated: {first_line(exc)}") from exc
 

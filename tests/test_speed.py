@@ -172,6 +172,67 @@ def test_results_are_the_same_for_every_batch_size(cli, speed_models, tf, tmp_pa
                 np.testing.assert_allclose(arrays[v.path], want, rtol=1e-4, atol=1e-6)
 
 
+def test_jit_pads_the_short_last_batch_and_masks_the_copies_out(cli, speed_models, tf, tmp_path):
+    """Under --jit a shorter last batch is padded to the longest (no second XLA compile); the
+    copies are out of the objective's sum and dropped from the results: input, layer and
+    weight gradients and objective values equal a plain tape's over the 37 real rows."""
+    import keras
+
+    from conftest import load
+    from gradcli.engine import GradientEngine
+    from gradcli.objective import build_objective
+
+    model = load(speed_models["cnn"])
+    x = np.load(speed_models["dir"] / "x.npy")  # 37 rows: calls of 16, 16 and 5 (+11 copies)
+    front = keras.Model(model.inputs, model.get_layer("conv2").output)
+    xt = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xt)
+        a = front(xt, training=False)
+        y = model.get_layer("logits")(model.get_layer("flatten")(a))
+        total = tf.reduce_sum(y[:, 2])
+    want_input, want_layer = (g.numpy() for g in tape.gradient(total, [xt, a]))
+    want_weights = [g.numpy() for g in tape.gradient(total, model.trainable_variables)]
+
+    handle = _handle(speed_models["cnn"])
+    engine = GradientEngine(
+        handle,
+        build_objective(handle, class_index=2),
+        wrt_inputs=True,
+        layers=[handle.find_layer("conv2")],
+        wrt_weights=True,
+        jit=True,
+    )
+    steps = [engine.gradients([x[s : s + 16]]) for s in range(0, 37, 16)]
+    assert engine.padded_rows == 11
+    assert [len(r.objective) for r in steps] == [16, 16, 5]
+    np.testing.assert_allclose(np.concatenate([r.objective for r in steps]), y.numpy()[:, 2],
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    got_input = np.concatenate([r.inputs[0] for r in steps])
+    np.testing.assert_allclose(got_input, want_input, rtol=1e-4, atol=1e-6)
+    got_layer = np.concatenate([r.layers[0] for r in steps])
+    np.testing.assert_allclose(got_layer, want_layer, rtol=1e-4, atol=1e-6)
+    for k, want in enumerate(want_weights):
+        got = sum(r.weights[k] for r in steps)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(engine.objective_values([x[32:]]), y.numpy()[32:, 2],
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    # in training mode copies would change batch statistics: never padded
+    training = GradientEngine(
+        handle, build_objective(handle, class_index=2), wrt_inputs=True, training=True, jit=True
+    )
+    training.gradients([x[:16]])
+    assert len(training.gradients([x[32:]]).inputs[0]) == 5 and training.padded_rows == 0
+    # the command: wrt-weights --jit in calls of 16 is the mean over the 37 real rows
+    out = tmp_path / "w.npz"
+    r = cli("wrt-weights", speed_models["cnn"], speed_models["dir"] / "x.npy", "--class", "2",
+            "--jit", "-b", "16", "-o", out, "-q")  # fmt: skip
+    assert r.code == 0, r.err
+    arrays = npz(out)
+    for v, want in zip(model.trainable_variables, want_weights, strict=True):
+        np.testing.assert_allclose(arrays[v.path], want / len(x), rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------ overlap
 
 
