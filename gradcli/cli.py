@@ -112,13 +112,19 @@ def local_command(name: str, *layout: str):
         def run(**kwargs: Any) -> None:
             fn(**kwargs)
 
-        run.__name__ = fn.__name__
-        run.__doc__ = fn.__doc__
-        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        return app.command(name)(_guard(run))
+        return _register(name, fn, run, params)
 
     return decorate
+
+
+def _register(name: str, fn: Callable, run: Callable, params: list) -> Callable:
+    """Register `run` as command `name`, with `fn`'s name and help and the signature
+    (`params`) Typer reads its options from."""
+    run.__name__ = fn.__name__
+    run.__doc__ = fn.__doc__
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return app.command(name)(_guard(run))
 
 
 def command(name: str, *layout: str):
@@ -148,11 +154,7 @@ def command(name: str, *layout: str):
                 junit=kwargs.get("junit"),
             )
 
-        run.__name__ = fn.__name__
-        run.__doc__ = fn.__doc__
-        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        return app.command(name)(_guard(run))
+        return _register(name, fn, run, params)
 
     return decorate
 

@@ -229,7 +229,8 @@ class GradientEngine:
         self._jit = jit
         self._grad_fn = None
         self._forward_fn = None
-        self._longest = 0  # rows of the longest call so far (--jit pads shorter ones to it)
+        # rows of the longest call so far, per compiled function (--jit pads shorter ones)
+        self._longest = {"gradients": 0, "forward": 0}
         self.padded_rows = 0  # rows of padding computed and dropped, in all
 
     def _target_specs(self, targets: Sequence[np.ndarray]) -> list[Any]:
@@ -282,19 +283,21 @@ class GradientEngine:
             step, [self._input_specs, self._target_specs(targets), _VALID_SPEC], self._jit
         )
 
-    def _pad(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> tuple:
-        """Under XLA (--jit), a batch shorter than the longest so far, usually the last one,
-        is padded to that length with copies of its last row, so that XLA does not compile
-        the step again for one more shape (1.4 s for the bench Transformer, where a call
-        takes 0.07 s). The copies are masked out of the objective's sum, and their rows are
-        dropped from the results. Not in training mode, where copies would change the
-        batch statistics (BatchNorm); not without XLA, where a new shape costs nothing.
+    def _pad(self, fn: str, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> tuple:
+        """Under XLA (--jit), a batch shorter than the longest that compiled function `fn`
+        ("gradients" or "forward") has run so far, usually the last one, is padded to that
+        length with copies of its last row, so that XLA does not compile the function again
+        for one more shape (1.4 s for the bench Transformer, where a call takes 0.07 s),
+        and IG's short forward passes are not padded to the tape's rows. The copies are
+        masked out of the objective's sum, and their rows are dropped from the results. Not
+        in training mode, where copies would change the batch statistics (BatchNorm); not
+        without XLA, where a new shape costs nothing.
         Returns (inputs, targets, valid rows)."""
         rows = len(inputs[0]) if len(inputs) else 0
-        self._longest = max(self._longest, rows)
-        if not self._jit or self.training or rows == 0 or rows == self._longest:
+        longest = self._longest[fn] = max(self._longest[fn], rows)
+        if not self._jit or self.training or rows == 0 or rows == longest:
             return list(inputs), list(targets), rows
-        extra = self._longest - rows
+        extra = longest - rows
 
         def pad(a: np.ndarray) -> np.ndarray:
             return np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
@@ -309,7 +312,7 @@ class GradientEngine:
         if self._grad_fn is None:
             self._build(targets)
         self.objective.check_class_size(self.handle, inputs)
-        inputs, targets, valid = self._pad(inputs, targets)
+        inputs, targets, valid = self._pad("gradients", inputs, targets)
         padded = bool(inputs) and len(inputs[0]) != valid
         try:
             o, gi, gl, gw, acts = self._grad_fn(inputs, targets, np.int32(valid))
@@ -350,53 +353,11 @@ class GradientEngine:
             self._forward_fn = Compiled(
                 forward, [self._input_specs, self._target_specs(targets)], self._jit
             )
-        inputs, targets, valid = self._pad(inputs, targets)
+        inputs, targets, valid = self._pad("forward", inputs, targets)
         try:
             return self._forward_fn(inputs, targets).numpy()[:valid]
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             raise GradientError(f"the model cannot be evaluated: {first_line(exc)}") from exc
-
-
-def jacobian_function(
-    handle: ModelHandle, output_index: int, training: bool = False, jit: bool = False
-) -> Any:
-    """A compiled per-sample Jacobian d y_i / d x_i of one output, for each input.
-
-    The returned callable's `disconnected` lists, once it has run, the inputs the output
-    does not reach (their Jacobian is zeros), as `GradientEngine` reports None for them.
-    """
-    specs = [
-        tf.TensorSpec((None, *info.shape), tf.as_dtype(input_dtype(info.dtype)))
-        for info in handle.inputs
-    ]
-    disconnected: list[int] = []
-
-    def jac(xs):
-        xs = list(xs)
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(xs)
-            y = handle.call(xs, training=training)[output_index]
-            if y.shape.rank == 1:
-                y = y[:, None]
-            total = tf.reduce_sum(y)
-        # known while tracing: whether the output reaches each input at all
-        reached = tape.gradient(total, xs, unconnected_gradients=tf.UnconnectedGradients.NONE)
-        disconnected[:] = [k for k, g in enumerate(reached) if g is None]
-        out = []
-        for k, x in enumerate(xs):
-            if k in disconnected:  # zeros, without tracing a Jacobian loop for nothing
-                shape = tf.concat([tf.shape(y), tf.shape(x)[1:]], axis=0)
-                out.append(tf.zeros(shape, dtype=y.dtype))
-            else:
-                out.append(
-                    tape.batch_jacobian(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                )
-        del tape
-        return out
-
-    compiled = Compiled(jac, [specs], jit)
-    compiled.disconnected = disconnected
-    return compiled
 
 
 __all__ = [
@@ -407,7 +368,6 @@ __all__ = [
     "StepResult",
     "default_batch_size",
     "input_gradient_error",
-    "jacobian_function",
     "missing_input_gradient",
     "read_batches",
     "token_input_error",

@@ -307,39 +307,22 @@ def _integrated_extras(options: MethodOptions, completeness: list[dict]) -> dict
 
 register(Method("vanilla", "d o / d x", _vanilla))
 register(Method("gradxinput", "x * grad", _gradxinput))
-register(
-    Method(
-        "smoothgrad",
-        "mean over noisy copies",
-        _smoothgrad,
-        expansion=lambda o: o.samples,
-        extras=_smoothgrad_extras,
-        options=("samples", "noise", "seed"),
-        prepare=_noisy_copies,
+for _name, _help, _attribute in (
+    ("smoothgrad", "mean over noisy copies", _smoothgrad),
+    ("squaregrad", "mean of grad^2 over the noisy copies", _squaregrad),
+    ("vargrad", "variance of grad over the noisy copies", _vargrad),
+):  # the noise tunnel: the same noisy copies, options and record keys, reduced differently
+    register(
+        Method(
+            _name,
+            _help,
+            _attribute,
+            expansion=lambda o: o.samples,
+            extras=_smoothgrad_extras,
+            options=("samples", "noise", "seed"),
+            prepare=_noisy_copies,
+        )
     )
-)
-register(
-    Method(
-        "squaregrad",
-        "mean of grad^2 over the noisy copies",
-        _squaregrad,
-        expansion=lambda o: o.samples,
-        extras=_smoothgrad_extras,
-        options=("samples", "noise", "seed"),
-        prepare=_noisy_copies,
-    )
-)
-register(
-    Method(
-        "vargrad",
-        "variance of grad over the noisy copies",
-        _vargrad,
-        expansion=lambda o: o.samples,
-        extras=_smoothgrad_extras,
-        options=("samples", "noise", "seed"),
-        prepare=_noisy_copies,
-    )
-)
 register(
     Method(
         "integrated",

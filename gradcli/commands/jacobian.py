@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from gradcli.backend import tf
 from gradcli.context import Context, committed
 from gradcli.engine import (
+    Compiled,
     default_batch_size,
     input_gradient_error,
-    jacobian_function,
     missing_input_gradient,
 )
 from gradcli.errors import GradientError, UsageError, first_line, param
+from gradcli.loading import ModelHandle
 from gradcli.stats import TensorStats
+from gradcli.tokens import input_dtype
 
 
 def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
@@ -71,3 +75,45 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
             ctx.progress(stop)
         written = committed(writer)
     return ctx.record([stats[n] for n in names], out=written, output=o.name)
+
+
+def jacobian_function(
+    handle: ModelHandle, output_index: int, training: bool = False, jit: bool = False
+) -> Any:
+    """A compiled per-sample Jacobian d y_i / d x_i of one output, for each input.
+
+    The returned callable's `disconnected` lists, once it has run, the inputs the output
+    does not reach (their Jacobian is zeros), as `GradientEngine` reports None for them.
+    """
+    specs = [
+        tf.TensorSpec((None, *info.shape), tf.as_dtype(input_dtype(info.dtype)))
+        for info in handle.inputs
+    ]
+    disconnected: list[int] = []
+
+    def jac(xs):
+        xs = list(xs)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(xs)
+            y = handle.call(xs, training=training)[output_index]
+            if y.shape.rank == 1:
+                y = y[:, None]
+            total = tf.reduce_sum(y)
+        # known while tracing: whether the output reaches each input at all
+        reached = tape.gradient(total, xs, unconnected_gradients=tf.UnconnectedGradients.NONE)
+        disconnected[:] = [k for k, g in enumerate(reached) if g is None]
+        out = []
+        for k, x in enumerate(xs):
+            if k in disconnected:  # zeros, without tracing a Jacobian loop for nothing
+                shape = tf.concat([tf.shape(y), tf.shape(x)[1:]], axis=0)
+                out.append(tf.zeros(shape, dtype=y.dtype))
+            else:
+                out.append(
+                    tape.batch_jacobian(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                )
+        del tape
+        return out
+
+    compiled = Compiled(jac, [specs], jit)
+    compiled.disconnected = disconnected
+    return compiled
