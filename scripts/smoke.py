@@ -229,11 +229,16 @@ def run_checks(label: str, checks: list[Check], env: dict, cwd: Path, results: R
     first, then = [c for c in checks if not c.after], [c for c in checks if c.after]
     for batch in (first, then):
         with ThreadPoolExecutor(2) as pool:
-            problems = list(pool.map(lambda check: check.run(cwd, env), batch))
-        for check, problem in zip(batch, problems, strict=True):
-            results.record(f"{label}: {check.name}", problem)
+            outcomes = list(pool.map(lambda check: timed(check.run, cwd, env), batch))
+        for check, (problem, seconds) in zip(batch, outcomes, strict=True):
+            results.record(f"{label}: {check.name} ({seconds:.1f} s)", problem)
     leftovers = sorted(p.name for p in cwd.rglob("*") if p.name.endswith(".tmp"))
     results.record(f"{label}: no temporary files left", f"{leftovers}" if leftovers else None)
+
+
+def timed(fn, *args):
+    start = time.monotonic()
+    return fn(*args), time.monotonic() - start
 
 
 # ------------------------------------------------------------------ 3: the CI recipes' install

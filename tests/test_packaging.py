@@ -8,6 +8,7 @@ of the dev venv, ~2 s); installing it and running every command is `make smoke`'
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,21 @@ def test_the_readme_install_recipes_are_the_ones_the_smoke_test_runs():
     assert any(line.startswith("pip wheel") for line in lines)
     assert any(line.startswith("pip install") and ".whl" in line for line in lines)
     assert all(recipe.kind in ("venv", "pipx") for recipe in recipes)
+
+
+def test_every_document_the_repository_names_is_in_it():
+    """One source for every fact: a Markdown document any file names is in the repository."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    names = {Path(t).name for t in tracked}
+    dangling = []
+    for rel in tracked:
+        path = ROOT / rel
+        if path.suffix in (".keras", ".h5", ".npy", ".npz", ".pb") or "variables" in path.parts:
+            continue
+        text = path.read_text(errors="replace")
+        for mention in set(re.findall(r"[\w./-]*\b[\w-]+\.md\b", text)):
+            if Path(mention).name not in names:
+                dangling.append(f"{rel}: {mention}")
+    assert dangling == []
