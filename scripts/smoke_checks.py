@@ -150,7 +150,7 @@ def command_checks(m: Path, version: str, full: bool, python: Path) -> list[Chec
         return quick
     x, y = m / "shapes_x.npy", m / "shapes_y.npy"
     complete = {"_GRADCLI_COMPLETE": "complete_bash"}
-    return quick + [
+    return quick[:2] + [  # the other installs show info's table; wrt-input -o is below
         Check("--help", ["--help"], verify=[says("wrt-weights"), says("--install-completion")]),
         Check(
             "info --json (SavedModel export)",
