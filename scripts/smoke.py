@@ -16,6 +16,8 @@
    (a Lambda layer) with gradcli's message; `pre-commit autoupdate --freeze` pins the
    README's config to a commit.
 
+Steps 1-2 copy the checkout's tracked and new files; step 3 builds the last commit, and
+try-repo (4) sees committed and changed tracked files: `git add` a new module first.
 The installs (each about 45 s of TensorFlow) run in parallel. Run it from the dev venv
 (pipx and pre-commit are dev extras): `.venv/bin/python scripts/smoke.py [--keep]`.
 One line per check; a failure says what and why (and where the logs are); exit 1 if any.
