@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench bench-quick samples clean
+.PHONY: install demo test smoke dist lint format bench bench-quick samples clean
 
 install: $(STAMP)
 
@@ -23,6 +23,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# gradcli as users install it (README "Install"): each recipe in a fresh environment, every
+# command from an empty directory outside the checkout, the pre-commit hook (3-4 minutes)
+smoke: $(STAMP)
+	$(BIN)/python scripts/smoke.py
+
+# the sdist and wheel a release would upload, into dist/
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -45,4 +56,4 @@ samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py
 
 clean:
-	rm -rf $(VENV) demo-out bench-out *.egg-info
+	rm -rf $(VENV) demo-out bench-out dist build *.egg-info

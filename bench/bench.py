@@ -2,10 +2,10 @@
 
 Run with `make bench` (or `.venv/bin/python bench/bench.py [--quick] [--skip-memory]`).
 Everything it writes goes to bench-out/ (gitignored); the big memory-test files are deleted
-at the end. The goals are those of SPEC.md "Speed and memory"; this is a benchmark, not a
+at the end. The goals are the README's (its "Benchmarks" table); this is a benchmark, not a
 test: it always exits 0 unless something fails to run, and prints PASS/MISS per goal.
 
-What is measured (the goals of SPEC.md "Speed and memory" and issue 17)
+What is measured (the rows and goals of the README's "Benchmarks" table)
 - wrt-input vanilla on 16,384 CNN images, whole process (Python + TensorFlow start-up, model
   load, reading the .npy, computing, writing the .npz): `gradcli` versus bench-out/reference.py,
   a hand-written `tf.function` batched GradientTape (batch 256) over the np.load'ed array,

@@ -1,8 +1,8 @@
 """gradcli benchmark: the cost of `wrt-weights --per-sample` relative to plain `wrt-weights`.
 
 Run with `python bench/persample.py [--quick] [--repeat R] [--no-process]` (`make bench` runs
-it after bench/bench.py). Goal (issue 15): per-sample norms at most 3x plain wrt-weights on
-the bench CNN and MLP (bench/bench.py's `build_cnn` / `build_mlp`, same shapes).
+it after bench/bench.py). Goal (README "Benchmarks"): per-sample norms at most 3x plain
+wrt-weights on the bench CNN and MLP (bench/bench.py's `build_cnn` / `build_mlp`, same shapes).
 
 What is measured
 - compute, in this process: one pass over N samples as the command does it (batches read,

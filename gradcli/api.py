@@ -6,7 +6,8 @@
 
 `model` is a path, a loaded Keras model, or a handle from `gradcli.load_model`; `x` (and
 `target`) is an array for a single input (output), or a dict keyed by input (output) name,
-or a list in the model's order. Semantics are exactly the CLI's (see SPEC.md / --help).
+or a list in the model's order. Semantics are exactly the CLI's (README.md, `gradcli COMMAND
+--help`).
 """
 
 from __future__ import annotations

@@ -12,17 +12,21 @@ options.py, the work elsewhere).
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 from typer.exceptions import TyperException
 
 from . import __version__
+from .completion import complete_layer
 from .errors import ExitCode, GradcliError, UsageError
 from .job import Job
+from .launch import COMPLETE_VAR
 from .methods import METHODS, method_help
 from .options import AGAINST, DIFF_GATES, OBJECTIVE, OWN, REPORTS, RUN, SHARED, Method, OneDNN, Wrt
 from .session import execute, fail, interrupted, stderr_line
@@ -41,7 +45,7 @@ terminated (SIGTERM). Output files change only when a run succeeds.
 app = typer.Typer(
     help=HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=False,  # Typer's own flags ignore a shell named on the command line
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -54,6 +58,29 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+class Shell(StrEnum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+def _show_completion(shell: Shell | None) -> None:
+    if shell is not None:
+        from typer.completion import get_completion_script
+
+        print(get_completion_script(prog_name="gradcli", complete_var=COMPLETE_VAR, shell=shell))
+        raise typer.Exit(0)
+
+
+def _install_completion(shell: Shell | None) -> None:
+    if shell is not None:
+        from typer.completion import install
+
+        _, path = install(shell=shell.value, prog_name="gradcli", complete_var=COMPLETE_VAR)
+        print(f"{shell.value} completion installed in {path}; it works in shells started from now")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     version: Annotated[
@@ -62,6 +89,27 @@ def _root(
             "--version", "-V", callback=_version, is_eager=True, help="Print the version."
         ),
     ] = False,
+    install_completion: Annotated[
+        Shell | None,
+        typer.Option(
+            "--install-completion",
+            metavar="bash|zsh|fish",
+            callback=_install_completion,
+            is_eager=True,
+            help="Install tab completion of commands, options and --layer names for this shell "
+            "(adds a line to ~/.bashrc or ~/.zshrc; fish: ~/.config/fish/completions).",
+        ),
+    ] = None,
+    show_completion: Annotated[
+        Shell | None,
+        typer.Option(
+            "--show-completion",
+            metavar="bash|zsh|fish",
+            callback=_show_completion,
+            is_eager=True,
+            help="Print the completion script for this shell, to install it your own way.",
+        ),
+    ] = None,
 ) -> None:
     pass
 
@@ -186,6 +234,7 @@ def wrt_input(
             "--layer",
             "-l",
             metavar="NAME|PATH|INDEX",
+            autocompletion=complete_layer,
             help="CAM methods: the layer (default: the last layer with a spatial output).",
         ),
     ] = None,
@@ -260,6 +309,7 @@ def wrt_layer(
             "--layer",
             "-l",
             metavar="NAME|PATH|INDEX",
+            autocompletion=complete_layer,
             help="Layer name, nested path outer/inner, or index from `gradcli info` (repeatable).",
         ),
     ],
@@ -421,7 +471,12 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry: usage errors become one `error:` line and exit 2."""
     from . import supervisor
 
-    if argv is None:  # the program itself (launch.py has usually started the worker already)
+    completing = COMPLETE_VAR in os.environ  # the shell asks for completions: no worker
+    if completing:
+        from typer.completion import completion_init
+
+        completion_init()  # Typer's bash/zsh/fish protocol (the scripts --show-completion prints)
+    elif argv is None:  # the program itself (launch.py has usually started the worker already)
         supervisor.prestart(sys.argv[1:])
     try:
         _main(argv)

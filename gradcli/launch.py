@@ -5,18 +5,24 @@ A gradient command spends most of its start-up in the worker importing TensorFlo
 imports neither: it starts the worker first (supervisor.prestart, for a command that runs
 in a worker and asks for no help or version), so both start-ups overlap, then hands over to
 cli.main, which gives the worker its job once parsed or kills it unheard if parsing fails.
+A shell asking for tab completions (COMPLETE_VAR set) gets no worker.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+# set by the completion scripts of `gradcli --show-completion` (Typer's protocol)
+COMPLETE_VAR = "_GRADCLI_COMPLETE"
 
 
 def main(argv: list[str] | None = None) -> None:
     from . import supervisor
 
     try:
-        supervisor.prestart(sys.argv[1:] if argv is None else list(argv))
+        if COMPLETE_VAR not in os.environ:
+            supervisor.prestart(sys.argv[1:] if argv is None else list(argv))
         from .cli import main as cli_main
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM before the CLI could take over
         supervisor.discard_prestarted()
