@@ -24,7 +24,20 @@ from . import __version__
 from .errors import ExitCode, GradcliError, UsageError
 from .job import Job
 from .methods import METHODS, method_help
-from .options import AGAINST, DIFF_GATES, OBJECTIVE, OWN, REPORTS, RUN, SHARED, Method, OneDNN, Wrt
+from .options import (
+    AGAINST,
+    DIFF_GATES,
+    OBJECTIVE,
+    OWN,
+    REPORTS,
+    RUN,
+    SHARED,
+    Method,
+    OneDNN,
+    PngStyle,
+    Wrt,
+    check_png_directory,
+)
 from .session import execute, fail, interrupted, stderr_line
 
 HELP = """Gradients of saved Keras models, from the shell.
@@ -186,7 +199,8 @@ def wrt_input(
             "--layer",
             "-l",
             metavar="NAME|PATH|INDEX",
-            help="CAM methods: the layer (default: the last layer with a spatial output).",
+            help="CAM methods: the layer (default: the last layer whose output is more than "
+            "1x1).",
         ),
     ] = None,
     samples: Annotated[
@@ -222,14 +236,31 @@ def wrt_input(
     png: Annotated[
         str | None,
         typer.Option(
-            "--png", metavar="DIR", help="Write a heatmap PNG per sample for image-like inputs."
+            "--png",
+            metavar="DIR",
+            help="Write a PNG per sample (input | map | overlay) into this directory, for "
+            "image-like inputs.",
         ),
     ] = None,
     png_limit: Annotated[
         int, typer.Option("--png-limit", min=0, help="At most this many PNGs per input.")
     ] = 16,
+    png_style: Annotated[
+        PngStyle | None,
+        typer.Option(
+            "--png-style",
+            help="signed: a diverging colormap centred on zero (red +, blue -); magnitude: "
+            "|value|. Default: signed for integrated and gradxinput, magnitude for the others "
+            "(CAMs, squaregrad and vargrad are never negative).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """Gradient of the objective with respect to the input (saliency, attributions)."""
+    """Gradient of the objective with respect to the input: saliency and attributions.
+
+    With --target every method explains the loss (a CAM then shows what raises it); to
+    explain each sample's true class, give the labels as --class LABELS.npy.
+    """
     if "baseline" not in METHODS[method.value].options and baseline != "zeros":
         raise UsageError("--baseline goes with --method integrated")
     if layer is not None and not METHODS[method.value].needs_layer:
@@ -238,6 +269,15 @@ def wrt_input(
             f"--layer goes with a CAM method ({cams}); for the gradient at a layer use "
             "`gradcli wrt-layer`"
         )
+    if png_style is not None:
+        if png is None:
+            raise UsageError("--png-style goes with --png")
+        if png_style is PngStyle.signed and METHODS[method.value].png_style == "own":
+            raise UsageError(
+                f"--png-style signed: {method.value} is never negative; it is drawn as it is"
+            )
+    if png is not None:
+        check_png_directory(png)
     return {
         "method": method.value,
         "layers": [] if layer is None else [layer],
@@ -249,6 +289,7 @@ def wrt_input(
         "top": top,
         "png": png,
         "png_limit": png_limit,
+        "png_style": None if png_style is None else png_style.value,
     }
 
 

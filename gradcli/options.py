@@ -32,6 +32,11 @@ class OneDNN(StrEnum):
     off = "off"
 
 
+class PngStyle(StrEnum):
+    signed = "signed"
+    magnitude = "magnitude"
+
+
 class Wrt(StrEnum):
     input = "input"
     weights = "weights"
@@ -74,6 +79,37 @@ def _fail_on(values: list[str] | None) -> list[str]:
                 )
             out.append(item)
     return sorted(set(out))
+
+
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf", ".webp", ".tif", ".tiff")
+
+
+def check_png_directory(value: str) -> None:
+    """wrt-input --png names a directory (a PNG per sample): a name like a picture file that
+    is not an existing directory is refused, rather than made into a directory q.png."""
+    import os
+
+    if value.lower().endswith(_PICTURE_SUFFIXES) and not os.path.isdir(value):
+        stem = value[: value.rfind(".")]
+        raise UsageError(
+            f"--png {value}: wrt-input writes one PNG per sample into a directory, and this "
+            f"looks like a file name; give a directory, e.g. --png {stem}/"
+        )
+
+
+def _class_value(value: str | None) -> int | str | None:
+    """--class K (an integer), pred, or a .npy file of one class per sample."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if text == "pred" or text.lower().endswith(".npy"):
+        return text
+    raise UsageError(
+        f"--class {value!r}: expected a class index K, pred (each sample's predicted class) or "
+        "a .npy file of one class per sample"
+    )
 
 
 def _shard(value: str | None) -> tuple[int, int] | None:
@@ -154,17 +190,18 @@ SHARED: dict[str, Shared] = {
     ),
     "class_index": Shared(
         Annotated[
-            int | None,
+            str | None,
             typer.Option(
                 "--class",
                 "-c",
-                metavar="K",
+                metavar="K|pred|FILE.npy",
                 help="Objective: class K on the last axis of the selected output (summed over "
-                "other positions).",
+                "other positions); pred: each sample's predicted class; FILE.npy: one class per "
+                "sample (e.g. the true labels).",
             ),
         ],
         None,
-        _same,
+        _class_value,
     ),
     "logits": Shared(
         Annotated[

@@ -34,7 +34,15 @@ def _check_paths(job: Job) -> None:
 
     check_model_path(job.model)
     from_stdin = []
-    for label, value in (("input", job.input), ("target", job.target), ("baseline", job.baseline)):
+    classes = (
+        job.class_index if isinstance(job.class_index, str) and job.class_index != "pred" else None
+    )
+    for label, value in (
+        ("input", job.input),
+        ("target", job.target),
+        ("baseline", job.baseline),
+        ("--class file", classes),
+    ):
         if value == "-":
             from_stdin.append(label)
         elif value is not None:
@@ -154,6 +162,9 @@ def present(
         def on_record(record: dict) -> None:
             if record.get("error"):
                 record["error"] = render_text(record["error"], CLI_FLAGS)
+            for key in ("warnings", "notes"):
+                if record.get(key):
+                    record[key] = [render_text(line, CLI_FLAGS) for line in record[key]]
             for line in record.get("warnings") or []:
                 stderr_line(f"warning: {line}")
             for line in record.get("notes") or []:

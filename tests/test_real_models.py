@@ -399,7 +399,7 @@ def test_sparse_labels_out_of_range_on_a_sequence_output(cli, sequence, tmp_path
 
 def test_label_scan_is_chunked_and_honours_ignore_class():
     from gradcli.arrays import ArraySource
-    from gradcli.objective import _first_out_of_range
+    from gradcli.labels import _first_out_of_range
 
     labels = np.zeros((1000, 3), np.int64)
     labels[777, 1] = 5
