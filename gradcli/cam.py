@@ -40,12 +40,17 @@ def _output_shape(layer: object) -> tuple | None:
     return tuple(out.shape)
 
 
-def _input_shape(layer: object) -> tuple | None:
+def _pads_previous(rows: list[LayerInfo], position: int, channels_first: bool) -> bool:
+    """Whether a padding layer pads the output of the layer listed before it, read in the same
+    data format (then that layer is the better CAM layer: the same features, no zero border)."""
+    if position == 0:
+        return False
     try:
-        shape = tuple(layer.input.shape)  # type: ignore[attr-defined]
+        padded = tuple(rows[position].layer.input.shape)
     except Exception:  # noqa: BLE001 - a layer never called, or called more than once
-        return None
-    return shape if len(shape) in (3, 4) else None
+        return False
+    before = _output_shape(rows[position - 1].layer)
+    return before == padded and _data_format(rows, position - 1) == channels_first
 
 
 def _is_model(info: LayerInfo) -> bool:
@@ -97,8 +102,8 @@ def cam_layer(handle: ModelHandle, spec: str | None) -> CamLayer:
         if shape is None or len(shape) not in (3, 4):
             continue
         first = _data_format(rows, position)
-        if info.class_name.startswith("ZeroPadding"):  # judged by what it pads: its border
-            shape = _input_shape(info.layer) or shape  # is zeros, not features
+        if info.class_name.startswith("ZeroPadding") and _pads_previous(rows, position, first):
+            continue  # the same map as the layer before it, with a border of zeros
         if all(d is not None and d <= 1 for d in _spatial(shape, first)):
             continue
         return CamLayer(info, len(shape) - 2, first, True)

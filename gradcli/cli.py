@@ -18,6 +18,7 @@ from dataclasses import fields
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 from typer.exceptions import TyperException
 
 from . import __version__
@@ -137,7 +138,36 @@ def _register(name: str, fn: Callable, run: Callable, params: list) -> Callable:
     run.__doc__ = fn.__doc__
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
-    return app.command(name)(_guard(run))
+    return app.command(name, cls=PlainCommand, short_help=summary(fn.__doc__ or ""))(_guard(run))
+
+
+def summary(doc: str) -> str:
+    """A command's line in `gradcli --help`: its help's first sentence, whole (Click would cut
+    it at 45 characters, mid-sentence)."""
+    first = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    end = first.find(". ")
+    return first if end < 0 else first[: end + 1]
+
+
+class _PlainArgument(TyperArgument):
+    """An argument shown by its metavar alone: `MODEL`, not `{MODEL}` nor `MODEL <str>`."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+class PlainCommand(TyperCommand):
+    """A command whose arguments show as plain metavars in its usage line and help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is TyperArgument:
+                param.__class__ = _PlainArgument
 
 
 def command(name: str, *layout: str):
@@ -190,6 +220,7 @@ def wrt_input(
         typer.Option(
             "--method",
             "-m",
+            metavar="METHOD",
             help=method_help(),
         ),
     ] = Method.vanilla,
@@ -199,27 +230,30 @@ def wrt_input(
             "--layer",
             "-l",
             metavar="NAME|PATH|INDEX",
-            help="CAM methods: the layer (default: the last layer whose output is more than "
-            "1x1).",
+            help="CAM methods: the layer (default: the last layer whose output is more than 1x1).",
         ),
     ] = None,
     samples: Annotated[
         int,
-        typer.Option("--samples", min=1, help="SmoothGrad, SquareGrad, VarGrad: noisy copies."),
+        typer.Option(
+            "--samples", min=1, metavar="N", help="SmoothGrad, SquareGrad, VarGrad: noisy copies."
+        ),
     ] = 25,
     noise: Annotated[
         float,
         typer.Option(
             "--noise",
             min=0.0,
+            metavar="X",
             help="SmoothGrad, SquareGrad, VarGrad: noise std as a fraction of each sample's range.",
         ),
     ] = 0.15,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="SmoothGrad family: seed for repeatable noise.")
+        int | None,
+        typer.Option("--seed", metavar="N", help="SmoothGrad family: seed for repeatable noise."),
     ] = None,
     steps: Annotated[
-        int, typer.Option("--steps", min=1, help="Integrated Gradients: path steps.")
+        int, typer.Option("--steps", min=1, metavar="N", help="Integrated Gradients: path steps.")
     ] = 50,
     baseline: Annotated[
         str,
@@ -243,12 +277,14 @@ def wrt_input(
         ),
     ] = None,
     png_limit: Annotated[
-        int, typer.Option("--png-limit", min=0, help="At most this many PNGs per input.")
+        int,
+        typer.Option("--png-limit", min=0, metavar="N", help="At most this many PNGs per input."),
     ] = 16,
     png_style: Annotated[
         PngStyle | None,
         typer.Option(
             "--png-style",
+            metavar="signed|magnitude",
             help="signed: a diverging colormap centred on zero (red +, blue -); magnitude: "
             "|value|. Default: signed for integrated and gradxinput, magnitude for the others "
             "(CAMs, squaregrad and vargrad are never negative).",
@@ -362,7 +398,8 @@ def wrt_weights(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    """Gradient of the mean objective over all samples w.r.t. each trainable variable."""
+    """Gradient of the mean objective over all samples with respect to each trainable
+    variable."""
     return {
         "png": png,
         "per_sample": per_sample or per_sample_arrays or top is not None,
@@ -376,7 +413,10 @@ def jacobian(
     max_elements: Annotated[
         float,
         typer.Option(
-            "--max-elements", min=1, help="Refuse (exit 2) above this many Jacobian elements."
+            "--max-elements",
+            min=1,
+            metavar="N",
+            help="Refuse (exit 2) above this many Jacobian elements.",
         ),
     ] = 1e8,
 ) -> dict[str, Any]:
@@ -393,15 +433,18 @@ def jacobian(
     *(o for o in RUN if o not in ("jit", "out", "fail_on", "max_norm", "min_norm")),
 )
 def check(
-    wrt: Annotated[Wrt, typer.Option("--wrt", help="Check input or weight gradients.")] = Wrt.input,
+    wrt: Annotated[
+        Wrt, typer.Option("--wrt", metavar="input|weights", help="Check input or weight gradients.")
+    ] = Wrt.input,
     directions: Annotated[
-        int, typer.Option("--directions", min=1, help="Random directions per tensor.")
+        int, typer.Option("--directions", min=1, metavar="N", help="Random directions per tensor.")
     ] = 3,
     eps: Annotated[
         float | None,
         typer.Option(
             "--eps",
             min=0.0,
+            metavar="X",
             help="Finite-difference step (default 1e-5 in float64, 1e-2 in float32).",
         ),
     ] = None,
@@ -410,10 +453,13 @@ def check(
         typer.Option(
             "--rtol",
             min=0.0,
+            metavar="X",
             help="Largest relative error that passes (default 1e-4 in float64, 5e-2 in float32).",
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for the directions.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", metavar="N", help="Seed for the directions.")
+    ] = None,
 ) -> dict[str, Any]:
     """Compare autodiff with central finite differences along random directions."""
     if eps is not None and eps <= 0:
@@ -434,9 +480,11 @@ def diff(
     ],
     **options: Any,
 ) -> None:
-    """Compare two result .npz files key by key: cosine, relative L2 difference (B the
-    reference), max abs difference, sign agreement; for attribution maps, per-sample Spearman
-    rank correlation and top-P% overlap. NumPy only (no TensorFlow)."""
+    """Compare two result .npz files key by key, B the reference.
+
+    Per key: cosine, relative L2 difference, max abs difference, sign agreement; for
+    attribution maps (wrt-input, wrt-layer results), per-sample Spearman rank correlation
+    and top-P% overlap."""
     from .session import present
 
     def produce(on_record, on_progress) -> int:
@@ -450,7 +498,7 @@ def diff(
         produce,
         output_format="json" if options["as_json"] else options["output_format"].value,
         quiet=options["quiet"],
-        debug=options["debug"],
+        debug=options["trace"],
         junit=options["junit"],
     )
 
@@ -470,6 +518,23 @@ def main(argv: list[str] | None = None) -> None:
         supervisor.discard_prestarted()
 
 
+# Typer validates values with pydantic, whose words are a Python library's; these are ours
+_PYDANTIC_WORDS = {
+    "Value error, ": "",
+    "Input should be a valid integer, unable to parse string as an integer": "expected an integer",
+    "Input should be a valid number, unable to parse string as a number": "expected a number",
+    "Input should be a valid integer": "expected an integer",
+    "Input should be a valid number": "expected a number",
+}
+
+
+def option_message(text: str) -> str:
+    """An option error in gradcli's words (no pydantic `Value error, ` prefix)."""
+    for words, ours in _PYDANTIC_WORDS.items():
+        text = text.replace(words, ours)
+    return text
+
+
 def _main(argv: list[str] | None) -> None:
     try:
         # without standalone mode, a typer.Exit raised by a command comes back as its code
@@ -481,7 +546,7 @@ def _main(argv: list[str] | None) -> None:
             sys.exit(0)
         where = ctx.info_name if ctx is not None and ctx.info_name != "gradcli" else None
         hint = f" (see `gradcli {where} --help`)" if where else " (see `gradcli --help`)"
-        stderr_line(f"error: {exc.format_message()}{hint}")
+        stderr_line(f"error: {option_message(exc.format_message())}{hint}")
         sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE)))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

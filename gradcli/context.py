@@ -180,7 +180,12 @@ class Context:
         return prefetch(batches) if enabled() else batches
 
     def progress(self, done: int) -> None:
-        self.emit("progress", index=self.index, done=done, total=self.n)
+        self.emit("progress", **self.progress_fields(done, self.n))
+
+    def progress_fields(self, done: int, total: int) -> dict:
+        """A progress event's fields: which model (its file name, for the bar), how far."""
+        name = self.handle.path.name
+        return {"index": self.index, "model": name, "done": done, "total": total}
 
     def record(self, tensors: list[TensorStats], **extra: Any) -> dict:
         return self.record_rows([t.record(self.job.gates) for t in tensors], **extra)

@@ -25,6 +25,7 @@ from .stats import Sensitivity
 from .tokens import (
     input_dtype,
     input_gradient_error,
+    inputs_gradient_error,
     missing_input_gradient,
     token_input_error,
     token_uses,
@@ -225,10 +226,8 @@ class GradientEngine:
         # Keras 3 variables wrap a tf.Variable; the tape wants the latter
         self.variables = [v.value if isinstance(v, keras.Variable) else v for _, v in named]
         self.input_dtypes = [input_dtype(i.dtype) for i in handle.inputs]
-        if wrt_inputs:
-            for k, dt in enumerate(self.input_dtypes):
-                if dt.kind != "f":
-                    raise input_gradient_error(handle, k)
+        if wrt_inputs and (error := inputs_gradient_error(handle)) is not None:
+            raise error
         self._input_specs = [
             tf.TensorSpec((None, *info.shape), tf.as_dtype(dt))
             for info, dt in zip(handle.inputs, self.input_dtypes, strict=True)
@@ -392,6 +391,7 @@ __all__ = [
     "StepResult",
     "default_batch_size",
     "input_gradient_error",
+    "inputs_gradient_error",
     "missing_input_gradient",
     "read_batches",
     "token_input_error",

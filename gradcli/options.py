@@ -278,14 +278,15 @@ SHARED: dict[str, Shared] = {
     "output_format": Shared(
         Annotated[
             OutputFormat,
-            typer.Option("--format", help=formats_help()),
+            typer.Option("--format", metavar="table|json|markdown", help=formats_help()),
         ],
         OutputFormat("table"),
         None,
     ),
     "as_json": Shared(
         Annotated[
-            bool, typer.Option("--json", help="One JSON object per model on stdout, nothing else.")
+            bool,
+            typer.Option("--json", help="One JSON object per result on stdout, nothing else."),
         ],
         False,
         None,
@@ -301,8 +302,8 @@ SHARED: dict[str, Shared] = {
             typer.Option(
                 "--fail-on",
                 metavar="STATUS",
-                help="Exit 1 when a tensor is nonfinite, zero or disconnected "
-                "(repeat or comma list).",
+                help="Exit 1 when a tensor is nonfinite, zero, vanishing (float noise) or "
+                "disconnected (repeat or comma list).",
             ),
         ],
         None,
@@ -369,6 +370,7 @@ SHARED: dict[str, Shared] = {
             OneDNN,
             typer.Option(
                 "--onednn",
+                metavar="auto|on|off",
                 help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they crash.",
             ),
         ],
@@ -387,14 +389,22 @@ SHARED: dict[str, Shared] = {
         False,
         None,
     ),
+    "trace": Shared(  # --debug of a command that runs no TensorFlow (diff)
+        Annotated[
+            bool,
+            typer.Option("--debug", help="Show tracebacks.", envvar="GRADCLI_DEBUG"),
+        ],
+        False,
+        None,
+    ),
     "junit": Shared(
         Annotated[
             str | None,
             typer.Option(
                 "--junit",
                 metavar="FILE",
-                help="Also write a JUnit XML report: a testcase per model x tensor, failures "
-                "for tripped gates.",
+                help="Also write a JUnit XML report: a testcase per tensor, failures for "
+                "tripped gates.",
             ),
         ],
         None,
@@ -467,7 +477,7 @@ SHARED: dict[str, Shared] = {
 
 DIFF_GATES = ("min_cosine", "max_rel_diff", "min_rank_corr", "top_percent")
 AGAINST = ("against", *DIFF_GATES)
-REPORTS = ("output_format", "as_json", "junit", "quiet", "debug")
+REPORTS = ("output_format", "as_json", "junit", "quiet", "trace")
 
 
 OBJECTIVE = ("target", "loss", "from_logits", "class_index", "output")

@@ -134,9 +134,7 @@ def _render_gradients(rec: Record, console: Console) -> None:
     cam = rec.extra.get("cam")
     if cam:
         chosen = (
-            ", the default: the last layer whose output is more than 1x1"
-            if cam["default"]
-            else ""
+            ", the default: the last layer whose output is more than 1x1" if cam["default"] else ""
         )
         resized = f"; resized to {', '.join(cam['resized'])}" if cam["resized"] else ""
         console.print(f"CAM layer: {cam['layer']} ({cam['class']}{chosen}){resized}")

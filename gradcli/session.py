@@ -245,6 +245,7 @@ class ProgressBar:
         return self.update if self.enabled else None
 
     def update(self, event: dict) -> None:
+        from rich.markup import escape
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -265,7 +266,10 @@ class ProgressBar:
             self.bar.start()
         index = int(event.get("index", 0))
         if index not in self.tasks:
-            self.tasks[index] = self.bar.add_task(f"model {index + 1}", total=event.get("total"))
+            # the model's file name (a directory run has one bar per model), never "model 1"
+            name = str(event.get("model") or "computing")
+            name = name if len(name) <= 40 else name[:18] + "\u2026" + name[-21:]
+            self.tasks[index] = self.bar.add_task(escape(name), total=event.get("total"))
         self.bar.update(self.tasks[index], completed=event.get("done", 0))
 
     def __exit__(self, *exc) -> bool:

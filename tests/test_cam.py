@@ -273,7 +273,7 @@ def test_cam_errors_and_pointers(cli, cams):
     r = cli("wrt-input", cams["cnn2d"], x2, "-m", "gradcam", "--layer", "gap")
     assert r.code == 2 and "spatial output" in r.err and "'gap'" in r.err
     r = cli("wrt-input", cams["cnn2d"], x2, "-m", "gradcam", "--layer", "nope")
-    assert r.code == 3 and "no layer 'nope'" in r.err
+    assert r.code == 2 and "--layer nope: no such layer" in r.err
 
 
 def test_cam_table_and_png(cli, cams, tmp_path):
