@@ -149,10 +149,19 @@ def handles(text):
 
 
 def api_run(handles, text, case, command, **options):
-    from gradcli.api import run
+    import gradcli
 
-    ids = text["ids"]
-    return run(command, handles[case], ids, options.pop("target", text["labels"]), **options)
+    fn = getattr(gradcli, command.replace("-", "_"))
+    target = options.pop("target", text["labels"])
+    args = (handles[case], text["ids"])
+    if command == "wrt-layer":
+        args = (*args, options.pop("layers"))
+    if command != "jacobian":
+        options["target"] = target
+    result = (
+        fn(*args, **options) if command == "check" else fn(*args, **options, return_record=True)
+    )
+    return result.arrays, result.record
 
 
 @pytest.mark.parametrize("case", FORMATS)
