@@ -416,5 +416,6 @@ def _three_panels(x: np.ndarray, panel: Panel, index: int, title: str | None) ->
 
 
 def _suptitle(fig: Figure, title: str | None, index: int) -> None:
-    text = f"{title} - sample\xa0{index}" if title else f"sample {index}"  # kept together
+    # non-breaking spaces: "- sample N" stays with the word before it when the title wraps
+    text = f"{title}\xa0-\xa0sample\xa0{index}" if title else f"sample {index}"
     fig.suptitle(fit_title(text), fontsize=TITLE_SIZE)
