@@ -18,11 +18,11 @@ from dataclasses import fields
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand
 from typer.exceptions import TyperException
 
 from . import __version__
 from .errors import ExitCode, GradcliError, UsageError
+from .helpformat import PlainCommand, option_message, summary
 from .job import Job
 from .methods import METHODS, method_help
 from .options import (
@@ -37,8 +37,8 @@ from .options import (
     OneDNN,
     PngStyle,
     Wrt,
-    check_png_directory,
 )
+from .optionvalues import check_method_options
 from .session import execute, fail, interrupted, stderr_line
 
 HELP = """Gradients of saved Keras models, from the shell.
@@ -139,35 +139,6 @@ def _register(name: str, fn: Callable, run: Callable, params: list) -> Callable:
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
     return app.command(name, cls=PlainCommand, short_help=summary(fn.__doc__ or ""))(_guard(run))
-
-
-def summary(doc: str) -> str:
-    """A command's line in `gradcli --help`: its help's first sentence, whole (Click would cut
-    it at 45 characters, mid-sentence)."""
-    first = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
-    end = first.find(". ")
-    return first if end < 0 else first[: end + 1]
-
-
-class _PlainArgument(TyperArgument):
-    """An argument shown by its metavar alone: `MODEL`, not `{MODEL}` nor `MODEL <str>`."""
-
-    def _usage_display_name(self) -> str:
-        name = self.display_name_raw
-        return name if self.required else f"[{name}]"
-
-    def display_type_rich(self, ctx: Any) -> str | None:
-        return None
-
-
-class PlainCommand(TyperCommand):
-    """A command whose arguments show as plain metavars in its usage line and help."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if type(param) is TyperArgument:
-                param.__class__ = _PlainArgument
 
 
 def command(name: str, *layout: str):
@@ -297,23 +268,8 @@ def wrt_input(
     With --target every method explains the loss (a CAM then shows what raises it); to
     explain each sample's true class, give the labels as --class LABELS.npy.
     """
-    if "baseline" not in METHODS[method.value].options and baseline != "zeros":
-        raise UsageError("--baseline goes with --method integrated")
-    if layer is not None and not METHODS[method.value].needs_layer:
-        cams = ", ".join(m.name for m in METHODS.values() if m.needs_layer)
-        raise UsageError(
-            f"--layer goes with a CAM method ({cams}); for the gradient at a layer use "
-            "`gradcli wrt-layer`"
-        )
-    if png_style is not None:
-        if png is None:
-            raise UsageError("--png-style goes with --png")
-        if png_style is PngStyle.signed and METHODS[method.value].png_style == "own":
-            raise UsageError(
-                f"--png-style signed: {method.value} is never negative; it is drawn as it is"
-            )
-    if png is not None:
-        check_png_directory(png)
+    style = None if png_style is None else png_style.value
+    check_method_options(method.value, layer, baseline, png, style)
     return {
         "method": method.value,
         "layers": [] if layer is None else [layer],
@@ -325,7 +281,7 @@ def wrt_input(
         "top": top,
         "png": png,
         "png_limit": png_limit,
-        "png_style": None if png_style is None else png_style.value,
+        "png_style": style,
     }
 
 
@@ -516,23 +472,6 @@ def main(argv: list[str] | None = None) -> None:
         _main(argv)
     finally:  # a worker started before parsing and never given its job goes, silently
         supervisor.discard_prestarted()
-
-
-# Typer validates values with pydantic, whose words are a Python library's; these are ours
-_PYDANTIC_WORDS = {
-    "Value error, ": "",
-    "Input should be a valid integer, unable to parse string as an integer": "expected an integer",
-    "Input should be a valid number, unable to parse string as a number": "expected a number",
-    "Input should be a valid integer": "expected an integer",
-    "Input should be a valid number": "expected a number",
-}
-
-
-def option_message(text: str) -> str:
-    """An option error in gradcli's words (no pydantic `Value error, ` prefix)."""
-    for words, ours in _PYDANTIC_WORDS.items():
-        text = text.replace(words, ours)
-    return text
 
 
 def _main(argv: list[str] | None) -> None:

@@ -204,7 +204,8 @@ class Context:
         rec = base_record(self.job, self.handle)
         rec.update(
             n=self.n,
-            objective=self.objective.describe(),
+            # a Jacobian differentiates the output itself: it has no objective
+            objective=None if self.job.command == "jacobian" else self.objective.describe(),
             method=self.job.method,
             tensors=rows,
             gates=tripped,

@@ -110,8 +110,7 @@ def _check_keras_zip(path: Path) -> None:
             names = set(zf.namelist())
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ModelError(
-            f"{path}: a damaged .keras archive: its zip directory cannot be read (truncated or "
-            f"corrupt file: {first_line(exc)})"
+            f"{path}: a damaged .keras archive, truncated or corrupt ({first_line(exc)})"
         ) from None
     if "config.json" not in names:
         raise ModelError(
@@ -125,10 +124,7 @@ def explain_failure(path: Path, exc: BaseException) -> str | None:
     of the archive that does not read back, or classes of a package not imported."""
     text = str(exc)
     if "Bad CRC-32" in text or "Error -3 while decompressing" in text:
-        return (
-            f"a damaged .keras archive: a member does not read back (corrupt file: "
-            f"{first_line(exc)})"
-        )
+        return f"a damaged .keras archive, corrupt ({first_line(exc)})"
     packages = _missing_packages(path)
     if not packages:
         return None

@@ -15,10 +15,15 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import UsageError
 from .methods import METHODS
+from .optionvalues import (
+    class_value,
+    fail_on_values,
+    listed,
+    same,
+    shard_value,
+)
 from .renderers import FORMATS, formats_help
-from .status import FAIL_ON_CHOICES
 
 # --method's choices and help: the methods table (methods.py is light at import)
 Method = StrEnum("Method", {name: name for name in METHODS})
@@ -58,72 +63,6 @@ class Shared:
     to_job: Callable[[Any], Any] | None
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
-def _listed(value: list[str] | None) -> list[str]:
-    return value or []
-
-
-def _fail_on(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item not in FAIL_ON_CHOICES:
-                raise UsageError(
-                    f"--fail-on {item!r}: expected one of {', '.join(FAIL_ON_CHOICES)}"
-                )
-            out.append(item)
-    return sorted(set(out))
-
-
-_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf", ".webp", ".tif", ".tiff")
-
-
-def check_png_directory(value: str) -> None:
-    """wrt-input --png names a directory (a PNG per sample): a name like a picture file that
-    is not an existing directory is refused, rather than made into a directory q.png."""
-    import os
-
-    if value.lower().endswith(_PICTURE_SUFFIXES) and not os.path.isdir(value):
-        stem = value[: value.rfind(".")]
-        raise UsageError(
-            f"--png {value}: wrt-input writes one PNG per sample into a directory, and this "
-            f"looks like a file name; give a directory, e.g. --png {stem}/"
-        )
-
-
-def _class_value(value: str | None) -> int | str | None:
-    """--class K (an integer), pred, or a .npy file of one class per sample."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    if text == "pred" or text.lower().endswith(".npy"):
-        return text
-    raise UsageError(
-        f"--class {value!r}: expected a class index K, pred (each sample's predicted class) or "
-        "a .npy file of one class per sample"
-    )
-
-
-def _shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        k, n = (int(p) for p in value.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {value!r}: expected K/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= k < n:
-        raise UsageError(f"--shard {value}: need 0 <= K < N")
-    return k, n
-
-
 SHARED: dict[str, Shared] = {
     "model": Shared(
         Annotated[
@@ -135,7 +74,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         REQUIRED,
-        _same,
+        same,
     ),
     "input": Shared(
         Annotated[
@@ -147,7 +86,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         REQUIRED,
-        _same,
+        same,
     ),
     "target": Shared(
         Annotated[
@@ -162,7 +101,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "loss": Shared(
         Annotated[
@@ -176,7 +115,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "from_logits": Shared(
         Annotated[
@@ -186,7 +125,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "class_index": Shared(
         Annotated[
@@ -201,7 +140,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _class_value,
+        class_value,
     ),
     "logits": Shared(
         Annotated[
@@ -213,7 +152,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "output": Shared(
         Annotated[
@@ -223,7 +162,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "batch_size": Shared(
         Annotated[
@@ -238,7 +177,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "training": Shared(
         Annotated[
@@ -248,7 +187,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "jit": Shared(
         Annotated[
@@ -260,7 +199,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "out": Shared(
         Annotated[
@@ -273,7 +212,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "output_format": Shared(
         Annotated[
@@ -307,7 +246,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _fail_on,
+        fail_on_values,
     ),
     "max_norm": Shared(
         Annotated[
@@ -317,7 +256,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "min_norm": Shared(
         Annotated[
@@ -327,7 +266,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "unsafe": Shared(
         Annotated[
@@ -338,7 +277,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "imports": Shared(
         Annotated[
@@ -350,7 +289,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _listed,
+        listed,
     ),
     "shard": Shared(
         Annotated[
@@ -363,7 +302,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _shard,
+        shard_value,
     ),
     "onednn": Shared(
         Annotated[
@@ -421,7 +360,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "min_cosine": Shared(
         Annotated[
@@ -431,7 +370,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "max_rel_diff": Shared(
         Annotated[
@@ -444,7 +383,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "min_rank_corr": Shared(
         Annotated[
@@ -457,7 +396,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "top_percent": Shared(
         Annotated[
@@ -471,7 +410,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         10.0,
-        _same,
+        same,
     ),
 }
 

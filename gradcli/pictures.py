@@ -11,7 +11,6 @@ noise is drawn blank and said to be so, never stretched to full contrast.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import pathlib
 import tempfile
@@ -22,6 +21,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .mapvalues import (
+    CLIP_PERCENTILE,
+    below,
+    near_zero,
+    peak_of,
+    saliency_map,
+    signed_map,
+)
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -29,13 +37,10 @@ HEATMAP_CMAP = "inferno"  # magnitudes and CAMs: dark is nothing, bright is most
 SIGNED_CMAP = "RdBu_r"  # signed maps: red positive, blue negative, white zero
 HEATMAP_SIZE_INCHES = (9.0, 3.0)
 DPI = 100
-CLIP_PERCENTILE = 99.0
 OVERLAY_ALPHA = 0.5
 TITLE_SIZE = 11
 TITLE_CHARS = 92  # characters of an 11 pt title line that fit the 9-inch figure
 TITLE_LINES = 2
-# a sample whose map peaks below this fraction of the largest map drawn is "near zero"
-NEAR_ZERO = 1e-6
 
 
 @dataclass(frozen=True)
@@ -51,71 +56,6 @@ class MapStyle:
         return f"|{self.quantity}|" if self.absolute and not self.signed else self.quantity
 
 
-def saliency_map(g: np.ndarray) -> np.ndarray:
-    """One sample's map (H, W) or (H, W, C) as magnitudes (H, W) in [0, 1].
-
-    The map is max over channels of |g|, divided by its 99th percentile and clipped, so that
-    a handful of outlier pixels do not turn everything else black. NaN counts as 0 and
-    +-Inf as the maximum (1). An all-zero map gives an all-zero map.
-    """
-    a = np.abs(_image_values(g))
-    if a.ndim == 3:
-        a = np.where(np.isnan(a), 0.0, a).max(axis=-1)
-    a = np.where(np.isnan(a), 0.0, a)
-    finite = np.isfinite(a)
-    hi = _clip_level(a[finite])
-    out = np.zeros(a.shape, dtype=np.float64)
-    if hi > 0.0:
-        np.divide(a, hi, out=out, where=finite)
-        np.clip(out, 0.0, 1.0, out=out)
-    out[~finite] = 1.0
-    return out
-
-
-def signed_map(g: np.ndarray) -> tuple[np.ndarray, float]:
-    """One sample's map (H, W) or (H, W, C) summed over channels (an attribution per pixel),
-    divided by the 99th percentile of its magnitude and clipped to [-1, 1]; and that level.
-    NaN counts as 0, +-Inf as +-1."""
-    a = _image_values(g)
-    if a.ndim == 3:
-        a = np.where(np.isnan(a), 0.0, a).sum(axis=-1)
-    a = np.where(np.isnan(a), 0.0, a)
-    finite = np.isfinite(a)
-    hi = _clip_level(np.abs(a[finite]))
-    out = np.zeros(a.shape, dtype=np.float64)
-    if hi > 0.0:
-        np.divide(a, hi, out=out, where=finite)
-        np.clip(out, -1.0, 1.0, out=out)
-    out[~finite] = np.sign(a[~finite])
-    return out, hi
-
-
-def _image_values(g: np.ndarray) -> np.ndarray:
-    a = np.asarray(g, dtype=np.float64)
-    if a.ndim not in (2, 3):
-        raise ValueError(f"expected a gradient of shape (H, W) or (H, W, C), got {a.shape}")
-    return a
-
-
-def _clip_level(values: np.ndarray) -> float:
-    """The 99th percentile of magnitudes; the largest one when fewer than 1% are nonzero."""
-    hi = float(np.percentile(values, CLIP_PERCENTILE)) if values.size else 0.0
-    if not hi > 0.0 and values.size:
-        hi = float(values.max())
-    return hi
-
-
-def _peak(a: np.ndarray) -> float:
-    """The largest finite magnitude of a map (0 for none)."""
-    finite = np.abs(a[np.isfinite(a)])
-    return float(finite.max()) if finite.size else 0.0
-
-
-def below(peak: float) -> str:
-    """`all below 1e-12` for a map whose largest magnitude is 1.3e-13."""
-    return f"all below 1e{math.ceil(math.log10(peak)) if peak > 0 else 0:d}"
-
-
 def fit_title(text: str, chars: int = TITLE_CHARS, lines: int = TITLE_LINES) -> str:
     """A title wrapped to the figure's width; what would need more lines is shortened in the
     middle (the start names the model, the end the sample)."""
@@ -125,14 +65,6 @@ def fit_title(text: str, chars: int = TITLE_CHARS, lines: int = TITLE_LINES) -> 
     keep = chars * lines - 1
     head, tail = keep // 2, keep - keep // 2
     return fit_title(text[:head] + "\u2026" + text[-tail:], chars, lines + 1)
-
-
-def _near_zero(maps: np.ndarray, faint: bool) -> list[bool]:
-    """Which samples' maps are noise: all of them when `faint` (the tensor is at float-noise
-    level), else those peaking below NEAR_ZERO of the largest peak."""
-    peaks = [_peak(m) for m in maps]
-    top = max(peaks, default=0.0)
-    return [faint or (0 < p <= NEAR_ZERO * top) for p in peaks]
 
 
 def write_heatmaps(
@@ -159,7 +91,7 @@ def write_heatmaps(
     if x.ndim not in (3, 4):
         raise ValueError(f"expected images of shape (N, H, W) or (N, H, W, C), got {x.shape}")
     style = style or MapStyle("gradient")
-    noise = _near_zero(g, faint)
+    noise = near_zero(g, faint)
     return _write_figures(
         directory,
         prefix,
@@ -193,7 +125,7 @@ def write_cam_pictures(
     if cam.ndim not in (2, 3):
         raise ValueError(f"expected maps of shape (N, T) or (N, H, W), got {cam.shape}")
     draw = _cam_image_figure if cam.ndim == 3 else _cam_strip_figure
-    noise = _near_zero(cam, faint)
+    noise = near_zero(cam, faint)
     return _write_figures(
         directory,
         prefix,
@@ -341,7 +273,7 @@ def _detail(g: np.ndarray, noise: bool) -> str:
     nonfinite = int((~np.isfinite(a)).sum())
     if nonfinite == a.size:
         return "no finite value"
-    peak = _peak(a)
+    peak = peak_of(a)
     if peak == 0:
         detail = "all zero"
     elif noise:

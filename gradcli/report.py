@@ -79,6 +79,8 @@ def _header(rec: Record) -> str:
         parts.append(f"N={rec.n}")
     if rec.objective:
         parts.append(f"objective: {rec.objective}")
+    elif rec.command == "jacobian" and rec.extra.get("output"):
+        parts.append(f"d {rec.extra['output']} / d input")
     if rec.method and rec.method != "vanilla" and rec.command != "check":
         parts.append(f"method: {rec.method}")
     return " · ".join(parts)

@@ -103,7 +103,7 @@ def test_float_noise_is_drawn_blank_and_said(tmp_path):
     assert fig.axes[1].get_title() == "|g| (all below 1e-12: noise, not drawn)"
     assert not fig.axes[1].images[0].get_array().any()
     # without the vanishing verdict, a sample a million times below the others is near zero
-    assert pictures._near_zero(g, faint=False) == [True, False]
+    assert pictures.near_zero(g, faint=False) == [True, False]
     cams = pictures._cam_image_figure(np.zeros((10, 10)), g[0], 0, None, "Grad-CAM", True)
     assert cams.axes[1].get_title() == "Grad-CAM (all below 1e-12: noise, not drawn)"
 

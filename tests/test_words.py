@@ -50,8 +50,8 @@ def damaged(tmp_path, kind):
     [
         ("not_zip", "not a .keras archive (expected a zip file)"),
         ("magic", "not a .keras archive (expected a zip file)"),
-        ("truncated", "a damaged .keras archive: its zip directory cannot be read (truncated"),
-        ("corrupt_member", "a damaged .keras archive: a member does not read back (corrupt"),
+        ("truncated", "a damaged .keras archive, truncated or corrupt (File is not a zip"),
+        ("corrupt_member", "a damaged .keras archive, corrupt (Bad CRC-32 for file"),
         ("no_config", "not a Keras model archive: it has no config.json"),
     ],
 )
