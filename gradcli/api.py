@@ -57,7 +57,7 @@ with _quiet_start():
 from .arrays import ArraySource, check_dtype  # noqa: E402
 from .commands import COMMANDS  # noqa: E402
 from .context import Context  # noqa: E402
-from .errors import InputError, UsageError  # noqa: E402
+from .errors import InputError, UsageError, render_text  # noqa: E402
 from .handles import output_names  # noqa: E402
 from .job import Job  # noqa: E402
 from .loading import KerasHandle, ModelHandle  # noqa: E402
@@ -198,6 +198,9 @@ def _run(command: str, model: Any, x: Any, target: Any, options: dict[str, Any])
         class_array=class_array,
     )
     record = COMMANDS[command].run(ctx, None, None)
+    for key in ("notes", "warnings"):  # parameters named as Python knows them
+        if record.get(key):
+            record[key] = [render_text(line) for line in record[key]]
     return Result(collected, record)
 
 
