@@ -1,12 +1,22 @@
 """gradcli: gradients of saved Keras models, from the shell and from Python.
 
-The Python API (wrt_input, wrt_layer, wrt_weights, jacobian, load_model) is imported lazily,
-so `import gradcli` stays fast; the first call loads TensorFlow.
+The Python API (wrt_input, wrt_layer, wrt_weights, jacobian, check, diff, load_model and
+their Result) is imported lazily, so `import gradcli` stays fast; the first call loads
+TensorFlow. `help(gradcli.wrt_input)` documents each function's keyword arguments.
 """
 
 from ._version import __version__
 
-_API = ("load_model", "wrt_input", "wrt_layer", "wrt_weights", "jacobian")
+_API = (
+    "wrt_input",
+    "wrt_layer",
+    "wrt_weights",
+    "jacobian",
+    "check",
+    "diff",
+    "load_model",
+    "Result",
+)
 
 
 def __getattr__(name: str):
@@ -15,6 +25,10 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'gradcli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
 
 
 __all__ = ["__version__", *_API]

@@ -1,36 +1,111 @@
-"""The Python API: the CLI's engine on in-memory arrays, returning dicts of NumPy arrays.
+"""The Python API: the CLI's engine on in-memory arrays, with the CLI's options as keyword
+arguments (their Python names: `class_index` is --class, `layers` is --layer).
 
     import gradcli
-    g = gradcli.wrt_input("model.keras", x, class_index=3)      # {"input_name": (N, ...)}
-    w = gradcli.wrt_weights(model, x, target=y)                  # {"dense/kernel": ...}
+    g = gradcli.wrt_input("model.keras", x, class_index="pred")   # {"input_name": (N, ...)}
+    r = gradcli.wrt_weights(model, x, target=y, return_record=True)
+    r.arrays["dense/kernel"], r.figures["dense/kernel"]["l2"], r.gates
 
 `model` is a path, a loaded Keras model, or a handle from `gradcli.load_model`; `x` (and
-`target`) is an array for a single input (output), or a dict keyed by input (output) name,
-or a list in the model's order. Semantics are exactly the CLI's (README.md, `gradcli COMMAND
---help`).
+`target`) is an array for a single input (output), a dict keyed by input (output) name, or
+a list in the model's order. `class_index` is K, "pred", a .npy path, or an array of one
+class per sample. Semantics are exactly the CLI's (see `gradcli --help` and the README).
+Errors are `gradcli.errors.GradcliError`s, naming parameters as Python knows them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .arrays import ArraySource, check_dtype
-from .backend import keras
-from .commands import COMMANDS
-from .context import Context
-from .errors import InputError, UsageError
-from .handles import output_names
-from .job import Job
-from .loading import KerasHandle, ModelHandle
-from .loading import load_model as _load_model
-from .losses import compiled_losses
+
+@contextlib.contextmanager
+def _quiet_start() -> Iterator[None]:
+    """TensorFlow's start-up lines (oneDNN, CUDA stubs, `cuInit` failures) are written by
+    its C++ logging straight to file descriptor 2, which a notebook shows in every output;
+    they are sent to /dev/null while TensorFlow starts, unless TF_CPP_MIN_LOG_LEVEL or
+    GRADCLI_DEBUG says the user wants them."""
+    wanted = "TF_CPP_MIN_LOG_LEVEL" in os.environ or os.environ.get("GRADCLI_DEBUG", "") not in (
+        "",
+        "0",
+    )
+    if wanted:
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+with _quiet_start():
+    from .backend import keras, tf
+
+    tf.config.list_physical_devices()  # the CUDA probe (and its cuInit line) happens here
+
+from .arrays import ArraySource, check_dtype  # noqa: E402
+from .commands import COMMANDS  # noqa: E402
+from .context import Context  # noqa: E402
+from .errors import InputError, UsageError, render_text  # noqa: E402
+from .handles import output_names  # noqa: E402
+from .job import Job  # noqa: E402
+from .loading import KerasHandle, ModelHandle  # noqa: E402
+from .loading import load_model as _load_model  # noqa: E402
+from .losses import compiled_losses  # noqa: E402
+from .status import FAIL_ON_CHOICES  # noqa: E402
+
+__all__ = ["Result", "check", "diff", "jacobian", "load_model", "wrt_input", "wrt_layer"]
+__all__ += ["wrt_weights"]
+
+
+@dataclass
+class Result:
+    """A run's arrays with what the CLI reports of them.
+
+    `arrays`: the tensors, as `-o` writes them. `figures`: each tensor's row of the table
+    (l2, mean_abs, max_abs, zero_fraction, nonfinite, status, ...), by name. `gates`: the
+    statuses that tripped a gate (`fail_on`, `max_norm`, `min_norm`; diff's limits);
+    `ok` is True when none did. `record`: the whole JSON record the CLI prints with --json
+    (objective, method, provenance, ...); `notes`: what the CLI prints as `note:` lines.
+    """
+
+    arrays: dict[str, np.ndarray]
+    record: dict
+    figures: dict[str, dict] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.figures = {t["name"]: t for t in self.record.get("tensors", [])}
+
+    @property
+    def gates(self) -> list[str]:
+        return list(self.record.get("gates", []))
+
+    @property
+    def ok(self) -> bool:
+        return not self.gates
+
+    @property
+    def notes(self) -> list[str]:
+        return [*self.record.get("warnings", []), *self.record.get("notes", [])]
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.figures) or "no tensors"
+        return f"Result({self.record.get('command')}: {names}; gates: {self.gates or 'none'})"
 
 
 def load_model(path: str | Path, unsafe: bool = False) -> ModelHandle:
-    """Load a .keras, .h5 or SavedModel the way the CLI does."""
+    """Load a .keras, .h5 or SavedModel the way the CLI does (safe mode unless `unsafe`)."""
     return _load_model(path, unsafe=unsafe)
 
 
@@ -79,26 +154,38 @@ def _sources(data: Any, names: list[str], what: str) -> dict[str, ArraySource]:
     return out
 
 
-def run(
-    command: str, model: Any, x: Any, target: Any = None, *, unsafe: bool = False, **options: Any
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Run a gradient command in memory: (arrays, the record the CLI would print as JSON)."""
+def _targets(handle: ModelHandle, target: Any, output: str | None) -> dict | None:
+    if target is None:
+        return None
+    names = [o.name for o in handle.outputs]
+    if not isinstance(target, dict | list | tuple) and len(names) > 1:
+        if output not in names:
+            raise InputError("target: pass a dict keyed by output name for a multi-output model")
+        names = [output]
+    return _sources(target, names, "target")
+
+
+def _fail_on(values: str | Sequence[str]) -> list[str]:
+    items = [values] if isinstance(values, str) else list(values)
+    bad = [v for v in items if v not in FAIL_ON_CHOICES]
+    if bad:
+        raise UsageError(f"fail_on={bad[0]!r}: expected some of {', '.join(FAIL_ON_CHOICES)}")
+    return sorted(set(items))
+
+
+def _run(command: str, model: Any, x: Any, target: Any, options: dict[str, Any]) -> Result:
+    """Run a gradient command in memory, as the CLI's worker would."""
+    unsafe = options.pop("unsafe", False)
     handle = _handle(model, unsafe)
+    classes = options.get("class_index")
+    class_array = None
+    if classes is not None and not isinstance(classes, str | int | np.integer | Path):
+        class_array, options["class_index"] = classes, None  # one class per sample
+    elif isinstance(classes, Path):
+        options["class_index"] = str(classes)
+    options["fail_on"] = _fail_on(options.get("fail_on") or [])
     job = Job(command, str(handle.path), unsafe=unsafe, **options)
     arrays = _sources(x, [i.name for i in handle.inputs], "input")
-    targets = None
-    if target is not None:
-        names = [o.name for o in handle.outputs]
-        if not isinstance(target, dict | list | tuple) and len(names) > 1:
-            chosen = options.get("output")
-            names = [chosen] if chosen in names else names
-        targets = (
-            _sources(target, names, "target")
-            if isinstance(target, dict | list | tuple) or len(names) == 1
-            else None
-        )
-        if targets is None:
-            raise InputError("target: pass a dict keyed by output name for a multi-output model")
     collected: dict[str, np.ndarray] = {}
     ctx = Context(
         job,
@@ -107,34 +194,190 @@ def run(
         0,
         collect=collected,
         arrays=arrays,
-        target_arrays=targets,
+        target_arrays=_targets(handle, target, options.get("output")),
+        class_array=class_array,
     )
-    run_command = COMMANDS[command].run
-    if run_command is None:
-        raise UsageError(f"{command} computes no arrays")
-    record = run_command(ctx, None, None)
-    return collected, record
+    record = COMMANDS[command].run(ctx, None, None)
+    for key in ("notes", "warnings"):  # parameters named as Python knows them
+        if record.get(key):
+            record[key] = [render_text(line) for line in record[key]]
+    return Result(collected, record)
 
 
-def wrt_input(model: Any, x: Any, target: Any = None, **options: Any) -> dict[str, np.ndarray]:
-    """d o_i / d x_i per input (options: loss, from_logits, class_index, output, method,
-    samples, noise, seed, steps, batch_size, training)."""
-    return run("wrt-input", model, x, target, **options)[0]
+def _arrays_or_result(result: Result, return_record: bool) -> dict[str, np.ndarray] | Result:
+    return result if return_record else result.arrays
+
+
+def wrt_input(
+    model: Any,
+    x: Any,
+    target: Any = None,
+    *,
+    class_index: Any = None,
+    output: str | None = None,
+    loss: str | None = None,
+    from_logits: bool = False,
+    logits: bool = False,
+    method: str = "vanilla",
+    layer: str | None = None,
+    samples: int = 25,
+    noise: float = 0.15,
+    seed: int | None = None,
+    steps: int = 50,
+    baseline: str | None = None,
+    top: int | None = None,
+    batch_size: int | None = None,
+    training: bool = False,
+    jit: bool = False,
+    fail_on: str | Sequence[str] = (),
+    max_norm: float | None = None,
+    min_norm: float | None = None,
+    unsafe: bool = False,
+    return_record: bool = False,
+) -> dict[str, np.ndarray] | Result:
+    """d o_i / d x_i per input under `method` (`gradcli wrt-input`): vanilla, gradxinput,
+    smoothgrad, squaregrad, vargrad, integrated, gradcam, gradcam++, layercam (on `layer`).
+
+    The objective: the per-sample loss against `target` (`loss`, `from_logits`), else
+    `class_index` (--class: K, "pred", a .npy path, or an array of N classes), else the sum
+    of the outputs; `output` selects one output, `logits` differentiates before the final
+    softmax/sigmoid. Returns {input name: (N, ...)} (CAMs: also "cam@LAYER"), or with
+    `return_record=True` a `Result` with the figures and gates too.
+    """
+    options = locals().copy()
+    for key in ("model", "x", "target", "return_record", "layer"):
+        options.pop(key)
+    options["layers"] = [] if layer is None else [str(layer)]
+    return _arrays_or_result(_run("wrt-input", model, x, target, options), return_record)
 
 
 def wrt_layer(
-    model: Any, x: Any, layers: list[str] | str, target: Any = None, **options: Any
-) -> dict[str, np.ndarray]:
-    """d o_i / d a_i for each layer (name, nested path or index)."""
-    layers = [layers] if isinstance(layers, str | int) else list(layers)
-    return run("wrt-layer", model, x, target, layers=[str(x) for x in layers], **options)[0]
+    model: Any,
+    x: Any,
+    layers: str | int | Sequence[str | int],
+    target: Any = None,
+    *,
+    class_index: Any = None,
+    output: str | None = None,
+    loss: str | None = None,
+    from_logits: bool = False,
+    logits: bool = False,
+    activations: bool = False,
+    batch_size: int | None = None,
+    training: bool = False,
+    jit: bool = False,
+    fail_on: str | Sequence[str] = (),
+    max_norm: float | None = None,
+    min_norm: float | None = None,
+    unsafe: bool = False,
+    return_record: bool = False,
+) -> dict[str, np.ndarray] | Result:
+    """d o_i / d a_i for each layer (--layer: a name, a nested path outer/inner, or an index
+    into `gradcli info`'s list); `activations` also returns each a_i as "LAYER/activation".
+    Objective options as `wrt_input`'s."""
+    options = locals().copy()
+    for key in ("model", "x", "target", "return_record"):
+        options.pop(key)
+    chosen = [layers] if isinstance(layers, str | int) else list(layers)
+    options["layers"] = [str(item) for item in chosen]
+    return _arrays_or_result(_run("wrt-layer", model, x, target, options), return_record)
 
 
-def wrt_weights(model: Any, x: Any, target: Any = None, **options: Any) -> dict[str, np.ndarray]:
-    """d (mean_i o_i) / d theta per trainable variable path (disconnected ones are absent)."""
-    return run("wrt-weights", model, x, target, **options)[0]
+def wrt_weights(
+    model: Any,
+    x: Any,
+    target: Any = None,
+    *,
+    class_index: Any = None,
+    output: str | None = None,
+    loss: str | None = None,
+    from_logits: bool = False,
+    logits: bool = False,
+    per_sample: bool = False,
+    per_sample_arrays: bool = False,
+    top: int | None = None,
+    batch_size: int | None = None,
+    training: bool = False,
+    jit: bool = False,
+    fail_on: str | Sequence[str] = (),
+    max_norm: float | None = None,
+    min_norm: float | None = None,
+    unsafe: bool = False,
+    return_record: bool = False,
+) -> dict[str, np.ndarray] | Result:
+    """d (mean_i o_i) / d theta per trainable variable path (disconnected ones are absent);
+    `per_sample`, `per_sample_arrays`, `top` as --per-sample, --per-sample-arrays, --top
+    (the statistics are in the `Result`'s record, key "per_sample")."""
+    options = locals().copy()
+    for key in ("model", "x", "target", "return_record"):
+        options.pop(key)
+    options["per_sample"] = per_sample or per_sample_arrays or top is not None
+    return _arrays_or_result(_run("wrt-weights", model, x, target, options), return_record)
 
 
-def jacobian(model: Any, x: Any, **options: Any) -> dict[str, np.ndarray]:
-    """J[i] = d f(x_i) / d x_i for the selected output, per input."""
-    return run("jacobian", model, x, **options)[0]
+def jacobian(
+    model: Any,
+    x: Any,
+    *,
+    output: str | None = None,
+    max_elements: float = 1e8,
+    batch_size: int | None = None,
+    training: bool = False,
+    jit: bool = False,
+    unsafe: bool = False,
+    return_record: bool = False,
+) -> dict[str, np.ndarray] | Result:
+    """J[i] = d f(x_i) / d x_i for the selected output, per input: (N, *output, *input)."""
+    options = locals().copy()
+    for key in ("model", "x", "return_record"):
+        options.pop(key)
+    return _arrays_or_result(_run("jacobian", model, x, None, options), return_record)
+
+
+def check(
+    model: Any,
+    x: Any,
+    target: Any = None,
+    *,
+    wrt: str = "input",
+    directions: int = 3,
+    eps: float | None = None,
+    rtol: float | None = None,
+    seed: int | None = None,
+    class_index: Any = None,
+    output: str | None = None,
+    loss: str | None = None,
+    from_logits: bool = False,
+    batch_size: int | None = None,
+    training: bool = False,
+    unsafe: bool = False,
+) -> Result:
+    """Autodiff against central finite differences (`gradcli check`): a `Result` whose
+    figures hold each tensor's autodiff, finite_diff, fd_error, rel_error and status;
+    `gates` is ["mismatch"] when a direction misses (the CLI exits 1)."""
+    options = locals().copy()
+    for key in ("model", "x", "target"):
+        options.pop(key)
+    result = _run("check", model, x, target, options)
+    mismatched = any(t["status"] == "mismatch" for t in result.record["tensors"])
+    if mismatched and "mismatch" not in result.record["gates"]:
+        result.record["gates"] = [*result.record["gates"], "mismatch"]
+    return result
+
+
+def diff(
+    a: str | Path,
+    b: str | Path,
+    *,
+    min_cosine: float | None = None,
+    max_rel_diff: float | None = None,
+    min_rank_corr: float | None = None,
+    top_percent: float = 10.0,
+) -> Result:
+    """Compare two result .npz files key by key, B the reference (`gradcli diff`): a
+    `Result` whose figures hold each key's cosine, rel_diff, ... and whose gates are the
+    limits tripped."""
+    from .diffing import DiffGates, diff_files
+
+    record = diff_files(a, b, DiffGates(min_cosine, max_rel_diff, min_rank_corr), top_percent)
+    return Result({}, record)

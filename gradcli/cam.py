@@ -40,6 +40,19 @@ def _output_shape(layer: object) -> tuple | None:
     return tuple(out.shape)
 
 
+def _pads_previous(rows: list[LayerInfo], position: int, channels_first: bool) -> bool:
+    """Whether a padding layer pads the output of the layer listed before it, read in the same
+    data format (then that layer is the better CAM layer: the same features, no zero border)."""
+    if position == 0:
+        return False
+    try:
+        padded = tuple(rows[position].layer.input.shape)
+    except Exception:  # noqa: BLE001 - a layer never called, or called more than once
+        return False
+    before = _output_shape(rows[position - 1].layer)
+    return before == padded and _data_format(rows, position - 1) == channels_first
+
+
 def _is_model(info: LayerInfo) -> bool:
     return hasattr(info.layer, "layers") and hasattr(info.layer, "outputs")
 
@@ -54,9 +67,16 @@ def _data_format(rows: list[LayerInfo], position: int) -> bool:
     return False
 
 
+def _spatial(shape: tuple, channels_first: bool) -> tuple:
+    """The spatial axes of a layer output (N, t, K) or (N, h, w, K); channels first: (N, K, ...)."""
+    return tuple(shape[2:] if channels_first else shape[1:-1])
+
+
 def cam_layer(handle: ModelHandle, spec: str | None) -> CamLayer:
-    """The CAM layer: --layer's, or the last layer with a spatial output (N, t, K) or
-    (N, h, w, K) in the model's layer list (nested layers included, models themselves not)."""
+    """The CAM layer: --layer's, or the last layer in the model's layer list (nested layers
+    included, models themselves not) whose output (N, t, K) or (N, h, w, K) still has a
+    spatial extent greater than 1 (a 1x1 map after global pooling, such as MobileNetV3's
+    `logits` convolution, would be one constant)."""
     if not handle.has_layers:
         raise UsageError(
             f"CAM methods need a Keras model with layers; {handle.path.name} is a SavedModel "
@@ -79,11 +99,17 @@ def cam_layer(handle: ModelHandle, spec: str | None) -> CamLayer:
         if _is_model(info) or info.class_name == "InputLayer":
             continue
         shape = _output_shape(info.layer)
-        if shape is not None and len(shape) in (3, 4):
-            return CamLayer(info, len(shape) - 2, _data_format(rows, position), True)
+        if shape is None or len(shape) not in (3, 4):
+            continue
+        first = _data_format(rows, position)
+        if info.class_name.startswith("ZeroPadding") and _pads_previous(rows, position, first):
+            continue  # the same map as the layer before it, with a border of zeros
+        if all(d is not None and d <= 1 for d in _spatial(shape, first)):
+            continue
+        return CamLayer(info, len(shape) - 2, first, True)
     raise UsageError(
-        f"{handle.path.name} has no layer with a spatial output (N, t, K) or (N, h, w, K) to "
-        f"compute a CAM on; give {param('layers', 'NAME')}"
+        f"{handle.path.name} has no layer with a spatial output (N, t, K) or (N, h, w, K) "
+        f"larger than 1x1 to compute a CAM on; give {param('layers', 'NAME')}"
     )
 
 

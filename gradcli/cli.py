@@ -25,10 +25,24 @@ from typer.exceptions import TyperException
 from . import __version__
 from .completion import complete_layer
 from .errors import ExitCode, GradcliError, UsageError
+from .helpformat import PlainCommand, option_message, summary
 from .job import Job
 from .launch import COMPLETE_VAR
 from .methods import METHODS, method_help
-from .options import AGAINST, DIFF_GATES, OBJECTIVE, OWN, REPORTS, RUN, SHARED, Method, OneDNN, Wrt
+from .options import (
+    AGAINST,
+    DIFF_GATES,
+    OBJECTIVE,
+    OWN,
+    REPORTS,
+    RUN,
+    SHARED,
+    Method,
+    OneDNN,
+    PngStyle,
+    Wrt,
+)
+from .optionvalues import check_method_options
 from .session import execute, fail, interrupted, stderr_line
 
 HELP = """Gradients of saved Keras models, from the shell.
@@ -172,7 +186,7 @@ def _register(name: str, fn: Callable, run: Callable, params: list) -> Callable:
     run.__doc__ = fn.__doc__
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
-    return app.command(name)(_guard(run))
+    return app.command(name, cls=PlainCommand, short_help=summary(fn.__doc__ or ""))(_guard(run))
 
 
 def command(name: str, *layout: str):
@@ -225,6 +239,7 @@ def wrt_input(
         typer.Option(
             "--method",
             "-m",
+            metavar="METHOD",
             help=method_help(),
         ),
     ] = Method.vanilla,
@@ -235,26 +250,30 @@ def wrt_input(
             "-l",
             metavar="NAME|PATH|INDEX",
             autocompletion=complete_layer,
-            help="CAM methods: the layer (default: the last layer with a spatial output).",
+            help="CAM methods: the layer (default: the last layer whose output is more than 1x1).",
         ),
     ] = None,
     samples: Annotated[
         int,
-        typer.Option("--samples", min=1, help="SmoothGrad, SquareGrad, VarGrad: noisy copies."),
+        typer.Option(
+            "--samples", min=1, metavar="N", help="SmoothGrad, SquareGrad, VarGrad: noisy copies."
+        ),
     ] = 25,
     noise: Annotated[
         float,
         typer.Option(
             "--noise",
             min=0.0,
+            metavar="X",
             help="SmoothGrad, SquareGrad, VarGrad: noise std as a fraction of each sample's range.",
         ),
     ] = 0.15,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="SmoothGrad family: seed for repeatable noise.")
+        int | None,
+        typer.Option("--seed", metavar="N", help="SmoothGrad family: seed for repeatable noise."),
     ] = None,
     steps: Annotated[
-        int, typer.Option("--steps", min=1, help="Integrated Gradients: path steps.")
+        int, typer.Option("--steps", min=1, metavar="N", help="Integrated Gradients: path steps.")
     ] = 50,
     baseline: Annotated[
         str,
@@ -271,22 +290,35 @@ def wrt_input(
     png: Annotated[
         str | None,
         typer.Option(
-            "--png", metavar="DIR", help="Write a heatmap PNG per sample for image-like inputs."
+            "--png",
+            metavar="DIR",
+            help="Write a PNG per sample (input | map | overlay) into this directory, for "
+            "image-like inputs.",
         ),
     ] = None,
     png_limit: Annotated[
-        int, typer.Option("--png-limit", min=0, help="At most this many PNGs per input.")
+        int,
+        typer.Option("--png-limit", min=0, metavar="N", help="At most this many PNGs per input."),
     ] = 16,
+    png_style: Annotated[
+        PngStyle | None,
+        typer.Option(
+            "--png-style",
+            metavar="signed|magnitude",
+            help="signed: a diverging colormap centred on zero (red +, blue -); magnitude: "
+            "|value|. Default: signed for integrated and gradxinput, magnitude for the others "
+            "(CAMs, squaregrad and vargrad are never negative).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """Gradient of the objective with respect to the input (saliency, attributions)."""
-    if "baseline" not in METHODS[method.value].options and baseline != "zeros":
-        raise UsageError("--baseline goes with --method integrated")
-    if layer is not None and not METHODS[method.value].needs_layer:
-        cams = ", ".join(m.name for m in METHODS.values() if m.needs_layer)
-        raise UsageError(
-            f"--layer goes with a CAM method ({cams}); for the gradient at a layer use "
-            "`gradcli wrt-layer`"
-        )
+    """Gradient of the objective with respect to the input: saliency and attributions.
+
+    With --target every method explains the loss (a CAM then shows what raises it); to
+    explain each sample's true class, give the labels as --class LABELS.npy.
+    """
+    style = None if png_style is None else png_style.value
+    check_method_options(method.value, layer, baseline, png, style)
     return {
         "method": method.value,
         "layers": [] if layer is None else [layer],
@@ -298,6 +330,7 @@ def wrt_input(
         "top": top,
         "png": png,
         "png_limit": png_limit,
+        "png_style": style,
     }
 
 
@@ -371,7 +404,8 @@ def wrt_weights(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    """Gradient of the mean objective over all samples w.r.t. each trainable variable."""
+    """Gradient of the mean objective over all samples with respect to each trainable
+    variable."""
     return {
         "png": png,
         "per_sample": per_sample or per_sample_arrays or top is not None,
@@ -385,7 +419,10 @@ def jacobian(
     max_elements: Annotated[
         float,
         typer.Option(
-            "--max-elements", min=1, help="Refuse (exit 2) above this many Jacobian elements."
+            "--max-elements",
+            min=1,
+            metavar="N",
+            help="Refuse (exit 2) above this many Jacobian elements.",
         ),
     ] = 1e8,
 ) -> dict[str, Any]:
@@ -402,15 +439,18 @@ def jacobian(
     *(o for o in RUN if o not in ("jit", "out", "fail_on", "max_norm", "min_norm")),
 )
 def check(
-    wrt: Annotated[Wrt, typer.Option("--wrt", help="Check input or weight gradients.")] = Wrt.input,
+    wrt: Annotated[
+        Wrt, typer.Option("--wrt", metavar="input|weights", help="Check input or weight gradients.")
+    ] = Wrt.input,
     directions: Annotated[
-        int, typer.Option("--directions", min=1, help="Random directions per tensor.")
+        int, typer.Option("--directions", min=1, metavar="N", help="Random directions per tensor.")
     ] = 3,
     eps: Annotated[
         float | None,
         typer.Option(
             "--eps",
             min=0.0,
+            metavar="X",
             help="Finite-difference step (default 1e-5 in float64, 1e-2 in float32).",
         ),
     ] = None,
@@ -419,10 +459,13 @@ def check(
         typer.Option(
             "--rtol",
             min=0.0,
+            metavar="X",
             help="Largest relative error that passes (default 1e-4 in float64, 5e-2 in float32).",
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for the directions.")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", metavar="N", help="Seed for the directions.")
+    ] = None,
 ) -> dict[str, Any]:
     """Compare autodiff with central finite differences along random directions."""
     if eps is not None and eps <= 0:
@@ -443,9 +486,11 @@ def diff(
     ],
     **options: Any,
 ) -> None:
-    """Compare two result .npz files key by key: cosine, relative L2 difference (B the
-    reference), max abs difference, sign agreement; for attribution maps, per-sample Spearman
-    rank correlation and top-P% overlap. NumPy only (no TensorFlow)."""
+    """Compare two result .npz files key by key, B the reference.
+
+    Per key: cosine, relative L2 difference, max abs difference, sign agreement; for
+    attribution maps (wrt-input, wrt-layer results), per-sample Spearman rank correlation
+    and top-P% overlap."""
     from .session import present
 
     def produce(on_record, on_progress) -> int:
@@ -459,7 +504,7 @@ def diff(
         produce,
         output_format="json" if options["as_json"] else options["output_format"].value,
         quiet=options["quiet"],
-        debug=options["debug"],
+        debug=options["trace"],
         junit=options["junit"],
     )
 
@@ -495,7 +540,7 @@ def _main(argv: list[str] | None) -> None:
             sys.exit(0)
         where = ctx.info_name if ctx is not None and ctx.info_name != "gradcli" else None
         hint = f" (see `gradcli {where} --help`)" if where else " (see `gradcli --help`)"
-        stderr_line(f"error: {exc.format_message()}{hint}")
+        stderr_line(f"error: {option_message(exc.format_message())}{hint}")
         sys.exit(int(getattr(exc, "exit_code", ExitCode.USAGE)))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -13,11 +13,13 @@ import numpy as np
 from . import __version__
 from .arrays import ArraySource, check_samples, read_arrays
 from .batching import input_rows
+from .classes import API_ARRAY, class_choice, class_source
 from .engine import Batch, GradientEngine, default_batch_size, read_batches
-from .errors import ExitCode, InputError, UsageError
+from .errors import ExitCode, InputError, UsageError, param
 from .job import Job
+from .labels import check_classes, check_targets
 from .loading import ModelHandle
-from .objective import Objective, build_objective
+from .objective import PRED, Objective, build_objective
 from .pipeline import BackgroundSink, enabled, prefetch
 from .provenance import NPZ_KEY, Hashes
 from .stats import TensorStats
@@ -75,6 +77,7 @@ class Context:
         collect: dict[str, np.ndarray] | None = None,
         arrays: dict[str, ArraySource] | None = None,
         target_arrays: dict[str, ArraySource] | None = None,
+        class_array: Any = None,
     ) -> None:
         self.job = job
         self.outputs: Outputs | None = None  # where run_one stages output files
@@ -86,6 +89,7 @@ class Context:
         # what a command resolved that the job left open (a CAM's default layer): recorded
         # with the method's parameters
         self.resolved: dict[str, Any] = {}
+        self.notes: list[str] = []  # `note:` lines for the record (CAM of a loss, vanishing)
         _draw_seed(job)
         names = [i.name for i in handle.inputs]
         if arrays is not None:
@@ -95,17 +99,21 @@ class Context:
         else:
             self.inputs = read_arrays(job.input, names, "input")
         self.n = check_samples(self.inputs, {i.name: i.shape for i in handle.inputs}, "input")
+        class_index, classes = class_choice(job.class_index)
+        if class_array is not None:
+            class_index, classes = None, API_ARRAY
         self.objective: Objective = build_objective(
             handle,
             output=job.output,
-            class_index=job.class_index,
+            class_index=class_index,
+            classes=classes,
             loss=job.loss,
             from_logits=job.from_logits,
             logits=job.logits,
             has_target=job.target is not None or target_arrays is not None,
         )
         self.targets: list[ArraySource] = []
-        if self.objective.needs_targets:
+        if self.objective.target_names:  # labels of a loss (--target)
             tnames = self.objective.target_names
             sources = (
                 target_arrays
@@ -117,12 +125,27 @@ class Context:
                 raise InputError(f"no target for output(s) {', '.join(missing)}")
             check_samples(sources, {}, "target", n=self.n)
             self.targets = [sources[t] for t in tnames]
-            self.objective.check_targets(handle, self.targets)
+            check_targets(self.objective, handle, self.targets)
+        # per-sample classes (--class pred or FILE.npy): the tape's last per-sample array
+        self.class_counts: dict[int, int] | None = None
+        if self.objective.classes is not None:
+            source = class_source(
+                self.objective.classes,
+                handle,
+                self.objective.outputs[0],
+                self.input_sources,
+                self.n,
+                class_array,
+            )
+            check_samples({"classes": source}, {}, "class", n=self.n)
+            self.class_counts = check_classes(self.objective, handle, source)
+            self.targets.append(source)
         # the files' sha256, read in a thread while the gradients are computed
         files = {
             "model": str(handle.path),
             "input": None if arrays is not None else job.input,
-            "target": None if not self.targets else job.target,
+            "target": job.target,
+            "classes": classes if classes not in (None, PRED, API_ARRAY) else None,
             "baseline": job.baseline if job.command == "wrt-input" else None,
         }
         self.hashes = Hashes.start(files)
@@ -157,7 +180,12 @@ class Context:
         return prefetch(batches) if enabled() else batches
 
     def progress(self, done: int) -> None:
-        self.emit("progress", index=self.index, done=done, total=self.n)
+        self.emit("progress", **self.progress_fields(done, self.n))
+
+    def progress_fields(self, done: int, total: int) -> dict:
+        """A progress event's fields: which model (its file name, for the bar), how far."""
+        name = self.handle.path.name
+        return {"index": self.index, "model": name, "done": done, "total": total}
 
     def record(self, tensors: list[TensorStats], **extra: Any) -> dict:
         return self.record_rows([t.record(self.job.gates) for t in tensors], **extra)
@@ -165,21 +193,44 @@ class Context:
     def record_rows(self, rows: list[dict], **extra: Any) -> dict:
         """The JSON record of a run: one row per tensor; tripped rows name the gates."""
         tripped = sorted({r["status"] for r in rows if r["tripped"]})
+        faint = [r["name"] for r in rows if r["status"] == "vanishing"]
+        if faint:
+            self.notes.append(
+                f"{', '.join(faint)}: vanishing: the gradient is at float-noise level against "
+                "the tensor it flows through (its first-order share of the objective is below "
+                "float rounding), so the objective hardly depends on it, as with a saturated "
+                f"softmax or sigmoid ({param('logits')} differentiates before it)"
+            )
         rec = base_record(self.job, self.handle)
         rec.update(
             n=self.n,
-            objective=self.objective.describe(),
+            # a Jacobian differentiates the output itself: it has no objective
+            objective=None if self.job.command == "jacobian" else self.objective.describe(),
             method=self.job.method,
             tensors=rows,
             gates=tripped,
             exit_code=int(ExitCode.GATE) if tripped else 0,
         )
+        if self.objective.classes is not None:
+            rec["classes"] = self.classes_used()
         rec.update(extra)
+        notes = [*self.objective.notes, *self.notes]
+        if notes:
+            rec["notes"] = [*rec.get("notes", []), *notes]
         bounds = {"too-large": self.job.max_norm, "too-small": self.job.min_norm}
         if any(v is not None for v in bounds.values()):
             rec["limits"] = {k: v for k, v in bounds.items() if v is not None}
         rec["provenance"] = self.provenance()
         return rec
+
+    def classes_used(self) -> dict:
+        """Per-sample classes: where they came from and how many samples each class had."""
+        classes = self.objective.classes
+        counts = self.class_counts
+        if counts is None:  # predicted while the batches were read
+            counts = dict(sorted(getattr(self.targets[-1], "counts", {}).items()))
+        source = {PRED: "pred", API_ARRAY: "array"}.get(classes or "", "file")
+        return {"source": source, "counts": {str(k): v for k, v in counts.items()}}
 
     def provenance(self) -> dict:
         """This run's provenance (waits for the file hashes); the .npz and the record get
@@ -189,10 +240,16 @@ class Context:
         if self._provenance is not None:
             return self._provenance
         job = self.job
+        hashes = self.hashes.result()
+        given: Any = job.class_index
+        if self.objective.classes == API_ARRAY:
+            given = "array"
+        elif self.objective.classes not in (None, PRED):
+            given = {"path": str(job.class_index), "sha256": hashes.get("classes")}
         objective = {
             "described": self.objective.describe(),
             "output": job.output,
-            "class": job.class_index,
+            "class": given,
             "loss": job.loss,
             "from_logits": bool(job.from_logits),
             "logits": bool(job.logits),
@@ -201,7 +258,7 @@ class Context:
             job,
             model=str(self.handle.path),
             model_format=self.handle.format,
-            hashes=self.hashes.result(),
+            hashes=hashes,
             objective=objective,
             batch_size=self.batch_size(),
         )

@@ -21,9 +21,11 @@ from .errors import GradientError, InputError, UsageError, first_line
 from .loading import LayerInfo, ModelHandle
 from .objective import Objective
 from .sparse import GradientSum, SparseGradient
+from .stats import Sensitivity
 from .tokens import (
     input_dtype,
     input_gradient_error,
+    inputs_gradient_error,
     missing_input_gradient,
     token_input_error,
     token_uses,
@@ -52,6 +54,12 @@ class StepResult:
     layers: list[np.ndarray | None]
     weights: list[np.ndarray | SparseGradient | None]
     activations: list[np.ndarray] | None = None  # the watched layers' outputs, when asked
+
+
+def _square_sum(t: Any, valid: Any) -> Any:
+    """The sum of squares of a tensor's first `valid` rows (float32 at least), as float64."""
+    t = t[:valid] if t.dtype == tf.float64 else tf.cast(t[:valid], tf.float32)
+    return tf.cast(tf.reduce_sum(tf.square(t)), tf.float64)
 
 
 def _numpy(x: Any) -> np.ndarray | None:
@@ -218,10 +226,8 @@ class GradientEngine:
         # Keras 3 variables wrap a tf.Variable; the tape wants the latter
         self.variables = [v.value if isinstance(v, keras.Variable) else v for _, v in named]
         self.input_dtypes = [input_dtype(i.dtype) for i in handle.inputs]
-        if wrt_inputs:
-            for k, dt in enumerate(self.input_dtypes):
-                if dt.kind != "f":
-                    raise input_gradient_error(handle, k)
+        if wrt_inputs and (error := inputs_gradient_error(handle)) is not None:
+            raise error
         self._input_specs = [
             tf.TensorSpec((None, *info.shape), tf.as_dtype(dt))
             for info, dt in zip(handle.inputs, self.input_dtypes, strict=True)
@@ -232,6 +238,8 @@ class GradientEngine:
         # rows of the longest call so far, per compiled function (--jit pads shorter ones)
         self._longest = {"gradients": 0, "forward": 0}
         self.padded_rows = 0  # rows of padding computed and dropped, in all
+        # gradients against their tensors and the objective, over every call (vanishing)
+        self.sensitivity = Sensitivity()
 
     def _target_specs(self, targets: Sequence[np.ndarray]) -> list[Any]:
         return [tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(t.dtype)) for t in targets]
@@ -271,12 +279,21 @@ class GradientEngine:
             grads = tape.gradient(
                 total, sources, unconnected_gradients=tf.UnconnectedGradients.NONE
             )
+            # sums of squares of each gradient and of its tensor over the real rows, for
+            # the float-noise check (stats.Sensitivity); None for a disconnected one
+            squares = [
+                None if g is None else tf.stack([_square_sum(g, valid), _square_sum(t, valid)])
+                for g, t in zip(
+                    [*grads["inputs"], *grads["layers"]], [*sources["inputs"], *acts], strict=True
+                )
+            ]
             return (
                 o,
                 grads["inputs"],
                 grads["layers"],
                 grads["weights"],
                 acts if self.activations else [],
+                squares,
             )
 
         self._grad_fn = Compiled(
@@ -311,11 +328,11 @@ class GradientEngine:
         """One tape call over a batch (any size)."""
         if self._grad_fn is None:
             self._build(targets)
-        self.objective.check_class_size(self.handle, inputs)
+        self.objective.check_first_batch(self.handle, inputs)
         inputs, targets, valid = self._pad("gradients", inputs, targets)
         padded = bool(inputs) and len(inputs[0]) != valid
         try:
-            o, gi, gl, gw, acts = self._grad_fn(inputs, targets, np.int32(valid))
+            o, gi, gl, gw, acts, squares = self._grad_fn(inputs, targets, np.int32(valid))
         except (GradientError, UsageError, InputError):
             raise
         except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
@@ -332,8 +349,14 @@ class GradientEngine:
             a = _numpy(x)
             return a[:valid] if padded and a is not None else a
 
+        objective = rows(o)
+        self.sensitivity.add_objective(objective)
+        keys = [("input", k) for k in range(len(gi))] + [("layer", j) for j in range(len(gl))]
+        for key, sq in zip(keys, squares, strict=True):
+            if sq is not None:
+                self.sensitivity.add(key, *sq.numpy())
         return StepResult(
-            rows(o),
+            objective,
             [rows(g) for g in gi],
             [rows(g) for g in gl],
             weights,
@@ -344,7 +367,7 @@ class GradientEngine:
         self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray] = ()
     ) -> np.ndarray:
         """The per-sample objective only (a forward pass)."""
-        self.objective.check_class_size(self.handle, inputs)
+        self.objective.check_first_batch(self.handle, inputs)
         if self._forward_fn is None:
 
             def forward(xs, ys):
@@ -368,6 +391,7 @@ __all__ = [
     "StepResult",
     "default_batch_size",
     "input_gradient_error",
+    "inputs_gradient_error",
     "missing_input_gradient",
     "read_batches",
     "token_input_error",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .backend import keras, tf_keras
-from .errors import InputError
+from .errors import UsageError, param
 from .losses import LossSpec
 
 
@@ -71,7 +71,8 @@ class ModelHandle(ABC):
 
     @abstractmethod
     def find_layer(self, spec: str) -> LayerInfo:
-        """The layer a --layer value names (index or name); InputError/ModelError if none."""
+        """The layer a --layer value names (index or name); UsageError if none (ModelError
+        for a model without layers)."""
 
     def compiled_loss_text(self) -> str:
         if self.losses is None:
@@ -151,8 +152,8 @@ class KerasHandle(ModelHandle):
             index = int(text)
             top = [r for r in rows if r.index is not None]
             if not 0 <= index < len(top):
-                raise InputError(
-                    f"layer index {index} is out of range: {self.path.name} has "
+                raise UsageError(
+                    f"{param('layers', index)}: index out of range: {self.path.name} has "
                     f"{len(top)} top-level layers (0..{len(top) - 1}); see `gradcli info`"
                 )
             return top[index]
@@ -164,13 +165,13 @@ class KerasHandle(ModelHandle):
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise InputError(
-                f"layer name {text!r} is ambiguous in {self.path.name}: "
+            raise UsageError(
+                f"{param('layers', text)}: the name is ambiguous in {self.path.name}: "
                 + ", ".join(r.path for r in matches)
             )
         close = difflib.get_close_matches(text, [r.path for r in rows], n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `gradcli info`"
-        raise InputError(f"no layer {text!r} in {self.path.name}{hint}")
+        raise UsageError(f"{param('layers', text)}: no such layer in {self.path.name}{hint}")
 
 
 def _walk_layers(model: Any, prefix: str, top: bool, depth: int):

@@ -17,7 +17,7 @@ class Job:
     target: str | None = None
     loss: str | None = None
     from_logits: bool = False
-    class_index: int | None = None
+    class_index: int | str | None = None  # K, "pred" or a .npy file of classes
     output: str | None = None
     logits: bool = False  # differentiate the selected output before its softmax/sigmoid
     layers: list[str] = field(default_factory=list)
@@ -33,6 +33,7 @@ class Job:
     out: str | None = None
     png: str | None = None
     png_limit: int = 16
+    png_style: str | None = None  # signed | magnitude; None: the method's default
     activations: bool = False  # wrt-layer: also write the layers' activations
     top: int | None = None
     per_sample: bool = False

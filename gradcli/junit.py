@@ -89,6 +89,7 @@ def write_junit(records: list[dict], path: str | os.PathLike) -> None:
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
+        dest.parent.mkdir(parents=True, exist_ok=True)  # missing directories, as for -o
         os.replace(tmp, dest)
     except OSError as exc:
         raise InputError(f"{dest}: cannot write: {exc.strerror or exc}") from None

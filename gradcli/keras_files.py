@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +87,100 @@ def legacy_input_misread(a: Attempt, model: Any) -> ModelHandle | None:
 
 
 def check_file_magic(path: Path) -> None:
-    """A .keras file is a zip archive and an .h5 file an HDF5 file (checked even --unsafe)."""
+    """A .keras file is a readable zip archive holding a config.json, and an .h5 file an HDF5
+    file (checked even --unsafe), told in gradcli's words before Keras reads the file."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read: {exc.strerror}") from None
     fmt = model_format(path)
-    if fmt is ModelFormat.KERAS and not head.startswith(b"PK"):
-        raise ModelError(f"{path}: not a .keras archive (expected a zip file)")
+    if fmt is ModelFormat.KERAS:
+        if not head.startswith(b"PK"):
+            raise ModelError(f"{path}: not a .keras archive (expected a zip file)")
+        _check_keras_zip(path)
     if fmt is ModelFormat.H5 and head != b"\x89HDF\r\n\x1a\n":
         raise ModelError(f"{path}: not an HDF5 file")
+
+
+def _check_keras_zip(path: Path) -> None:
+    """The zip's directory reads (a truncated file has none) and names a config.json."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelError(
+            f"{path}: a damaged .keras archive, truncated or corrupt ({first_line(exc)})"
+        ) from None
+    if "config.json" not in names:
+        raise ModelError(
+            f"{path}: not a Keras model archive: it has no config.json (it holds "
+            f"{', '.join(sorted(names)[:5]) or 'nothing'})"
+        )
+
+
+def explain_failure(path: Path, exc: BaseException) -> str | None:
+    """Why Keras could not load a file, in gradcli's words where it is understood: a member
+    of the archive that does not read back, or classes of a package not imported."""
+    text = str(exc)
+    if "Bad CRC-32" in text or "Error -3 while decompressing" in text:
+        return f"a damaged .keras archive, corrupt ({first_line(exc)})"
+    packages = _missing_packages(path)
+    if not packages:
+        return None
+    package, example = next(iter(packages.items()))
+    if package == "Custom":  # Keras's package for classes registered without one
+        return (
+            f"cannot load the model: its config names the custom class {example}; rerun with "
+            f"{param('imports', 'FILE.py')}, the code that registers it"
+        )
+    return (
+        f"cannot load the model: its config names classes of the package {package!r} (e.g. "
+        f"{example}), which is not imported; rerun with {param('imports', package)} (the "
+        "package installed, or a .py file that registers those classes)"
+    )
+
+
+def _missing_packages(path: Path) -> dict[str, str]:
+    """Packages whose registered classes a model's config names (`registered_name` "pkg>Cls",
+    or the class's module) and which are not imported: package -> one class it names."""
+    import sys
+
+    from .filechecks import h5_model_config
+
+    try:
+        if model_format(path) is ModelFormat.KERAS:
+            with zipfile.ZipFile(path) as zf:
+                config = json.loads(zf.read("config.json"))
+        else:
+            config = h5_model_config(path)
+    except Exception:  # noqa: BLE001 - no config to read: nothing to say
+        return {}
+    found: dict[str, str] = {}
+    stack = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        if not isinstance(item, dict):
+            continue
+        stack.extend(item.values())
+        registered = item.get("registered_name")
+        if not isinstance(registered, str) and ">" in str(item.get("class_name", "")):
+            registered = item["class_name"]  # legacy .h5 configs: "pkg>Class" as the class
+        module = item.get("module")
+        package = None
+        if isinstance(registered, str) and ">" in registered:
+            package = registered.split(">", 1)[0]
+        elif isinstance(module, str) and module.split(".")[0] not in _KERAS_MODULES:
+            package = module.split(".")[0]
+        if package and package not in sys.modules and package not in found:
+            found[package] = str(registered or item.get("class_name") or module)
+    return found
+
+
+# modules of Keras and its serialization that a config may name without any --import
+_KERAS_MODULES = frozenset({"keras", "keras_core", "builtins", "tf_keras", "tensorflow", "numpy"})
 
 
 def _keras3(a: Attempt, compile: bool) -> Any:

@@ -23,6 +23,7 @@ from .formats import Loader, ModelFormat, model_format, not_a_savedmodel, unknow
 from .handles import KerasHandle, ModelHandle, output_names
 from .keras_files import (
     check_file_magic,
+    explain_failure,
     load_h5_with_tf_keras,
     load_keras3,
     load_keras3_without_compile,
@@ -139,6 +140,7 @@ STRATEGIES: tuple[Strategy, ...] = (
             Step(Loader.KERAS_NO_COMPILE, load_keras3_without_compile),
         ),
         failure="cannot load the model",
+        explain=explain_failure,
     ),
     Strategy(
         name="legacy HDF5",
@@ -154,6 +156,7 @@ STRATEGIES: tuple[Strategy, ...] = (
             Step(Loader.TF_KERAS, load_h5_with_tf_keras, reports=False),
         ),
         failure="cannot load the model",
+        explain=explain_failure,
     ),
     Strategy(
         name="tf.keras 2 SavedModel",

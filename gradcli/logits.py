@@ -93,17 +93,40 @@ def _activation_name(fn: Any) -> str:
     return str(getattr(fn, "__name__", "") or type(fn).__name__).lower()
 
 
-def _logit_source(handle: ModelHandle, output: int) -> _LogitSource:
-    name = handle.outputs[output].name
-    model = handle.model
-    layer, path = _final_layer(model, output), ""
+def _final(handle: ModelHandle, output: int) -> tuple[Any, str]:
+    """The innermost layer producing output `output` (through nested models), and its path."""
+    layer, path = _final_layer(handle.model, output), ""
     while layer is not None and hasattr(layer, "layers") and hasattr(layer, "outputs"):
         # a nested model ends the output: its own last layer holds the activation
         path += layer.name + "/"
         layer = _final_layer(layer, 0)
+    return layer, path + (layer.name if layer is not None else "")
+
+
+def final_squashing(handle: ModelHandle, output: int) -> tuple[str, str] | None:
+    """("softmax" or "sigmoid", the layer's path) when output `output` ends in one (a
+    `Softmax` layer, or a layer whose activation is one); None when it does not or when the
+    model has no layers to tell."""
+    if not handle.has_layers:
+        return None
+    try:
+        layer, path = _final(handle, output)
+    except Exception:  # noqa: BLE001 - a model whose graph cannot be read: no answer
+        return None
+    if layer is None:
+        return None
+    if type(layer).__name__ == "Softmax":
+        return "softmax", path
+    fn = getattr(layer, "activation", None)
+    name = _activation_name(fn) if fn is not None else ""
+    return (name, path) if name in _SQUASHING else None
+
+
+def _logit_source(handle: ModelHandle, output: int) -> _LogitSource:
+    name = handle.outputs[output].name
+    layer, path = _final(handle, output)
     if layer is None:
         raise UsageError(f"{param('logits')}: cannot find the layer that produces output {name!r}")
-    path += layer.name
     kind = type(layer).__name__
     if kind == "Softmax":
         return _LogitSource(output, layer, path, "call")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .methods import value_label
 from .report import fmt
 
 
@@ -76,7 +77,8 @@ def _gradients(rec: dict, tripped_only: bool = False) -> list[str]:
     head += f" · {_verdict(rec)}"
     check = rec.get("command") == "check"
     header = ["tensor", "shape"]
-    header += ["rel error"] if check else ["L2", "max \\|g\\|", "non-finite"]
+    values = value_label(rec.get("method") if rec.get("command") == "wrt-input" else None)
+    header += ["rel error"] if check else ["L2", _cell(f"max {values}"), "non-finite"]
     header.append("status")
     rows = []
     for t in rec.get("tensors") or []:

@@ -71,6 +71,11 @@ class Method:
     name: str
     help: str  # one clause of --method's help
     attribute: Attribute  # (engine, batch, options, rows_per_call) -> Attribution
+    # what its values are, named in pictures and tables ("gradient", "Grad-CAM")
+    quantity: str = "attribution"
+    # how --png draws it by default: "signed" (diverging colormap centred on zero),
+    # "magnitude", or "own" for a quantity that is never negative (CAMs, SquareGrad, VarGrad)
+    png_style: str = "magnitude"
     expansion: Callable[[MethodOptions], int] = _one_row  # tape rows per input sample
     extras: Callable[[MethodOptions, list[dict]], dict[str, Any]] = _no_extras  # record keys
     options: tuple[str, ...] = ()  # the Job fields (options) it reads besides the common ones
@@ -305,18 +310,30 @@ def _integrated_extras(options: MethodOptions, completeness: list[dict]) -> dict
     }
 
 
-register(Method("vanilla", "d o / d x", _vanilla))
-register(Method("gradxinput", "x * grad", _gradxinput))
-for _name, _help, _attribute in (
-    ("smoothgrad", "mean over noisy copies", _smoothgrad),
-    ("squaregrad", "mean of grad^2 over the noisy copies", _squaregrad),
-    ("vargrad", "variance of grad over the noisy copies", _vargrad),
+def value_label(method: str | None) -> str:
+    """How a table names a method's values: |g| (a gradient), |attr|, or CAM."""
+    found = METHODS.get(method or "vanilla")
+    if found is None or found.name == "vanilla":
+        return "|g|"
+    return "CAM" if found.needs_layer else "|attr|"
+
+
+register(Method("vanilla", "d o / d x", _vanilla, quantity="gradient"))
+register(
+    Method("gradxinput", "x * grad", _gradxinput, quantity="gradient × input", png_style="signed")
+)
+for _name, _help, _attribute, _style in (
+    ("smoothgrad", "mean over noisy copies", _smoothgrad, "magnitude"),
+    ("squaregrad", "mean of grad^2 over the noisy copies", _squaregrad, "own"),
+    ("vargrad", "variance of grad over the noisy copies", _vargrad, "own"),
 ):  # the noise tunnel: the same noisy copies, options and record keys, reduced differently
     register(
         Method(
             _name,
             _help,
             _attribute,
+            quantity={"smoothgrad": "SmoothGrad", "squaregrad": "SquareGrad"}.get(_name, "VarGrad"),
+            png_style=_style,
             expansion=lambda o: o.samples,
             extras=_smoothgrad_extras,
             options=("samples", "noise", "seed"),
@@ -328,12 +345,27 @@ register(
         "integrated",
         "Integrated Gradients",
         _integrated,
+        quantity="Integrated Gradients",
+        png_style="signed",
         expansion=lambda o: o.steps,
         extras=_integrated_extras,
         options=("steps", "baseline"),
         prepare=_path_points,
     )
 )
-register(Method("gradcam", "Grad-CAM on --layer", _cam, options=("layers",), needs_layer=True))
-register(Method("gradcam++", "Grad-CAM++ on --layer", _cam, options=("layers",), needs_layer=True))
-register(Method("layercam", "Layer-CAM on --layer", _cam, options=("layers",), needs_layer=True))
+for _name, _quantity in (
+    ("gradcam", "Grad-CAM"),
+    ("gradcam++", "Grad-CAM++"),
+    ("layercam", "Layer-CAM"),
+):
+    register(
+        Method(
+            _name,
+            f"{_quantity} on --layer",
+            _cam,
+            quantity=_quantity,
+            png_style="own",
+            options=("layers",),
+            needs_layer=True,
+        )
+    )

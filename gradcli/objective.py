@@ -1,25 +1,30 @@
-"""The per-sample scalar objective o_i from --target/--loss, --class or the output sum."""
+"""The per-sample scalar objective o_i from --target/--loss, --class or the output sum, and
+the checks that it means something: class ranges, sparse labels, and no constant objective
+(the sum of a softmax output)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .arrays import ArraySource
 from .backend import keras, tf
-from .errors import InputError, UsageError, param
+from .errors import UsageError, param
 from .loading import LossSpec, ModelHandle, resolve_loss
-from .logits import Logits
+from .logits import Logits, final_squashing
 
 
 class ObjectiveKind(StrEnum):
     LOSS = "loss"  # the per-sample loss against --target
-    CLASS = "class"  # unit K of one output (summed over positions)
+    CLASS = "class"  # unit K of one output (summed over positions), K fixed or per sample
     SUM = "sum"  # the sum of the selected outputs
+
+
+PRED = "pred"  # --class pred: each sample's own top class, as the model predicts it
 
 
 @dataclass
@@ -30,20 +35,20 @@ class Objective:
     outputs: list[int]  # indices of the selected model outputs
     output_names: list[str]
     class_index: int | None = None
+    # per-sample classes, fed to the tape as the last target: PRED, or where they come from
+    # (a file's path, "class_index array" in the Python API); None with one class K
+    classes: str | None = None
     losses: dict[int, LossSpec] = field(default_factory=dict)  # per output index (kind "loss")
     output_shapes: dict[int, tuple] = field(default_factory=dict)  # declared, without N
     logits: Logits | None = None  # --logits: the selected outputs before their softmax/sigmoid
-    class_size_checked: bool = False  # check_class_size ran (once per objective)
+    first_batch_checked: bool = False  # check_first_batch ran (once per objective)
+    notes: list[str] = field(default_factory=list)  # for the record's `notes` (stderr lines)
 
     def model_outputs(self, handle: ModelHandle, xs: list, training: bool) -> list:
         """The model's outputs for the objective (with --logits, the selected ones as logits)."""
         if self.logits is None:
             return handle.call(xs, training=training)
         return self.logits.call(handle, xs, training)
-
-    @property
-    def needs_targets(self) -> bool:
-        return self.kind == ObjectiveKind.LOSS
 
     @property
     def target_names(self) -> list[str]:
@@ -63,23 +68,73 @@ class Objective:
             shape = self.output_shapes.get(self.outputs[0], ())
             summed = " (summed over positions)" if len(shape) > 1 else ""
             logit = " logit" if self.logits else ""
-            return f"class {self.class_index}{logit} of {names}{summed}"
+            if self.classes == PRED:
+                which = "predicted class"
+            elif self.classes is not None:
+                which = f"class per sample from {Path(self.classes).name}"
+            else:
+                which = f"class {self.class_index}"
+            return f"{which}{logit} of {names}{summed}"
         return f"sum of logits of {names}" if self.logits else f"sum of {names}"
 
-    def check_class_size(self, handle: ModelHandle, inputs: list) -> None:
-        """--class against the real class axis, where the declared shape leaves it open: one
-        sample's forward pass gives the real size (once; engines call it before a batch)."""
-        if self.class_size_checked or self.kind != ObjectiveKind.CLASS:
+    def check_first_batch(self, handle: ModelHandle, inputs: list) -> None:
+        """What only the model's outputs on real samples tell, checked once before the first
+        tape call (engines call it): --class K against a class axis the declared shape leaves
+        open, and an output sum that cannot depend on the input (exit 2)."""
+        if self.first_batch_checked or not inputs or not len(inputs[0]):
             return
-        self.class_size_checked = True
+        self.first_batch_checked = True
+        if self.kind == ObjectiveKind.SUM and self.logits is None:
+            self._check_not_constant(handle, inputs)
+            return
+        if self.kind != ObjectiveKind.CLASS or self.classes is not None:
+            return
         index = self.outputs[0]
         shape = handle.outputs[index].shape
-        if shape and shape[-1] is None and len(inputs[0]):
+        if shape and shape[-1] is None:
             try:
                 y = handle.call([x[:1] for x in inputs], training=False)[index]
             except Exception:  # noqa: BLE001 - the gradient call reports model errors itself
                 return
             self.check_class_range(handle, tuple(y.shape[1:]))
+
+    def _check_not_constant(self, handle: ModelHandle, inputs: list) -> None:
+        """Refuse (exit 2) an output sum whose every output is a probability distribution: a
+        softmax sums to 1 for every sample, so its gradient is float noise, never an answer.
+        Told by the model's last layer (a softmax), else by the values of a few samples."""
+        found: dict[int, str] = {}
+        logits = True  # --logits would help: every such output ends in a softmax layer
+        for i in self.outputs:
+            squash = final_squashing(handle, i)
+            if squash is not None and squash[0] == "softmax":
+                found[i] = f"a softmax (layer {squash[1]!r}), which sums to 1 for every sample"
+        rest = [i for i in self.outputs if i not in found]
+        if rest:
+            try:
+                ys = handle.call([x[:_PROBE_ROWS] for x in inputs], training=False)
+            except Exception:  # noqa: BLE001 - the gradient call reports model errors itself
+                ys = None
+            for i in rest if ys is not None else ():
+                if _sums_to_one(np.asarray(ys[i])):
+                    found[i] = "whose values sum to 1 over its last axis for every sample"
+                    logits = False
+        if not found:
+            return
+        described = "; ".join(f"{self.output_names[i]!r}, {why}" for i, why in found.items())
+        if len(found) < len(self.outputs):
+            self.notes.append(
+                f"the objective sums every output, and output {described}: it adds a constant "
+                "to the objective, nothing to its gradient"
+            )
+            return
+        hint = f" or {param('logits')} (the sum of the logits)" if logits else ""
+        raise UsageError(
+            f"the objective would be the sum of output {described}: that sum is the same for "
+            f"every input, so its gradient is float noise, not an answer. Say what to explain: "
+            f"{param('class_index', PRED)} (each sample's predicted class), "
+            f"{param('class_index', 'K')}, {param('class_index', 'LABELS.npy')} (one class per "
+            f"sample), {param('target', 'LABELS')} (the loss){hint}"
+        )
 
     def check_class_range(self, handle: ModelHandle, shape: tuple[int | None, ...]) -> None:
         """--class K indexes the output's last (class) axis: refuse K outside it (exit 2)."""
@@ -102,39 +157,6 @@ class Objective:
             f"K must be in 0..{classes - 1}"
         )
 
-    def sparse_labels(self, handle: ModelHandle) -> list[tuple[int, int, int | None]]:
-        """(target position, number of classes, ignore_class) of each sparse-label loss."""
-        found = []
-        for position, (i, spec) in enumerate(self.losses.items()):
-            if self.kind != ObjectiveKind.LOSS or not _is_sparse_loss(spec):
-                continue
-            shape = handle.outputs[i].shape
-            classes = shape[-1] if shape else None
-            if classes:
-                found.append((position, int(classes), _ignore_class(spec.fn)))
-        return found
-
-    def check_targets(self, handle: ModelHandle, targets: Sequence[ArraySource]) -> None:
-        """Labels a sparse loss cannot take (7 or -1 for 3 classes): exit 3 before any work.
-
-        The target is scanned in chunks of about a million values, so a memory-mapped
-        target of any size is checked in bounded memory.
-        """
-        for position, classes, ignore in self.sparse_labels(handle):
-            source = targets[position]
-            bad = _first_out_of_range(source, classes, ignore)
-            if bad is None:
-                continue
-            value, sample = bad
-            index = list(self.losses)[position]
-            spec = self.losses[index]
-            raise InputError(
-                f"{source.label}: label {value} (sample {sample}) is out of range for "
-                f"{spec.description} on output {self.output_names[index]!r}, which has "
-                f"{classes} classes: labels must be in 0..{classes - 1}"
-                + ("" if ignore is None else f" (or {ignore}, the ignored class)")
-            )
-
     def per_sample(self, outputs: list, targets: list) -> Any:
         """o for a batch: shape (B,), float32. `targets` aligns with `self.losses`."""
         if self.kind == ObjectiveKind.LOSS:
@@ -147,7 +169,11 @@ class Objective:
             y = _wide(outputs[self.outputs[0]])
             if y.shape.rank == 1:  # (N,): one unit per sample, K = 0
                 return y
-            score = y[..., self.class_index]  # class K at every position
+            if self.classes is not None:  # each sample's class K_i, from the last target
+                k = tf.reshape(tf.cast(targets[-1], tf.int32), [-1])
+                score = tf.gather(y, k, axis=y.shape.rank - 1, batch_dims=1)
+            else:
+                score = y[..., self.class_index]  # class K at every position
             if score.shape.rank == 1:
                 return score
             return tf.reduce_sum(score, axis=list(range(1, score.shape.rank)))
@@ -159,65 +185,23 @@ class Objective:
         return total
 
 
-def _units(shape: Sequence[int | None]) -> int | None:
-    units = 1
-    for d in shape:
-        if d is None:
-            return None
-        units *= int(d)
-    return units
+_PROBE_ROWS = 4  # samples whose outputs tell a probability output from others
+
+
+def _sums_to_one(y: np.ndarray) -> bool:
+    """Whether every position of `y` (N, ..., C), C >= 2, is a probability distribution over
+    its last axis: values in [0, 1] summing to 1 up to float32 rounding."""
+    if y.ndim < 2 or y.shape[-1] < 2 or not y.size or not np.isfinite(y).all():
+        return False
+    y = y.astype(np.float64)
+    tol = 8 * y.shape[-1] * float(np.finfo(np.float32).eps)
+    if y.min() < -tol or y.max() > 1 + tol:
+        return False
+    return bool(np.all(np.abs(y.sum(axis=-1) - 1.0) <= tol))
 
 
 def _shape_text(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join(["N", *("?" if d is None else str(d) for d in shape)]) + ")"
-
-
-def _loss_names(fn: Any) -> str:
-    """Every name a loss goes by (class, function, wrapped function), squashed for matching."""
-    names = [type(fn).__name__, getattr(fn, "__name__", ""), getattr(fn, "name", "")]
-    inner = getattr(fn, "fn", None)
-    if inner is not None:
-        names.append(getattr(inner, "__name__", ""))
-    return " ".join(str(n) for n in names).replace("_", "").lower()
-
-
-def _is_sparse_loss(spec: LossSpec) -> bool:
-    text = _loss_names(spec.fn) + " " + spec.description.replace("_", "").lower()
-    return "sparsecategorical" in text
-
-
-def _ignore_class(fn: Any) -> int | None:
-    for source in (getattr(fn, "_fn_kwargs", None), getattr(fn, "ignore_class", None)):
-        if isinstance(source, dict) and source.get("ignore_class") is not None:
-            return int(source["ignore_class"])
-        if isinstance(source, int) and not isinstance(source, bool):
-            return int(source)
-    return None
-
-
-def _first_out_of_range(
-    source: ArraySource, classes: int, ignore: int | None, chunk_values: int = 1 << 20
-) -> tuple[int | float, int] | None:
-    """The first label outside 0..classes-1 (value, sample index), scanning in chunks."""
-    per_sample = max(1, int(np.prod(source.shape[1:], dtype=np.int64)))
-    rows = max(1, chunk_values // per_sample)
-    n = len(source)
-    for start in range(0, n, rows):
-        part = source.read(start, min(n, start + rows))
-        if part.dtype.kind == "b":
-            part = part.astype(np.int8)
-        bad = (part < 0) | (part >= classes)
-        if part.dtype.kind == "f":
-            bad &= np.isfinite(part)  # NaN labels are the loss's business, not a range error
-        if ignore is not None:
-            bad &= part != ignore
-        if bad.any():
-            flat = int(np.flatnonzero(bad.reshape(-1))[0])
-            value = part.reshape(-1)[flat].item()
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            return value, start + flat // per_sample
-    return None
 
 
 def _wide(x: Any) -> Any:
@@ -274,8 +258,10 @@ def build_objective(
     from_logits: bool = False,
     has_target: bool = False,
     logits: bool = False,
+    classes: str | None = None,
 ) -> Objective:
-    """Resolve the SPEC's objective rules against a model."""
+    """Resolve the SPEC's objective rules against a model. `classes`: per-sample classes
+    (PRED, or where they come from) instead of one `class_index`."""
     selected = _select_outputs(handle, output)
     names = [o.name for o in handle.outputs]
     if logits:
@@ -286,7 +272,12 @@ def build_objective(
                 f"them with {param('loss', 'NAME')} {param('from_logits')})"
             )
         objective = build_objective(
-            handle, output=output, class_index=class_index, loss=loss, from_logits=from_logits
+            handle,
+            output=output,
+            class_index=class_index,
+            loss=loss,
+            from_logits=from_logits,
+            classes=classes,
         )
         objective.logits = Logits.find(handle, selected)
         return objective
@@ -297,7 +288,7 @@ def build_objective(
     if from_logits and loss is None and not has_target:
         raise UsageError(f"{param('from_logits')} goes with {param('loss')} and {param('target')}")
     if has_target:
-        if class_index is not None:
+        if class_index is not None or classes is not None:
             raise UsageError(
                 f"{param('class_index')} and {param('target')} are exclusive: the objective is "
                 "either "
@@ -332,7 +323,7 @@ def build_objective(
                     f"{', '.join(names[i] for i in selected)}; give {param('loss')}"
                 )
         return Objective(ObjectiveKind.LOSS, selected, names, losses=losses)
-    if class_index is not None:
+    if class_index is not None or classes is not None:
         if len(selected) != 1:
             raise UsageError(
                 f"{param('class_index')} on a model with {len(names)} outputs needs "
@@ -343,6 +334,7 @@ def build_objective(
             selected,
             names,
             class_index=class_index,
+            classes=classes,
             output_shapes={selected[0]: tuple(handle.outputs[selected[0]].shape)},
         )
         # an output whose class axis is open is checked again on the first batch

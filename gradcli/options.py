@@ -15,10 +15,15 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import UsageError
 from .methods import METHODS
+from .optionvalues import (
+    class_value,
+    fail_on_values,
+    listed,
+    same,
+    shard_value,
+)
 from .renderers import FORMATS, formats_help
-from .status import FAIL_ON_CHOICES
 
 # --method's choices and help: the methods table (methods.py is light at import)
 Method = StrEnum("Method", {name: name for name in METHODS})
@@ -30,6 +35,11 @@ class OneDNN(StrEnum):
     auto = "auto"
     on = "on"
     off = "off"
+
+
+class PngStyle(StrEnum):
+    signed = "signed"
+    magnitude = "magnitude"
 
 
 class Wrt(StrEnum):
@@ -53,41 +63,6 @@ class Shared:
     to_job: Callable[[Any], Any] | None
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
-def _listed(value: list[str] | None) -> list[str]:
-    return value or []
-
-
-def _fail_on(values: list[str] | None) -> list[str]:
-    out: list[str] = []
-    for value in values or []:
-        for item in value.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if item not in FAIL_ON_CHOICES:
-                raise UsageError(
-                    f"--fail-on {item!r}: expected one of {', '.join(FAIL_ON_CHOICES)}"
-                )
-            out.append(item)
-    return sorted(set(out))
-
-
-def _shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        k, n = (int(p) for p in value.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {value!r}: expected K/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= k < n:
-        raise UsageError(f"--shard {value}: need 0 <= K < N")
-    return k, n
-
-
 SHARED: dict[str, Shared] = {
     "model": Shared(
         Annotated[
@@ -99,7 +74,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         REQUIRED,
-        _same,
+        same,
     ),
     "input": Shared(
         Annotated[
@@ -111,7 +86,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         REQUIRED,
-        _same,
+        same,
     ),
     "target": Shared(
         Annotated[
@@ -126,7 +101,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "loss": Shared(
         Annotated[
@@ -140,7 +115,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "from_logits": Shared(
         Annotated[
@@ -150,21 +125,22 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "class_index": Shared(
         Annotated[
-            int | None,
+            str | None,
             typer.Option(
                 "--class",
                 "-c",
-                metavar="K",
+                metavar="K|pred|FILE.npy",
                 help="Objective: class K on the last axis of the selected output (summed over "
-                "other positions).",
+                "other positions); pred: each sample's predicted class; FILE.npy: one class per "
+                "sample (e.g. the true labels).",
             ),
         ],
         None,
-        _same,
+        class_value,
     ),
     "logits": Shared(
         Annotated[
@@ -176,7 +152,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "output": Shared(
         Annotated[
@@ -186,7 +162,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "batch_size": Shared(
         Annotated[
@@ -201,7 +177,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "training": Shared(
         Annotated[
@@ -211,7 +187,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "jit": Shared(
         Annotated[
@@ -223,7 +199,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "out": Shared(
         Annotated[
@@ -236,19 +212,20 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "output_format": Shared(
         Annotated[
             OutputFormat,
-            typer.Option("--format", help=formats_help()),
+            typer.Option("--format", metavar="table|json|markdown", help=formats_help()),
         ],
         OutputFormat("table"),
         None,
     ),
     "as_json": Shared(
         Annotated[
-            bool, typer.Option("--json", help="One JSON object per model on stdout, nothing else.")
+            bool,
+            typer.Option("--json", help="One JSON object per result on stdout, nothing else."),
         ],
         False,
         None,
@@ -264,12 +241,12 @@ SHARED: dict[str, Shared] = {
             typer.Option(
                 "--fail-on",
                 metavar="STATUS",
-                help="Exit 1 when a tensor is nonfinite, zero or disconnected "
-                "(repeat or comma list).",
+                help="Exit 1 when a tensor is nonfinite, zero, vanishing (float noise) or "
+                "disconnected (repeat or comma list).",
             ),
         ],
         None,
-        _fail_on,
+        fail_on_values,
     ),
     "max_norm": Shared(
         Annotated[
@@ -279,7 +256,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "min_norm": Shared(
         Annotated[
@@ -289,7 +266,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "unsafe": Shared(
         Annotated[
@@ -300,7 +277,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         False,
-        _same,
+        same,
     ),
     "imports": Shared(
         Annotated[
@@ -312,7 +289,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _listed,
+        listed,
     ),
     "shard": Shared(
         Annotated[
@@ -325,13 +302,14 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _shard,
+        shard_value,
     ),
     "onednn": Shared(
         Annotated[
             OneDNN,
             typer.Option(
                 "--onednn",
+                metavar="auto|on|off",
                 help="TensorFlow's oneDNN CPU kernels; auto reruns with them off if they crash.",
             ),
         ],
@@ -350,14 +328,22 @@ SHARED: dict[str, Shared] = {
         False,
         None,
     ),
+    "trace": Shared(  # --debug of a command that runs no TensorFlow (diff)
+        Annotated[
+            bool,
+            typer.Option("--debug", help="Show tracebacks.", envvar="GRADCLI_DEBUG"),
+        ],
+        False,
+        None,
+    ),
     "junit": Shared(
         Annotated[
             str | None,
             typer.Option(
                 "--junit",
                 metavar="FILE",
-                help="Also write a JUnit XML report: a testcase per model x tensor, failures "
-                "for tripped gates.",
+                help="Also write a JUnit XML report: a testcase per tensor, failures for "
+                "tripped gates.",
             ),
         ],
         None,
@@ -374,7 +360,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "min_cosine": Shared(
         Annotated[
@@ -384,7 +370,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "max_rel_diff": Shared(
         Annotated[
@@ -397,7 +383,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "min_rank_corr": Shared(
         Annotated[
@@ -410,7 +396,7 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         None,
-        _same,
+        same,
     ),
     "top_percent": Shared(
         Annotated[
@@ -424,13 +410,13 @@ SHARED: dict[str, Shared] = {
             ),
         ],
         10.0,
-        _same,
+        same,
     ),
 }
 
 DIFF_GATES = ("min_cosine", "max_rel_diff", "min_rank_corr", "top_percent")
 AGAINST = ("against", *DIFF_GATES)
-REPORTS = ("output_format", "as_json", "junit", "quiet", "debug")
+REPORTS = ("output_format", "as_json", "junit", "quiet", "trace")
 
 
 OBJECTIVE = ("target", "loss", "from_logits", "class_index", "output")

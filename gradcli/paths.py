@@ -163,9 +163,10 @@ def output_file(path: str | Path, suffix: str) -> Path:
 
 def check_output(path: str | Path, label: str, *, directory: bool = False) -> None:
     """Fail before any work when an output cannot be written: a device, FIFO or (for a file)
-    a directory at the path, a missing or unwritable directory. Writability is probed by
-    really creating (and removing) a temp file, as permissions alone do not tell (root,
-    read-only mounts, ACLs)."""
+    a directory at the path, an unwritable directory. Missing directories are made when the
+    run commits its outputs (every output alike), so writability is probed in the nearest
+    existing one, by really creating (and removing) a temp file, as permissions alone do not
+    tell (root, read-only mounts, ACLs)."""
     p = Path(path)
     try:
         st = os.stat(p)
@@ -191,8 +192,6 @@ def check_output(path: str | Path, label: str, *, directory: bool = False) -> No
         raise InputError(f"{label} {path}: cannot write there: {exc.strerror}") from None
     if not stat.S_ISDIR(wst.st_mode):
         raise InputError(f"{label} {path}: cannot write there: {where} is not a directory")
-    if not directory and st is None and where != (p.parent if str(p.parent) else Path(".")):
-        raise InputError(f"{label} {path}: directory {p.parent} does not exist")
     probe = where / f"{temp_prefix(p)}probe.tmp"
     try:
         if not os.access(where, os.W_OK | os.X_OK):

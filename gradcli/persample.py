@@ -232,7 +232,7 @@ class PerSampleEngine:
         """One tape call over a batch (any size)."""
         if self._fn is None:
             self._build(targets)
-        self.objective.check_class_size(self.handle, inputs)
+        self.objective.check_first_batch(self.handle, inputs)
         try:
             o, gw, squares, arrays = self._fn(list(inputs), list(targets))
         except (GradientError, UsageError, InputError):

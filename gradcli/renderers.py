@@ -44,7 +44,7 @@ def _markdown(records: list[dict], console: Console) -> None:
 
 FORMATS: dict[str, Format] = {
     "table": Format("tables for people", end=_tables),
-    "json": Format("one JSON object per model on stdout, nothing else", each=_json_line),
+    "json": Format("one JSON object per result on stdout, nothing else", each=_json_line),
     "markdown": Format("Markdown tables (for $GITHUB_STEP_SUMMARY, PR comments)", end=_markdown),
 }
 

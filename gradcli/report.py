@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .methods import value_label
 from .records import Record, TensorRow
 from .status import style
 from .status import worst as worst_status
@@ -78,6 +79,8 @@ def _header(rec: Record) -> str:
         parts.append(f"N={rec.n}")
     if rec.objective:
         parts.append(f"objective: {rec.objective}")
+    elif rec.command == "jacobian" and rec.extra.get("output"):
+        parts.append(f"d {rec.extra['output']} / d input")
     if rec.method and rec.method != "vanilla" and rec.command != "check":
         parts.append(f"method: {rec.method}")
     return " · ".join(parts)
@@ -125,9 +128,16 @@ def _render_info(rec: Record, console: Console) -> None:
 
 def _render_gradients(rec: Record, console: Console) -> None:
     console.print(_header(rec))
+    classes = rec.extra.get("classes")
+    if classes:  # --class pred / FILE.npy: which classes the samples were explained for
+        source = {"pred": "predicted", "file": "from the file", "array": "given"}
+        counts = " · ".join(f"{k}: {v}" for k, v in classes["counts"].items())
+        console.print(f"classes ({source.get(classes['source'], '')}), samples each: {counts}")
     cam = rec.extra.get("cam")
     if cam:
-        chosen = ", the default: the last layer with a spatial output" if cam["default"] else ""
+        chosen = (
+            ", the default: the last layer whose output is more than 1x1" if cam["default"] else ""
+        )
         resized = f"; resized to {', '.join(cam['resized'])}" if cam["resized"] else ""
         console.print(f"CAM layer: {cam['layer']} ({cam['class']}{chosen}){resized}")
     weights = rec.command == "wrt-weights"
@@ -137,7 +147,8 @@ def _render_gradients(rec: Record, console: Console) -> None:
     table.add_column("L2", justify="right")
     if weights:
         table.add_column("|g|/|θ|", justify="right")
-    for col in ("mean |g|", "max |g|", "zero frac", "non-finite"):
+    values = value_label(rec.method if rec.command == "wrt-input" else None)
+    for col in (f"mean {values}", f"max {values}", "zero frac", "non-finite"):
         table.add_column(col, justify="right")
     table.add_column("status", no_wrap=True)
     for t in rec.tensors:
@@ -171,11 +182,13 @@ def _render_gradients(rec: Record, console: Console) -> None:
     for t in rec.tensors:
         top_features = t.extra.get("top")
         if top_features:
-            console.print(f"top {len(top_features)} features of {t.name} (mean |g| over samples):")
+            console.print(
+                f"top {len(top_features)} features of {t.name} (mean {values} over samples):"
+            )
             top = Table(show_edge=False)
             top.add_column("rank", justify="right")
             top.add_column("feature")
-            top.add_column("mean |g|", justify="right")
+            top.add_column(f"mean {values}", justify="right")
             for rank, f in enumerate(top_features, 1):
                 where = str(f["feature"]) if "index" not in f else str(tuple(f["index"]))
                 top.add_row(str(rank), where, fmt(f["mean_abs"]))

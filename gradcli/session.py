@@ -34,7 +34,15 @@ def _check_paths(job: Job) -> None:
 
     check_model_path(job.model)
     from_stdin = []
-    for label, value in (("input", job.input), ("target", job.target), ("baseline", job.baseline)):
+    classes = (
+        job.class_index if isinstance(job.class_index, str) and job.class_index != "pred" else None
+    )
+    for label, value in (
+        ("input", job.input),
+        ("target", job.target),
+        ("baseline", job.baseline),
+        ("--class file", classes),
+    ):
         if value == "-":
             from_stdin.append(label)
         elif value is not None:
@@ -154,6 +162,9 @@ def present(
         def on_record(record: dict) -> None:
             if record.get("error"):
                 record["error"] = render_text(record["error"], CLI_FLAGS)
+            for key in ("warnings", "notes"):
+                if record.get(key):
+                    record[key] = [render_text(line, CLI_FLAGS) for line in record[key]]
             for line in record.get("warnings") or []:
                 stderr_line(f"warning: {line}")
             for line in record.get("notes") or []:
@@ -234,6 +245,7 @@ class ProgressBar:
         return self.update if self.enabled else None
 
     def update(self, event: dict) -> None:
+        from rich.markup import escape
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -254,7 +266,10 @@ class ProgressBar:
             self.bar.start()
         index = int(event.get("index", 0))
         if index not in self.tasks:
-            self.tasks[index] = self.bar.add_task(f"model {index + 1}", total=event.get("total"))
+            # the model's file name (a directory run has one bar per model), never "model 1"
+            name = str(event.get("model") or "computing")
+            name = name if len(name) <= 40 else name[:18] + "\u2026" + name[-21:]
+            self.tasks[index] = self.bar.add_task(escape(name), total=event.get("total"))
         self.bar.update(self.tasks[index], completed=event.get("done", 0))
 
     def __exit__(self, *exc) -> bool:

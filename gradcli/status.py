@@ -16,6 +16,7 @@ class Status(StrEnum):
     OK = "ok"
     NONFINITE = "nonfinite"
     ZERO = "zero"
+    VANISHING = "vanishing"  # at float-noise level relative to what it flows through
     DISCONNECTED = "disconnected"
     TOO_LARGE = "too-large"  # above --max-norm
     TOO_SMALL = "too-small"  # below --min-norm
@@ -31,6 +32,7 @@ class Status(StrEnum):
 _STYLE = {
     Status.OK: "green",
     Status.ZERO: "yellow",
+    Status.VANISHING: "yellow",
     Status.TOO_SMALL: "yellow",
     Status.TOO_LARGE: "red",
     Status.NONFINITE: "red",
@@ -43,11 +45,14 @@ _STYLE = {
 GATES = (
     Status.NONFINITE,
     Status.ZERO,
+    Status.VANISHING,
     Status.DISCONNECTED,
     Status.TOO_LARGE,
     Status.TOO_SMALL,
 )
-FAIL_ON_CHOICES = tuple(s.value for s in (Status.NONFINITE, Status.ZERO, Status.DISCONNECTED))
+FAIL_ON_CHOICES = tuple(
+    s.value for s in (Status.NONFINITE, Status.ZERO, Status.VANISHING, Status.DISCONNECTED)
+)
 _BOUNDS = (Status.TOO_LARGE, Status.TOO_SMALL)
 
 # the summary table's "worst" column: the first of these a model's rows have
@@ -58,6 +63,7 @@ _WORST_FIRST = (
     Status.TOO_LARGE,
     Status.TOO_SMALL,
     Status.ZERO,
+    Status.VANISHING,
     Status.OK,
 )
 

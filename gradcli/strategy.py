@@ -68,6 +68,8 @@ class Strategy:
     validate: Callable[[Path], None] = _nothing
     bound_tf_keras: bool = False  # the weight bound also covers tf_keras's layers
     describe: Callable[[Path], ModelHandle] | None = None  # `info` without loading
+    # the final error in gradcli's words, where the failure is understood (None: Keras's)
+    explain: Callable[[Path, BaseException], str | None] = lambda path, exc: None
 
     def run_steps(self, attempt: Attempt) -> ModelHandle:
         reported: BaseException | None = None
@@ -79,4 +81,5 @@ class Strategy:
                 if step.reports:
                     reported = failed.cause
         reported = reported or attempt.failures[-1]
-        raise ModelError(f"{attempt.path}: {self.failure}: {first_line(reported)}") from reported
+        why = self.explain(attempt.path, reported) or f"{self.failure}: {first_line(reported)}"
+        raise ModelError(f"{attempt.path}: {why}") from reported

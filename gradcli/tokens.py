@@ -152,9 +152,11 @@ def _table_owner(t: Any, captured: dict[str, str | None]) -> str | None:
     return None
 
 
-def token_input_error(handle: ModelHandle, index: int) -> GradientError | None:
+def token_input_error(
+    handle: ModelHandle, index: int, uses: dict[int, TokenUse] | None = None
+) -> GradientError | None:
     """The clear error for an input the model reads as token ids; None if it does not."""
-    use = token_uses(handle).get(index)
+    use = (token_uses(handle) if uses is None else uses).get(index)
     if use is None:
         return None
     name = handle.inputs[index].name
@@ -183,12 +185,52 @@ def token_input_error(handle: ModelHandle, index: int) -> GradientError | None:
     )
 
 
+def _consumers(handle: ModelHandle, index: int) -> list[str]:
+    """The layers that take model input `index` directly (a functional Keras model's graph)."""
+    try:
+        tensor = _flat_inputs(handle.model)[index]
+    except Exception:  # noqa: BLE001 - no graph to read (a SavedModel export): no names
+        return []
+    found = []
+    for row in handle.layers:
+        for node in getattr(row.layer, "_inbound_nodes", []):
+            arguments = getattr(node, "arguments", None)
+            if any(t is tensor for t in getattr(arguments, "keras_tensors", [])):
+                found.append(row.path)
+                break
+    return found
+
+
+def _flat_inputs(model: Any) -> list:
+    inputs = model.inputs
+    return list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+
+
 def _integer_input_error(handle: ModelHandle, index: int) -> GradientError:
     info = handle.inputs[index]
+    consumers = _consumers(handle, index)
+    where = (
+        f"`wrt-layer --layer {consumers[0]}` gives the gradient at the layer that consumes it"
+        if consumers
+        else "use wrt-layer on the layer that consumes it"
+    )
     return GradientError(
         f"input {info.name!r} is {input_dtype(info.dtype).name}: there is no gradient with "
-        f"respect to integer inputs (use wrt-layer on the layer that consumes it)"
+        f"respect to integer inputs; {where}"
     )
+
+
+def integer_inputs_error(handle: ModelHandle, indices: list[int]) -> GradientError:
+    """Why inputs `indices` (integer dtypes) have no gradient, one message for all of them:
+    the input whose token ids feed an Embedding first, named with that layer (as the README
+    promises), the others listed after it."""
+    uses = token_uses(handle)
+    ordered = sorted(indices, key=lambda k: (not (k in uses and uses[k].tables), k))
+    first = token_input_error(handle, ordered[0], uses) or _integer_input_error(handle, ordered[0])
+    if len(ordered) == 1:
+        return first
+    others = ", ".join(repr(handle.inputs[k].name) for k in ordered[1:])
+    return GradientError(f"{first}; the integer input(s) {others} have no gradient either")
 
 
 def _disconnected_input_error(handle: ModelHandle, index: int) -> GradientError:
@@ -212,5 +254,12 @@ def missing_input_gradient(handle: ModelHandle, index: int) -> GradientError:
 def input_gradient_error(handle: ModelHandle, index: int) -> GradientError | None:
     """Why input `index` has no gradient (integer dtype or token ids), or None if it has."""
     if input_dtype(handle.inputs[index].dtype).kind != "f":
-        return token_input_error(handle, index) or _integer_input_error(handle, index)
+        return integer_inputs_error(handle, [index])
     return token_input_error(handle, index)
+
+
+def inputs_gradient_error(handle: ModelHandle) -> GradientError | None:
+    """Why some model input has no gradient (integer dtypes: all of them in one message,
+    the Embedding's first), or None when every input is a float."""
+    integers = [k for k, i in enumerate(handle.inputs) if input_dtype(i.dtype).kind != "f"]
+    return integer_inputs_error(handle, integers) if integers else None

@@ -19,13 +19,14 @@ echo "gradcli demo: small models trained on synthetic data (see $S/README.md)."
 # What is in the shapes classifier, and which layers --layer can name
 step $G info $S/shapes_cnn.keras
 
-# Saliency of each image's score for class 0 (filled square); heatmaps as PNGs
-step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --class 0 --png $OUT/saliency -o $OUT/saliency.npz
+# Saliency of each image's predicted class; heatmaps as PNGs
+step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --class pred --png $OUT/saliency -o $OUT/saliency.npz
 
-# Where the CNN looks: Grad-CAM on its last spatial layer, overlaid on each image
-step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --class 0 -m gradcam --png $OUT/gradcam --png-limit 4
+# Where the CNN looks for each image's true class: Grad-CAM on its last spatial layer
+step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --class $S/shapes_y.npy -m gradcam --png $OUT/gradcam --png-limit 4
 
-# Integrated Gradients of the loss with the true labels, with its completeness check
+# Integrated Gradients of the loss with the true labels (signed: red raises the loss),
+# with its completeness check
 step $G wrt-input $S/shapes_cnn.keras $S/shapes_x.npy --target $S/shapes_y.npy -m integrated --steps 64 --png $OUT/ig --png-limit 4
 
 # Only features 1, 4 and 7 matter to the tabular model: they top the saliency list

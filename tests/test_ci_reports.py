@@ -108,12 +108,14 @@ def test_junit_for_diff_gates(cli, tmp_path):
 
 
 def test_junit_path_is_checked_before_any_work(cli, models, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
     r = cli(
         "wrt-input",
         models["linear"],
         models["dir"] / "x5.npy",
         "--junit",
-        tmp_path / "missing" / "j.xml",
+        blocker / "j.xml",
     )
     assert r.code == 3 and r.err.startswith("error: --junit ") and r.err.count("\n") == 1
     r = cli("diff", tmp_path / "a.npz", tmp_path / "a.npz", "--junit", "/dev/null")

@@ -106,8 +106,8 @@ def test_progress_bar_renders_worker_events_on_a_terminal():
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=80)
     with ProgressBar(console, enabled=True) as update:
-        update({"event": "progress", "index": 0, "done": 50, "total": 100})
-        update({"event": "progress", "index": 0, "done": 100, "total": 100})
-    assert "model 1" in buffer.getvalue()
+        update({"event": "progress", "index": 0, "model": "m.keras", "done": 50, "total": 100})
+        update({"event": "progress", "index": 0, "model": "m.keras", "done": 100, "total": 100})
+    assert "m.keras" in buffer.getvalue() and "model 1" not in buffer.getvalue()
     with ProgressBar(console, enabled=False) as update:
         assert update is None

@@ -98,7 +98,7 @@ def bad_models(tmp_path, models):
     "name, fragment",
     [
         ("random.keras", "not a .keras archive"),
-        ("truncated.keras", "cannot load"),
+        ("truncated.keras", "a damaged .keras archive, truncated or corrupt"),
         ("random.h5", "cannot load"),
         ("model.txt", "unknown model format"),
         ("notsaved", "cannot load the SavedModel"),

@@ -387,7 +387,7 @@ def test_flipped_label_ranks_first_in_top(outlier):
 def test_a_tied_embedding_table_takes_the_general_path(keras, tf):
     """An output projection that reuses the embedding table (weight tying): the table's
     gradient comes from two layers, so the Embedding's own fast path would miss half."""
-    from gradcli.api import run
+    import gradcli
 
     class TiedLogits(keras.layers.Layer):
         def __init__(self, embedding, **kwargs):
@@ -404,7 +404,10 @@ def test_a_tied_embedding_table_takes_the_general_path(keras, tf):
     h = keras.layers.Dense(4, activation="tanh", name="mix")(h)
     model = keras.Model(ids, TiedLogits(emb, name="tied")(h))
     x = np.random.default_rng(3).integers(0, 9, size=(N, 5)).astype(np.int32)
-    got, rec = run("wrt-weights", model, x, per_sample_arrays=True, class_index=2)
+    result = gradcli.wrt_weights(
+        model, x, per_sample_arrays=True, class_index=2, return_record=True
+    )
+    got, rec = result.arrays, result.record
     ps = rec["per_sample"]
     owner = next(v["layer"] for v in ps["per_variable"] if v["name"] == "emb/embeddings")
     assert ps["general_path"] == [owner]  # the layer wrt-weights files the table under

@@ -149,10 +149,19 @@ def handles(text):
 
 
 def api_run(handles, text, case, command, **options):
-    from gradcli.api import run
+    import gradcli
 
-    ids = text["ids"]
-    return run(command, handles[case], ids, options.pop("target", text["labels"]), **options)
+    fn = getattr(gradcli, command.replace("-", "_"))
+    target = options.pop("target", text["labels"])
+    args = (handles[case], text["ids"])
+    if command == "wrt-layer":
+        args = (*args, options.pop("layers"))
+    if command != "jacobian":
+        options["target"] = target
+    result = (
+        fn(*args, **options) if command == "check" else fn(*args, **options, return_record=True)
+    )
+    return result.arrays, result.record
 
 
 @pytest.mark.parametrize("case", FORMATS)
@@ -399,7 +408,7 @@ def test_sparse_labels_out_of_range_on_a_sequence_output(cli, sequence, tmp_path
 
 def test_label_scan_is_chunked_and_honours_ignore_class():
     from gradcli.arrays import ArraySource
-    from gradcli.objective import _first_out_of_range
+    from gradcli.labels import _first_out_of_range
 
     labels = np.zeros((1000, 3), np.int64)
     labels[777, 1] = 5

@@ -126,12 +126,11 @@ def test_gradient_error_leaves_no_output(cli, models, tmp_path):
     )
     assert r.code == 2
     assert out.read_bytes() == b"old"
-    r = cli(
-        "wrt-input",
-        models["linear"],
-        models["dir"] / "x5.npy",
-        "-o",
-        tmp_path / "missing_dir" / "g.npz",
-    )
-    assert r.code == 3 and "does not exist" in r.err
+    # a missing directory is made when the run commits (as --png's), never by a failed run
+    missing = tmp_path / "missing_dir" / "deeper" / "g.npz"
+    args = ["wrt-input", models["linear"], models["dir"] / "x5.npy", "-o", missing]
+    r = cli(*args, "--loss", "no_such_loss", "--target", models["dir"] / "y3.npy")
+    assert r.code == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.npz"]
+    r = cli(*args)
+    assert r.code == 0 and sorted(npz(missing)) == ["x"]

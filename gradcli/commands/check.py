@@ -35,7 +35,7 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     names = engine.variable_names if weights else [i.name for i in handle.inputs]
 
     def progress(done: int, total: int) -> None:
-        ctx.emit("progress", index=ctx.index, done=done, total=total)
+        ctx.emit("progress", **ctx.progress_fields(done, total))
 
     rows = check_rows(
         engine,

@@ -13,7 +13,7 @@ from gradcli.context import Context, committed
 from gradcli.engine import (
     Compiled,
     default_batch_size,
-    input_gradient_error,
+    inputs_gradient_error,
     missing_input_gradient,
 )
 from gradcli.errors import GradientError, UsageError, first_line, param
@@ -48,10 +48,9 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
             f"{param('max_elements', f'{job.max_elements:,.0f}')}); select fewer samples or "
             f"one {param('output')}, or raise {param('max_elements')}"
         )
-    dtypes = [np.dtype(i.dtype) if np.dtype(i.dtype).kind == "f" else None for i in handle.inputs]
-    for k, dt in enumerate(dtypes):
-        if dt is None:  # integer inputs: the same message as wrt-input's, naming the embedding
-            raise input_gradient_error(handle, k)
+    dtypes = [np.dtype(i.dtype) for i in handle.inputs]
+    if (error := inputs_gradient_error(handle)) is not None:
+        raise error  # integer inputs: the same message as wrt-input's, naming the embedding
     fn = jacobian_function(handle, outputs[0], training=job.training, jit=job.jit)
     per_sample = max(1, total // ctx.n)
     size = job.batch_size or max(1, min(default_batch_size(handle), (1 << 24) // per_sample))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,8 +17,12 @@ from gradcli.engine import GradientEngine
 from gradcli.errors import InputError, UsageError, param
 from gradcli.job import Job
 from gradcli.methods import METHODS, Method, MethodOptions, attribute
+from gradcli.objective import ObjectiveKind
 from gradcli.stats import TensorStats, TopFeatures
 from gradcli.writers import Outputs
+
+if TYPE_CHECKING:
+    from gradcli.pictures import MapStyle
 
 
 def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
@@ -53,7 +58,10 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
             if att.completeness:
                 completeness.append(att.completeness)
             ctx.progress(batch.stop)
-        written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs)
+        for k, name in enumerate(names):
+            engine.sensitivity.apply(stats[name], engine.sensitivity.share(("input", k)))
+        faint = {n: stats[n].vanishing for n in names}
+        written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs, faint)
         written = committed(writer)
     extra = {"method": job.method, "out": written, **method.extras(options, completeness)}
     for name, features in top.items():
@@ -127,10 +135,12 @@ class _Pictures:
             take = self.limit - have
             self.kept[name].append((x[:take], g[:take]))
 
-    def write(self, job: Job, objective: str, outputs: Outputs | None) -> list[str]:
+    def write(
+        self, job: Job, objective: str, outputs: Outputs | None, faint: dict[str, bool]
+    ) -> list[str]:
         if self.png is None:
             return []
-        return _write_heatmaps(self.png, self.kept, job, objective, outputs)
+        return _write_heatmaps(self.png, self.kept, job, objective, outputs, faint)
 
 
 def _read_baseline(ctx: Context, path: str) -> list[np.ndarray]:
@@ -151,12 +161,33 @@ def _read_baseline(ctx: Context, path: str) -> list[np.ndarray]:
     return out
 
 
+def map_style(method: str, png_style: str | None) -> MapStyle:
+    """How --png draws a method's map: --png-style, else the method's own default."""
+    from gradcli.pictures import MapStyle
+
+    found = METHODS[method]
+    if found.png_style == "own":
+        if png_style == "signed":
+            raise UsageError(
+                f"{param('png_style', 'signed')}: {found.quantity} is never negative; it is "
+                "drawn as it is"
+            )
+        return MapStyle(found.quantity, absolute=False)
+    return MapStyle(found.quantity, signed=(png_style or found.png_style) == "signed")
+
+
 def _write_heatmaps(
-    png: Path, keep: dict, job: Job, objective: str, outputs: Outputs | None = None
+    png: Path,
+    keep: dict,
+    job: Job,
+    objective: str,
+    outputs: Outputs | None,
+    faint: dict[str, bool],
 ) -> list[str]:
     from gradcli.pictures import write_heatmaps
 
     stage = outputs.stage_dir(png) if outputs is not None else png
+    style = map_style(job.method, job.png_style)
     written = []
     for name, parts in keep.items():
         if not parts:
@@ -164,8 +195,9 @@ def _write_heatmaps(
         x = np.concatenate([p[0] for p in parts])[: job.png_limit]
         g = np.concatenate([p[1] for p in parts])[: job.png_limit]
         prefix = name.replace("/", "_")
-        title = f"{Path(job.model).name}: {job.method}, {objective}, w.r.t. {name}"
-        written += [str(png / p.name) for p in write_heatmaps(stage, prefix, x, g, title=title)]
+        title = f"{Path(job.model).name}: {style.quantity} of {objective}, w.r.t. {name}"
+        paths = write_heatmaps(stage, prefix, x, g, title=title, style=style, faint=faint[name])
+        written += [str(png / p.name) for p in paths]
     return written
 
 
@@ -177,6 +209,12 @@ def _run_cam(
     job, handle = ctx.job, ctx.handle
     layer = options.cam_layer
     assert layer is not None
+    if ctx.objective.kind == ObjectiveKind.LOSS:
+        ctx.notes.append(
+            f"with {param('target')} a CAM explains the loss: its ReLU keeps the regions that "
+            "raise the loss, not the evidence for the true class; for that, give the labels "
+            f"as {param('class_index', 'LABELS.npy')}"
+        )
     names = [i.name for i in handle.inputs]
     if layer.key in names:
         raise UsageError(
@@ -219,7 +257,10 @@ def _run_cam(
                 top[n].update(arrays[n])
             pictures.keep(batch.inputs, arrays)
             ctx.progress(batch.stop)
-        written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs)
+        for k in keys:  # both maps come from the layer's gradient
+            engine.sensitivity.apply(stats[k], engine.sensitivity.share(("layer", 0)))
+        faint = stats[layer.key].vanishing
+        written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs, faint)
         written = committed(writer)
     for name, features in top.items():
         stats[name].extra["top"] = _top_features(features, job.top, sizes[name])
@@ -265,7 +306,7 @@ class _CamPictures:
                 take = self.limit - have
                 parts.append((xs[self.positions[name]][:take], arrays[name][:take]))
 
-    def write(self, job: Job, objective: str, outputs: Outputs | None) -> list[str]:
+    def write(self, job: Job, objective: str, outputs: Outputs | None, faint: bool) -> list[str]:
         if self.png is None:
             return []
         from gradcli.pictures import write_cam_pictures
@@ -279,10 +320,13 @@ class _CamPictures:
             cam = np.concatenate([p[1] for p in parts])[: self.limit]
             if x.ndim == cam.ndim + 1 and self.layer.channels_first:
                 x = np.moveaxis(x, 1, -1)  # pictures want channels last
+            quantity = METHODS[job.method].quantity
             title = (
-                f"{Path(job.model).name}: {job.method} on {self.layer.info.path}, "
-                f"{objective}, over {name}"
+                f"{Path(job.model).name}: {quantity} of {objective} on layer "
+                f"{self.layer.info.path}, over {name}"
             )
-            paths = write_cam_pictures(stage, name.replace("/", "_"), x, cam, title=title)
+            paths = write_cam_pictures(
+                stage, name.replace("/", "_"), x, cam, title=title, quantity=quantity, faint=faint
+            )
             written += [str(self.png / p.name) for p in paths]
         return written

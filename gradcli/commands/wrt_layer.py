@@ -67,6 +67,8 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
                     writer.write(k, a)
             ctx.progress(batch.stop)
         written = committed(writer)
+    for j, k in enumerate(keys):
+        engine.sensitivity.apply(stats[k], engine.sensitivity.share(("layer", j)))
     return ctx.record(
         [stats[k] for k in [*keys, *act_keys]],
         out=written,

@@ -15,7 +15,7 @@ from gradcli.errors import GradientError
 from gradcli.loading import ModelHandle
 from gradcli.paths import output_file
 from gradcli.spread import PerSampleNorms, summarize
-from gradcli.stats import TensorStats, layer_summary
+from gradcli.stats import Sensitivity, TensorStats, layer_summary
 
 
 def variable_layers(handle: ModelHandle, names: list[str], variables: list) -> list[str]:
@@ -71,15 +71,23 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
                 continue
             sums[k].add(g)
         ctx.progress(batch.stop)
-    grads, stats = _mean_gradients(ctx, engine.variables, names, sums, connected)
+    grads, stats = _mean_gradients(
+        ctx, engine.variables, names, sums, connected, engine.sensitivity
+    )
     written = ctx.save_whole(out, grads)
     return _finish(ctx, engine, stats, written, png)
 
 
 def _mean_gradients(
-    ctx: Context, variables: list, names: list[str], sums: list[GradientSum], connected: list
+    ctx: Context,
+    variables: list,
+    names: list[str],
+    sums: list[GradientSum],
+    connected: list,
+    sensitivity: Sensitivity,
 ) -> tuple[dict[str, np.ndarray], list[TensorStats]]:
-    """G = the summed batch gradients / N per variable, and its figures."""
+    """G = the summed batch gradients / N per variable, and its figures (a G at float-noise
+    level against its variable and the objective is vanishing)."""
     grads: dict[str, np.ndarray] = {}
     stats = []
     for k, name in enumerate(names):
@@ -95,6 +103,7 @@ def _mean_gradients(
             sums[k].total = None  # the float64 table goes before the next one is made
             grads[name] = g
             st.update(g)
+            sensitivity.apply(st, sensitivity.share_of(st.l2, st.param_norm, ctx.n))
             if sums[k].sparse:
                 st.extra["sparse"] = {"rows_touched": sums[k].rows_touched, "rows": g.shape[0]}
         stats.append(st)
@@ -112,7 +121,7 @@ def _finish(
     summary = layer_summary(rows, owners)
     chart = None
     if png is not None:
-        from gradcli.pictures import write_flow_chart
+        from gradcli.flowchart import write_flow_chart
 
         png = output_file(png, ".png")
         staged = ctx.outputs.stage_file(png) if ctx.outputs is not None else png
@@ -180,6 +189,7 @@ def run_per_sample(ctx: Context, out: Path | None, png: Path | None) -> dict:
     sums = [GradientSum(tuple(v.shape)) for v in engine.variables]
     connected = [True] * len(names)
     norms = PerSampleNorms(ctx.n, len(names))
+    sensitivity = Sensitivity()
     with contextlib.ExitStack() as stack:
         sink = None
         for batch in ctx.batches(engine, size):
@@ -201,10 +211,11 @@ def run_per_sample(ctx: Context, out: Path | None, png: Path | None) -> dict:
                 if g is not None:
                     sums[k].add(g)
             norms.add(batch.start, step.squares, step.objective)
+            sensitivity.add_objective(step.objective)
             if sink is not None:
                 _write_rows(sink, names, connected, step, arrays)
             ctx.progress(batch.stop)
-        grads, stats = _mean_gradients(ctx, engine.variables, names, sums, connected)
+        grads, stats = _mean_gradients(ctx, engine.variables, names, sums, connected, sensitivity)
         if sink is not None:
             for key, value in grads.items():
                 sink.write(key, value)
