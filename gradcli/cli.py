@@ -411,6 +411,7 @@ def diff(
         quiet=options["quiet"],
         debug=options["debug"],
         junit=options["junit"],
+        reads=[("A", a), ("B", b)],
     )
 
 

@@ -63,15 +63,29 @@ class DiffGates:
         return any(g is not None for g in (self.min_cosine, self.max_rel_diff, self.min_rank_corr))
 
 
+def _scale(values: np.ndarray) -> float:
+    """A power of two at most max |values| (0 for all zeros): dividing by it is exact and
+    leaves every |value| below 2, so squares and their sums cannot overflow."""
+    top = float(np.max(np.abs(values))) if values.size else 0.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 0.0
+
+
 @dataclass
 class Figures:
-    """Running sums over chunks of rows of one key."""
+    """Running sums over chunks of rows of one key, overflow-free: every sum is kept relative
+    to a power-of-two scale (`sa` for a, `sb` for b, `s` = max(sa, sb) for a - b) that grows
+    with the largest value seen, so values near 1e308 give the true cosine, not inf/inf.
+    A non-finite element makes cosine and rel_diff NaN: undefined, reported as such."""
 
-    dot: float = 0.0
-    aa: float = 0.0
-    bb: float = 0.0
-    dd: float = 0.0
-    max_abs: float = 0.0
+    dot: float = 0.0  # sum (a/sa)(b/sb)
+    aa: float = 0.0  # sum (a/sa)^2
+    bb: float = 0.0  # sum (b/sb)^2
+    dd: float = 0.0  # sum ((a - b)/s)^2
+    max_d: float = 0.0  # max |a - b| / s
+    sa: float = 0.0
+    sb: float = 0.0
+    s: float = 0.0
+    max_bad: float = 0.0  # max |a - b| over chunks holding non-finite elements (NaN, inf)
     agree: int = 0
     count: int = 0
     nonfinite: int = 0
@@ -79,20 +93,42 @@ class Figures:
     overlaps: list[float] = field(default_factory=list)
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
-        a = np.asarray(a, np.float64)
-        b = np.asarray(b, np.float64)
-        self.nonfinite += int(a.size - np.count_nonzero(np.isfinite(a)))
-        self.nonfinite += int(b.size - np.count_nonzero(np.isfinite(b)))
-        fa, fb = a.ravel(), b.ravel()
-        d = fa - fb
-        self.dot += float(fa @ fb)
-        self.aa += float(fa @ fa)
-        self.bb += float(fb @ fb)
-        self.dd += float(d @ d)
-        if d.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+        fa = np.asarray(a, np.float64).ravel()
+        fb = np.asarray(b, np.float64).ravel()
+        bad = int(fa.size - np.count_nonzero(np.isfinite(fa)))
+        bad += int(fb.size - np.count_nonzero(np.isfinite(fb)))
+        self.nonfinite += bad
         self.agree += int(np.count_nonzero(np.sign(fa) == np.sign(fb)))
         self.count += int(fa.size)
+        if not fa.size:
+            return
+        if bad:  # the sums are moot now (cosine, rel_diff: NaN); max |a - b| is NaN or inf
+            with np.errstate(invalid="ignore", over="ignore"):
+                worst = float(np.max(np.abs(fa - fb)))
+            self.max_bad = worst if math.isnan(worst) else max(self.max_bad, worst)
+            return
+        self._rescale(max(self.sa, _scale(fa)), max(self.sb, _scale(fb)))
+        xa = fa / self.sa if self.sa else fa
+        xb = fb / self.sb if self.sb else fb
+        d = (fa / self.s - fb / self.s) if self.s else fa - fb
+        self.dot += float(xa @ xb)
+        self.aa += float(xa @ xa)
+        self.bb += float(xb @ xb)
+        self.dd += float(d @ d)
+        self.max_d = max(self.max_d, float(np.max(np.abs(d))))
+
+    def _rescale(self, sa: float, sb: float) -> None:
+        """Move the sums to larger scales (ratios are powers of two: exact)."""
+        ra = self.sa / sa if sa else 1.0
+        rb = self.sb / sb if sb else 1.0
+        s = max(sa, sb)
+        rd = self.s / s if s else 1.0
+        self.aa *= ra * ra
+        self.bb *= rb * rb
+        self.dot *= ra * rb
+        self.dd *= rd * rd
+        self.max_d *= rd
+        self.sa, self.sb, self.s = sa, sb, s
 
     def per_sample(self, a: np.ndarray, b: np.ndarray, top_percent: float) -> None:
         for ra, rb in zip(a, b, strict=True):
@@ -102,35 +138,50 @@ class Figures:
             self.overlaps.append(top_overlap(fa, fb, top_percent))
 
     def row(self) -> dict[str, Any]:
+        """The figures: floats (NaN or inf where undefined or beyond float64), None where
+        there is no figure (rel_diff against an all-zero reference)."""
         na, nb = math.sqrt(self.aa), math.sqrt(self.bb)
         if self.nonfinite:
-            cosine = rel = None
+            cosine = rel = math.nan
         elif na == 0 and nb == 0:
             cosine, rel = 1.0, 0.0
         elif na == 0 or nb == 0:
             cosine = 0.0
-            rel = None if nb == 0 else math.sqrt(self.dd) / nb
+            rel = None if nb == 0 else (self.s / self.sb) * math.sqrt(self.dd) / nb
         else:
+            # rounding can leave |cosine| a hair above 1; clamp only a real number
             cosine = max(-1.0, min(1.0, self.dot / (na * nb)))
-            rel = math.sqrt(self.dd) / nb
+            rel = (self.s / self.sb) * (math.sqrt(self.dd) / nb)  # inf beyond float64
         out: dict[str, Any] = {
             "cosine": cosine,
             "rel_diff": rel,
-            "max_abs_diff": _finite(self.max_abs) if not self.nonfinite else None,
+            "max_abs_diff": self.max_bad if self.nonfinite else self.max_d * self.s,
             "sign_agreement": self.agree / self.count if self.count else 1.0,
             "nonfinite": self.nonfinite,
         }
         if self.ranks:
-            finite = all(math.isfinite(r) for r in self.ranks)  # NaN in a sample: undefined
-            out["rank_corr"] = float(np.mean(self.ranks)) if finite else None
-            out["rank_corr_min"] = float(np.min(self.ranks)) if finite else None
+            out["rank_corr"] = float(np.mean(self.ranks))  # NaN when a sample's is undefined
+            out["rank_corr_min"] = float(np.min(self.ranks))
             out["top_overlap"] = float(np.mean(self.overlaps))
             out["top_overlap_min"] = float(np.min(self.overlaps))
         return out
 
 
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+FIGURES = ("cosine", "rel_diff", "max_abs_diff", "rank_corr", "rank_corr_min")
+
+
+def json_figures(row: dict[str, Any]) -> dict[str, Any]:
+    """The row for JSON: a NaN or infinite figure becomes null, and `nonfinite_figures` says
+    which and what it was ("nan", "inf"), so the record stays valid JSON and still says so."""
+    bad = {}
+    for key in FIGURES:
+        value = row.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[key] = str(value)
+            row[key] = None
+    if bad:
+        row["nonfinite_figures"] = bad
+    return row
 
 
 def rank_average(x: np.ndarray) -> np.ndarray:
@@ -195,7 +246,7 @@ def open_result(path: str | Path, label: str) -> Result:
         raise InputError(f"{label} {path}: not a readable .npz file ({exc})") from None
     keys = [k for k in keys if k != NPZ_KEY]
     arrays = read_arrays(path, keys, label) if keys else {}
-    return Result(label, str(path), arrays, from_npz(path))
+    return Result(label, str(path), arrays, from_npz(path, label))
 
 
 def _command(prov: dict | None) -> str | None:
@@ -213,9 +264,12 @@ def compare_provenance(a: dict | None, b: dict | None) -> tuple[list[str], list[
                 f"{side} has no provenance (an older gradcli or another writer): "
                 f"how it was computed is not compared"
             )
-        elif str(prov.get("schema", "")).split("/")[0] != SCHEMA.split("/")[0]:
-            notes.append(f"{side}: unknown provenance schema {prov.get('schema')!r}")
-    if a is None or b is None:
+        elif not _known(prov):
+            notes.append(
+                f"{side}: unknown provenance schema {prov.get('schema')!r}: how it was "
+                f"computed is not compared"
+            )
+    if not (_known(a) and _known(b)):
         return warnings, notes
     if _command(a) != _command(b):
         raise InputError(
@@ -257,6 +311,11 @@ def compare_provenance(a: dict | None, b: dict | None) -> tuple[list[str], list[
         ]
         notes.append("versions differ (B -> A): " + ", ".join(changed))
     return warnings, notes
+
+
+def _known(prov: dict | None) -> bool:
+    """Provenance this gradcli can read (its schema's major version)."""
+    return prov is not None and str(prov.get("schema")).split("/")[0] == SCHEMA.split("/")[0]
 
 
 def _short(value: Any) -> str:
@@ -374,11 +433,12 @@ def _row(
     for label, gate, value, fails in checks:
         if gate is None or (label == LOW_RANK and not samples):
             continue
-        if value is None or fails(value, gate):  # no figure (NaN, zero reference) fails too
+        # no figure (zero reference) fails too; NaN fails (it is never clamped into range)
+        if value is None or math.isnan(value) or fails(value, gate):
             status = label
     row["status"] = status
     row["tripped"] = status != "ok"
-    return row
+    return json_figures(row)
 
 
 def diff_files(

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .escaping import plot
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -184,7 +186,7 @@ def _cam_strip_figure(x: np.ndarray, cam: np.ndarray, index: int, title: str | N
         f"position; CAM relative to its max ({peak:.2e})" if peak > 0 else "CAM all zero",
         fontsize=9,
     )
-    fig.suptitle(f"{title} - sample {index}" if title else f"sample {index}", fontsize=11)
+    fig.suptitle(plot(f"{title} - sample {index}" if title else f"sample {index}"), fontsize=11)
     return fig
 
 
@@ -319,7 +321,7 @@ def _three_panels(
     for ax in (ax_in, ax_map, ax_over):
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{title} - sample {index}" if title else f"sample {index}", fontsize=11)
+    fig.suptitle(plot(f"{title} - sample {index}" if title else f"sample {index}"), fontsize=11)
     return fig
 
 
@@ -393,12 +395,12 @@ def _flow_figure(
                 fontstyle="italic",
             )
 
-    ax.set_yticks(range(n), [_short(s) for s in names], fontsize=label_size)
+    ax.set_yticks(range(n), [plot(_short(s)) for s in names], fontsize=label_size)
     ax.tick_params(axis="x", labelsize=9)
     ax.grid(axis="x", which="major", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_xlabel("L2 norm of weight gradient (log scale)")
-    ax.set_title(title or "gradient flow: weight-gradient norm per layer", fontsize=11)
+    ax.set_title(plot(title or "gradient flow: weight-gradient norm per layer"), fontsize=11)
     # The legend names only what is in the picture, so red in it always means a problem.
     handles = []
     if any(ok and s == "ok" for s, ok in zip(statuses, drawable, strict=True)):

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import threading
 import time
 from pathlib import Path
@@ -64,6 +65,44 @@ def sha256_tree(directory: str | os.PathLike, stop: threading.Event | None = Non
 
 def sha256_path(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
     return sha256_tree(path, stop) if Path(path).is_dir() else sha256_file(path, stop)
+
+
+def stamp(path: str | os.PathLike) -> tuple | None:
+    """What tells a file's content changed without reading it: device, inode, size,
+    modification and change time (a file swapped in has another inode; one rewritten in
+    place a new ctime, which no user can set back). A directory: its files' stamps."""
+    if str(path) == "-":
+        return None  # stdin: spooled to a file of its own, no one else can change it
+    p = Path(path)
+    try:
+        if not p.is_dir():
+            return _stat_key(os.stat(p))
+        files = []
+        for base, dirs, names in os.walk(p):
+            dirs.sort()
+            files += [(base, n, _stat_key(os.stat(Path(base, n)))) for n in sorted(names)]
+        return tuple(files)
+    except OSError:
+        return None
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def check_unchanged(before: dict[str, tuple[str, tuple | None]]) -> None:
+    """Refuse (exit 3) a run whose files changed between their loading and the end of their
+    hashing: its recorded sha256 might not be of the bytes it used. `before` maps a label
+    to (path, its stamp taken before the file was opened)."""
+    from .errors import InputError
+
+    for label, (path, old) in before.items():
+        if old is not None and stamp(path) != old:
+            raise InputError(
+                f"{label} {path}: changed while gradcli was reading it (inode, size or "
+                "times differ from when it was opened); its sha256 might not be of the "
+                "bytes used, so nothing was written"
+            )
 
 
 _cache: dict[tuple, str] = {}  # (path, size, mtime) -> hash: a directory run's input once
@@ -244,19 +283,114 @@ def to_npz_entry(prov: dict[str, Any]):
     return np.array(json.dumps(prov, sort_keys=True, default=str))
 
 
-def from_npz(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The provenance stored in an .npz gradcli wrote (None: there is none, or unreadable)."""
+MAX_BYTES = 1 << 20  # a provenance entry gradcli writes is a few KiB
+MAX_DEPTH = 16  # and nests 3 levels deep
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+# the fields `gradcli diff` reads, and what each must be when present (None always allowed)
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "schema": (str,),
+    "command": (str,),
+    "model": (dict,),
+    "input": (dict,),
+    "target": (dict,),
+    "objective": (dict,),
+    "method": (dict, str),
+    "parameters": (dict,),
+    "versions": (dict,),
+    "training": (bool,),
+}
+_FILE_FIELDS = ("path", "sha256")
+_JSON_TYPE = {dict: "an object", str: "a string", bool: "true or false", list: "a list"}
+
+
+class MalformedProvenance(ValueError):
+    """What is wrong with a provenance entry (from_npz names the file)."""
+
+
+def from_npz(path: str | os.PathLike, label: str = "") -> dict[str, Any] | None:
+    """The provenance stored in an .npz gradcli wrote; None when it has none. An entry that
+    is there but malformed is an InputError (exit 3) naming the file and what is wrong."""
     import zipfile
 
-    import numpy as np
+    from .errors import InputError
 
+    where = f"{label} {path}".strip()
     try:
         with zipfile.ZipFile(path) as zf:
             if NPZ_KEY + ".npy" not in zf.namelist():
                 return None
-            with zf.open(NPZ_KEY + ".npy") as f:
-                value = np.lib.format.read_array(f, allow_pickle=False)
-        data = json.loads(str(value[()]))
-    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
-        return None
-    return data if isinstance(data, dict) else None
+            info = zf.getinfo(NPZ_KEY + ".npy")
+            if info.file_size > MAX_BYTES:
+                raise MalformedProvenance(
+                    f"it holds {info.file_size:,} bytes; gradcli writes a few KiB"
+                )
+            with zf.open(info) as f:
+                return parse(f.read(MAX_BYTES + 1))
+    except MalformedProvenance as exc:
+        raise InputError(f"{where}: malformed provenance ({NPZ_KEY}): {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{where}: cannot read its provenance ({NPZ_KEY}): {exc}") from None
+
+
+def parse(entry: bytes) -> dict[str, Any]:
+    """The provenance dict of an `__gradcli__` entry's bytes (an .npy holding a 0-d unicode
+    array of JSON); MalformedProvenance says what is wrong. Never unpickles; the JSON's
+    nesting is bounded before it is parsed (no recursion limit can be reached)."""
+    import io
+
+    import numpy as np
+
+    try:
+        value = np.lib.format.read_array(io.BytesIO(entry), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise MalformedProvenance(f"not an .npy array ({_first(exc)})") from None
+    if value.shape != () or value.dtype.kind != "U":
+        raise MalformedProvenance(
+            f"expected a 0-d unicode array, got shape {value.shape} dtype {value.dtype}"
+        )
+    text = str(value[()])
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        raise MalformedProvenance(f"its JSON nests {depth} levels deep (at most {MAX_DEPTH})")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise MalformedProvenance(f"not valid JSON ({_first(exc)})") from None
+    if not isinstance(data, dict):
+        raise MalformedProvenance(f"expected a JSON object, got {_kind(data)}")
+    for key, types in _FIELDS.items():
+        got = data.get(key)
+        if got is not None and not isinstance(got, types):
+            want = " or ".join(_JSON_TYPE[t] for t in types)
+            raise MalformedProvenance(f"field {key!r} is {_kind(got)}; expected {want}")
+    for key in ("model", "input", "target"):
+        for sub in _FILE_FIELDS:
+            got = (data.get(key) or {}).get(sub)
+            if got is not None and not isinstance(got, str):
+                raise MalformedProvenance(f"field {key}.{sub} is {_kind(got)}; expected a string")
+    return data
+
+
+def _depth(text: str) -> int:
+    """How deep the JSON's arrays and objects nest (strings skipped), without parsing it."""
+    brackets = re.sub(r"[^\[\]{}]", "", _STRINGS.sub("", text))
+    depth = deepest = 0
+    for ch in brackets:
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return _JSON_TYPE.get(type(value), type(value).__name__)
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

@@ -1,7 +1,8 @@
 """Run a job in a child process and survive TensorFlow crashing it.
 
 TensorFlow's oneDNN CPU kernels can kill the process (SIGSEGV, SIGABRT) on some gradients.
-The light CLI process never imports TensorFlow: it starts `python -m gradcli.worker`, relays
+The light CLI process never imports TensorFlow: it starts `python -P -m gradcli.worker`
+(see _spawn: nothing in the working directory is importable there), relays
 its results as they arrive, and if the child dies from SIGSEGV, SIGABRT or SIGBUS with oneDNN
 on, runs the models not yet done once more with oneDNN off. Temporary files of a crashed
 attempt are removed; results already relayed are not repeated.
@@ -228,13 +229,16 @@ class Worker:
 
 
 def _spawn(env: dict[str, str], debug: bool) -> Worker:
-    """Start `python -m gradcli.worker`; it begins importing TensorFlow at once."""
+    """Start the worker; it begins importing TensorFlow at once. `-P` (and PYTHONSAFEPATH
+    for any Python it starts in turn): `-m` would put the working directory first on
+    sys.path, and a `numpy.py` or `gradcli/` planted where gradcli runs (a repository's
+    root, in CI) would run in it. Only `--import` adds code."""
     raw_err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the attempt or discard
     job_r, lifeline = os.pipe()
-    full = {**env, JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
+    full = {**safe_path_env(env), JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gradcli.worker"],
+            [sys.executable, "-P", "-m", "gradcli.worker"],
             stdout=subprocess.PIPE,
             stderr=None if debug else raw_err,
             env=full,
@@ -294,6 +298,21 @@ def _scan_option(argv: list[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg.split("=", 1)[1]
     return value
+
+
+def safe_path_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a Python child that imports nothing from its working directory: with
+    PYTHONSAFEPATH set, and without the empty or `.` entries of PYTHONPATH that stand for
+    the working directory (`PYTHONPATH=$PYTHONPATH:/x` with PYTHONPATH unset gives `:/x`).
+    Other PYTHONPATH entries are the user's own choice and are kept."""
+    out = {**env, "PYTHONSAFEPATH": "1"}
+    if "PYTHONPATH" in env:
+        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p not in ("", ".")]
+        if kept:
+            out["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del out["PYTHONPATH"]
+    return out
 
 
 def _worker_env(onednn_value: str | None) -> dict[str, str]:
