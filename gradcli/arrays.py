@@ -220,11 +220,7 @@ class DeflatedMember:
                 f"{label}: entry {key!r} declares {shape_text} ({declared:,} bytes) but "
                 f"compresses to {info.compress_size:,} bytes; that shape cannot be real"
             )
-        if self._data_start + declared > info.file_size:
-            raise InputError(
-                f"{label}: entry {key!r} declares {shape_text} ({declared:,} bytes) but "
-                f"holds {info.file_size:,} bytes: truncated or corrupt"
-            )
+        _check_declared(f"{label}: entry {key!r}", shape, dtype, info.file_size - self._data_start)
         if fortran and self.ndim > 1 and declared > _machine_memory() // 4:
             raise InputError(
                 f"{label}: entry {key!r} is a compressed Fortran-order array of {shape_text} "

@@ -15,11 +15,12 @@ from .arrays import ArraySource, check_samples, read_arrays
 from .batching import input_rows
 from .engine import Batch, GradientEngine, default_batch_size, read_batches
 from .errors import ExitCode, InputError, UsageError
+from .hashing import Hashes
 from .job import Job
 from .loading import ModelHandle
 from .objective import Objective, build_objective
 from .pipeline import BackgroundSink, enabled, prefetch
-from .provenance import NPZ_KEY, Hashes
+from .provenance import NPZ_KEY
 from .stats import TensorStats
 from .writers import MemorySink, NpzStreamWriter, Outputs
 

@@ -13,6 +13,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:  # the program itself: before anything else is imported (safepath.py)
+        from .safepath import drop_working_directory
+
+        drop_working_directory()
     from . import supervisor
 
     try:

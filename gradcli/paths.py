@@ -77,7 +77,7 @@ def check_model_path(path: str) -> None:
     p = Path(path)
     if not p.exists():
         if os.path.islink(p):
-            raise ModelError(f"{path}: a symbolic link to {os.readlink(p)}, which does not exist")
+            raise ModelError(f"{path}: a dangling symbolic link (to {os.readlink(p)})")
         raise ModelError(f"{path}: no such file or directory")
     try:
         check_regular(p, str(path), allow_dir=True)

@@ -16,10 +16,10 @@ from .commands import COMMANDS
 from .context import Context, Emit
 from .errors import InputError, exit_code, marked
 from .formats import EXPECTED
+from .hashing import check_unchanged, stamp
 from .job import Job
 from .loading import import_custom_code, load_model
 from .paths import check_model_path, check_output, find_models, is_savedmodel, model_output
-from .provenance import check_unchanged, stamp
 from .writers import Outputs
 
 __all__ = ["Context", "Emit", "model_paths", "run_job", "run_one"]

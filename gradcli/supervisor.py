@@ -10,6 +10,9 @@ attempt are removed; results already relayed are not repeated.
 The worker's life is tied to this process: it gets the job on a pipe that stays open as a
 lifeline until it exits, and the kernel sends it SIGTERM when this process dies (see
 worker.py). A worker whose parent is gone stops and never commits its output files.
+
+One file on purpose (about 400 lines): starting, prestarting, relaying, retrying and stopping
+the worker share its process state, and reading them together is how they stay consistent.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ExitCode, GradcliError, GradientError, exit_code, first_line, param
+from .safepath import worker_env
 
 ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
 JOB_FD_VAR = "GRADCLI_JOB_FD"
@@ -229,13 +233,12 @@ class Worker:
 
 
 def _spawn(env: dict[str, str], debug: bool) -> Worker:
-    """Start the worker; it begins importing TensorFlow at once. `-P` (and PYTHONSAFEPATH
-    for any Python it starts in turn): `-m` would put the working directory first on
-    sys.path, and a `numpy.py` or `gradcli/` planted where gradcli runs (a repository's
-    root, in CI) would run in it. Only `--import` adds code."""
+    """Start the worker; it begins importing TensorFlow at once. `-P` and a clean
+    PYTHONPATH (safepath.py): `-m` would put the working directory first on sys.path, and a
+    `numpy.py` or `gradcli/` planted where gradcli runs would run in the worker."""
     raw_err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the attempt or discard
     job_r, lifeline = os.pipe()
-    full = {**safe_path_env(env), JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
+    full = {**worker_env(env), JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
     try:
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "gradcli.worker"],
@@ -298,21 +301,6 @@ def _scan_option(argv: list[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg.split("=", 1)[1]
     return value
-
-
-def safe_path_env(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a Python child that imports nothing from its working directory: with
-    PYTHONSAFEPATH set, and without the empty or `.` entries of PYTHONPATH that stand for
-    the working directory (`PYTHONPATH=$PYTHONPATH:/x` with PYTHONPATH unset gives `:/x`).
-    Other PYTHONPATH entries are the user's own choice and are kept."""
-    out = {**env, "PYTHONSAFEPATH": "1"}
-    if "PYTHONPATH" in env:
-        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p not in ("", ".")]
-        if kept:
-            out["PYTHONPATH"] = os.pathsep.join(kept)
-        else:
-            del out["PYTHONPATH"]
-    return out
 
 
 def _worker_env(onednn_value: str | None) -> dict[str, str]:
