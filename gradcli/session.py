@@ -90,11 +90,11 @@ def _check_paths(job: Job) -> None:
 
 
 def _skipped_note(root: Path, skipped: list[Path]) -> str:
-    """The one line a directory run says about the files it passed over."""
-    from .escaping import printable
+    """The one line a directory run says about the files it passed over (stderr_line shows
+    the names escaped)."""
     from .formats import EXPECTED
 
-    names = ", ".join(printable(p.relative_to(root)) for p in skipped[:3])
+    names = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
     more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
     return (
         f"note: {root}: skipped {len(skipped)} file(s) that are not models "

@@ -339,3 +339,55 @@ def test_a_real_process_never_sends_a_control_character_from_a_name(twins, tmp_p
         if args[1] == "zoo":
             text = proc.stdout.decode()
             assert "zoo/a[/]b.keras" in text and "zoo/c.keras" in text
+
+
+# ------------------------------------------------------------------ each sink on its own
+
+NASTY = [
+    "plain",
+    "\x1b[2J\x07\x00\x7f\x9b\u202e\u200b\u2028\udcff",
+    "``` ` `` x ``",
+    "`lead",
+    "trail`",
+    " both ",
+    "a\\|b | c \\",
+    "<script>alert(1)</script> &amp; &#x41;",
+    "[x](javascript:alert(1)) ![i](x) <http://x> www.x.com a@b.co :+1: @team $x^2$",
+    "# h\n=== \r\n> q\n- l\n1. n *e* _e_ ~~s~~ **b**",
+]
+
+
+def test_printable_escapes_exactly_what_repr_does():
+    for text in NASTY:
+        shown = printable(text)
+        assert shown.isprintable()
+        assert repr(text)[1:-1].replace("\\\\", "\\").replace("\\'", "'") == shown
+    assert printable("ok [bold] é 模型") == "ok [bold] é 模型"
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_markdown_sinks_render_the_printable_text_literally(text):
+    """CommonMark with GFM tables: each inline's text is exactly printable(text) (plain text
+    loses the spaces at its ends, as any Markdown paragraph or cell does), in a paragraph, in
+    bold, in a table cell; nothing but text, code and bold comes of it."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark").enable("table")
+    want = printable(text)
+
+    def inlines(source: str) -> list[str]:
+        out = []
+        for token in parser.parse(source):
+            if token.type != "inline":
+                continue
+            kinds = {c.type for c in token.children}
+            assert kinds <= {"text", "code_inline", "strong_open", "strong_close"}, kinds
+            rendered = parser.renderer.renderInline(token.children, parser.options, {})
+            out.append(html.unescape(re.sub(r"<[^>]+>", "", rendered)))
+        return out
+
+    assert inlines(markdown(text)) == [want.strip(" ")]
+    assert inlines(markdown_code(text)) == [want]
+    assert inlines(f"**{markdown_code(text)}** {markdown(text)}") == [f"{want} {want}".rstrip(" ")]
+    table = f"| h | k |\n|---|---|\n| {markdown(text)} | {markdown_code(text, table=True)} |\n"
+    assert inlines(table) == ["h", "k", want.strip(" "), want]
