@@ -27,8 +27,9 @@ def against_file(out: str | Path) -> Path:
     return a.with_name(a.stem + ".against.npz")
 
 
-def run_against(job: Job, path: Path, out: Path | None, emit, index: int) -> dict:
-    """Run `job` on model `path` and on `job.against`; the diff record."""
+def run_against(job: Job, path: Path, out: Path | None, emit, index: int, report=None) -> dict:
+    """Run `job` on model `path` and on `job.against`; the diff record. `report(record,
+    outputs)` stages report files (--junit) with the two results."""
     from .runner import run_one
 
     with Outputs(lambda p: emit("temp", path=p)) as outputs:
@@ -70,7 +71,9 @@ def run_against(job: Job, path: Path, out: Path | None, emit, index: int) -> dic
             if out is not None:
                 outputs.stage(a_out, output_file(out, ".npz"))
                 outputs.stage(b_out, against_file(out))
-                outputs.commit()
+            if report is not None:
+                report(record, outputs)
+            outputs.commit()
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return record

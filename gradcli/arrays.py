@@ -83,7 +83,8 @@ def _load_npy(path: Path, label: str) -> np.ndarray:
         raise InputError(f"{label}: not a .npy file")
     try:
         with open(path, "rb") as f:
-            _, _, dtype = _read_header(f, label)
+            shape, _, dtype = _read_header(f, label)
+            offset = f.tell()
     except (ValueError, EOFError) as exc:
         raise InputError(f"{label}: cannot read the array header: {_describe(exc)}") from None
     if dtype.hasobject:
@@ -91,6 +92,7 @@ def _load_npy(path: Path, label: str) -> np.ndarray:
             f"{label}: holds pickled Python objects; gradcli never unpickles "
             f"(save a numeric array instead)"
         )
+    _check_declared(label, shape, dtype, path.stat().st_size - offset)
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
@@ -100,6 +102,18 @@ def _load_npy(path: Path, label: str) -> np.ndarray:
             f"{label}: cannot read the array (truncated or corrupt): {_describe(exc)}"
         ) from None
     return array
+
+
+def _check_declared(where: str, shape: tuple[int, ...], dtype: np.dtype, available: int) -> int:
+    """The bytes an array header declares, refused (exit 3) when the file holds fewer. Python
+    integers: a declared (2**32, 2**32) would wrap to 0 in NumPy's int64 and pass."""
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > available:
+        raise InputError(
+            f"{where} declares shape {tuple(shape)} {dtype} ({declared:,} bytes), more "
+            f"than the file holds ({max(available, 0):,}): truncated or corrupt"
+        )
+    return declared
 
 
 def _read_header(f, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -139,10 +153,10 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> Any:
                     f"{label}: entry {key!r} holds pickled Python objects; gradcli never unpickles"
                 )
             offset = f.tell()
-        need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if path.stat().st_size < need:
-            raise InputError(f"{label}: entry {key!r} is truncated")
-        if int(np.prod(shape, dtype=np.int64)) == 0:
+        declared = _check_declared(
+            f"{label}: entry {key!r}", shape, dtype, path.stat().st_size - offset
+        )
+        if declared == 0:
             return np.zeros(shape, dtype=dtype)
         return np.memmap(
             path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
@@ -206,11 +220,7 @@ class DeflatedMember:
                 f"{label}: entry {key!r} declares {shape_text} ({declared:,} bytes) but "
                 f"compresses to {info.compress_size:,} bytes; that shape cannot be real"
             )
-        if self._data_start + declared > info.file_size:
-            raise InputError(
-                f"{label}: entry {key!r} declares {shape_text} ({declared:,} bytes) but "
-                f"holds {info.file_size:,} bytes: truncated or corrupt"
-            )
+        _check_declared(f"{label}: entry {key!r}", shape, dtype, info.file_size - self._data_start)
         if fortran and self.ndim > 1 and declared > _machine_memory() // 4:
             raise InputError(
                 f"{label}: entry {key!r} is a compressed Fortran-order array of {shape_text} "

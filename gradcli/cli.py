@@ -506,6 +506,7 @@ def diff(
         quiet=options["quiet"],
         debug=options["trace"],
         junit=options["junit"],
+        reads=[("A", a), ("B", b)],
     )
 
 

@@ -16,12 +16,13 @@ from .batching import input_rows
 from .classes import API_ARRAY, class_choice, class_source
 from .engine import Batch, GradientEngine, default_batch_size, read_batches
 from .errors import ExitCode, InputError, UsageError, param
+from .hashing import Hashes
 from .job import Job
 from .labels import check_classes, check_targets
 from .loading import ModelHandle
 from .objective import PRED, Objective, build_objective
 from .pipeline import BackgroundSink, enabled, prefetch
-from .provenance import NPZ_KEY, Hashes
+from .provenance import NPZ_KEY
 from .stats import TensorStats
 from .writers import MemorySink, NpzStreamWriter, Outputs
 

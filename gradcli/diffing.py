@@ -14,14 +14,16 @@ new result:
   The JSON gives the mean and the minimum over samples; the table the mean.
 
 Arrays are read in chunks of rows from memory maps (stored members) or streams (compressed
-ones), so files larger than memory compare in bounded memory.
+ones), so files larger than memory compare in bounded memory. The figures are computed
+without overflow (diffstats.py); a NaN or infinite figure trips its gate, and is null in
+JSON with `nonfinite_figures` naming it. Provenance read back is untrusted (provenance.py).
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ import numpy as np
 
 from . import __version__
 from .arrays import ArraySource, read_arrays
+from .diffstats import Figures, json_figures
 from .errors import ExitCode, InputError
 from .provenance import NPZ_KEY, SCHEMA, from_npz
 
@@ -63,111 +66,6 @@ class DiffGates:
         return any(g is not None for g in (self.min_cosine, self.max_rel_diff, self.min_rank_corr))
 
 
-@dataclass
-class Figures:
-    """Running sums over chunks of rows of one key."""
-
-    dot: float = 0.0
-    aa: float = 0.0
-    bb: float = 0.0
-    dd: float = 0.0
-    max_abs: float = 0.0
-    agree: int = 0
-    count: int = 0
-    nonfinite: int = 0
-    ranks: list[float] = field(default_factory=list)
-    overlaps: list[float] = field(default_factory=list)
-
-    def update(self, a: np.ndarray, b: np.ndarray) -> None:
-        a = np.asarray(a, np.float64)
-        b = np.asarray(b, np.float64)
-        self.nonfinite += int(a.size - np.count_nonzero(np.isfinite(a)))
-        self.nonfinite += int(b.size - np.count_nonzero(np.isfinite(b)))
-        fa, fb = a.ravel(), b.ravel()
-        d = fa - fb
-        self.dot += float(fa @ fb)
-        self.aa += float(fa @ fa)
-        self.bb += float(fb @ fb)
-        self.dd += float(d @ d)
-        if d.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
-        self.agree += int(np.count_nonzero(np.sign(fa) == np.sign(fb)))
-        self.count += int(fa.size)
-
-    def per_sample(self, a: np.ndarray, b: np.ndarray, top_percent: float) -> None:
-        for ra, rb in zip(a, b, strict=True):
-            fa = np.abs(np.asarray(ra, np.float64).ravel())
-            fb = np.abs(np.asarray(rb, np.float64).ravel())
-            self.ranks.append(spearman(fa, fb))
-            self.overlaps.append(top_overlap(fa, fb, top_percent))
-
-    def row(self) -> dict[str, Any]:
-        na, nb = math.sqrt(self.aa), math.sqrt(self.bb)
-        if self.nonfinite:
-            cosine = rel = None
-        elif na == 0 and nb == 0:
-            cosine, rel = 1.0, 0.0
-        elif na == 0 or nb == 0:
-            cosine = 0.0
-            rel = None if nb == 0 else math.sqrt(self.dd) / nb
-        else:
-            cosine = max(-1.0, min(1.0, self.dot / (na * nb)))
-            rel = math.sqrt(self.dd) / nb
-        out: dict[str, Any] = {
-            "cosine": cosine,
-            "rel_diff": rel,
-            "max_abs_diff": _finite(self.max_abs) if not self.nonfinite else None,
-            "sign_agreement": self.agree / self.count if self.count else 1.0,
-            "nonfinite": self.nonfinite,
-        }
-        if self.ranks:
-            finite = all(math.isfinite(r) for r in self.ranks)  # NaN in a sample: undefined
-            out["rank_corr"] = float(np.mean(self.ranks)) if finite else None
-            out["rank_corr_min"] = float(np.min(self.ranks)) if finite else None
-            out["top_overlap"] = float(np.mean(self.overlaps))
-            out["top_overlap_min"] = float(np.min(self.overlaps))
-        return out
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def rank_average(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of a 1-d array, ties given the average of the ranks they span."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    edges = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
-    average = (edges[:-1] + edges[1:] - 1) / 2.0 + 1.0
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = np.repeat(average, np.diff(edges))
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (Pearson's of the tie-averaged ranks)."""
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        return math.nan
-    ra, rb = rank_average(a), rank_average(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    sa, sb = float(ra @ ra), float(rb @ rb)
-    if sa == 0 and sb == 0:
-        return 1.0
-    if sa == 0 or sb == 0:
-        return 0.0
-    return float(ra @ rb / math.sqrt(sa * sb))
-
-
-def top_overlap(a: np.ndarray, b: np.ndarray, percent: float) -> float:
-    """|top-k of a & top-k of b| / k, k = ceil(percent% of the features), at least 1."""
-    n = a.size
-    k = max(1, min(n, math.ceil(n * percent / 100.0)))
-    top_a = np.argpartition(-a, k - 1)[:k]
-    top_b = np.argpartition(-b, k - 1)[:k]
-    return len(np.intersect1d(top_a, top_b, assume_unique=True)) / k
-
-
 # ------------------------------------------------------------------ files
 
 
@@ -195,7 +93,7 @@ def open_result(path: str | Path, label: str) -> Result:
         raise InputError(f"{label} {path}: not a readable .npz file ({exc})") from None
     keys = [k for k in keys if k != NPZ_KEY]
     arrays = read_arrays(path, keys, label) if keys else {}
-    return Result(label, str(path), arrays, from_npz(path))
+    return Result(label, str(path), arrays, from_npz(path, label))
 
 
 def _command(prov: dict | None) -> str | None:
@@ -213,9 +111,12 @@ def compare_provenance(a: dict | None, b: dict | None) -> tuple[list[str], list[
                 f"{side} has no provenance (an older gradcli or another writer): "
                 f"how it was computed is not compared"
             )
-        elif str(prov.get("schema", "")).split("/")[0] != SCHEMA.split("/")[0]:
-            notes.append(f"{side}: unknown provenance schema {prov.get('schema')!r}")
-    if a is None or b is None:
+        elif not _known(prov):
+            notes.append(
+                f"{side}: unknown provenance schema {prov.get('schema')!r}: how it was "
+                f"computed is not compared"
+            )
+    if not (_known(a) and _known(b)):
         return warnings, notes
     if _command(a) != _command(b):
         raise InputError(
@@ -257,6 +158,11 @@ def compare_provenance(a: dict | None, b: dict | None) -> tuple[list[str], list[
         ]
         notes.append("versions differ (B -> A): " + ", ".join(changed))
     return warnings, notes
+
+
+def _known(prov: dict | None) -> bool:
+    """Provenance this gradcli can read (its schema's major version)."""
+    return prov is not None and str(prov.get("schema")).split("/")[0] == SCHEMA.split("/")[0]
 
 
 def _short(value: Any) -> str:
@@ -374,11 +280,12 @@ def _row(
     for label, gate, value, fails in checks:
         if gate is None or (label == LOW_RANK and not samples):
             continue
-        if value is None or fails(value, gate):  # no figure (NaN, zero reference) fails too
+        # no figure (zero reference) fails too; NaN fails (it is never clamped into range)
+        if value is None or math.isnan(value) or fails(value, gate):
             status = label
     row["status"] = status
     row["tripped"] = status != "ok"
-    return row
+    return json_figures(row)
 
 
 def diff_files(

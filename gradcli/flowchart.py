@@ -9,6 +9,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .escaping import plot
 from .pictures import new_figure, save_atomic
 
 if TYPE_CHECKING:
@@ -134,12 +135,12 @@ def _flow_figure(
                 fontstyle="italic",
             )
 
-    ax.set_yticks(range(n), [_short(s) for s in names], fontsize=label_size)
+    ax.set_yticks(range(n), [plot(_short(s)) for s in names], fontsize=label_size)
     ax.tick_params(axis="x", labelsize=9)
     ax.grid(axis="x", which="major", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_xlabel("L2 norm of weight gradient (log scale)")
-    ax.set_title(title or "gradient flow: weight-gradient norm per layer", fontsize=11)
+    ax.set_title(plot(title or "gradient flow: weight-gradient norm per layer"), fontsize=11)
     # The legend names only what is in the picture, so red in it always means a problem.
     handles = []
     if any(ok and s == "ok" for s, ok in zip(statuses, drawable, strict=True)):

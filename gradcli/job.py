@@ -55,6 +55,7 @@ class Job:
     max_rel_diff: float | None = None
     min_rank_corr: float | None = None
     top_percent: float = 10.0
+    junit: str | None = None  # --junit FILE (of one model: staged with its outputs)
 
     @property
     def gates(self) -> Gates:

@@ -2,17 +2,19 @@
 
 One testsuite per model (a diff: one per pair of files), one testcase per tensor (classname:
 the model, name: the tensor), a `failure` for a tripped gate with its figure in the message,
-an `error` for a model that could not be loaded or computed. Written atomically.
+an `error` for a model that could not be loaded or computed. Text from files goes through
+escaping.xml (no character XML 1.0 forbids); the XML writer escapes the rest. Written to a
+temp file that the run's output transaction renames into place with its other outputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
-from .report import fmt
+from .errors import CLI_FLAGS, render_text
+from .escaping import xml
+from .report import figure, fmt
 
 # the figure a tripped status is about, for the failure message
 _FIGURE = {
@@ -39,7 +41,7 @@ def failure_message(row: dict, limits: dict | None = None) -> str:
     what, key = _FIGURE.get(status, ("", ""))
     if not key:
         return status
-    value = row.get(key)
+    value = figure(row, key)
     text = f"{status}: {what} {fmt(value, 6) if value is not None else 'undefined'}"
     limit = (limits or {}).get(status)
     if limit is not None:
@@ -51,48 +53,45 @@ def build_junit(records: list[dict]):
     """The JUnitXml document of a run's records."""
     from junitparser import Error, Failure, JUnitXml, TestCase, TestSuite
 
-    xml = JUnitXml("gradcli")
+    doc = JUnitXml("gradcli")
     for rec in records:
         command = rec.get("command", "")
-        model = str(rec.get("model", ""))
+        model = xml(rec.get("model", ""))
         suite = TestSuite(f"gradcli {command} {model}")
         if rec.get("error"):
             case = TestCase("load and compute", classname=model)
-            case.result = [Error(str(rec["error"]), "error")]
+            case.result = [Error(xml(render_text(str(rec["error"]), CLI_FLAGS)), "error")]
             suite.add_testcase(case)
         elif command == "info":
             suite.add_testcase(TestCase("info", classname=model))
         for row in rec.get("tensors") or []:
-            case = TestCase(str(row.get("name")), classname=model)
+            case = TestCase(xml(row.get("name")), classname=model)
             if row.get("tripped"):
                 status = str(row.get("status"))
-                case.result = [Failure(failure_message(row, rec.get("limits")), status)]
+                case.result = [Failure(xml(failure_message(row, rec.get("limits"))), status)]
             suite.add_testcase(case)
-        xml.add_testsuite(suite)
-    return xml
+        doc.add_testsuite(suite)
+    return doc
 
 
-def write_junit(records: list[dict], path: str | os.PathLike) -> None:
-    """Write the report to `path` atomically (a temp file beside it, renamed into place)."""
+def write_junit(records: list[dict], path: str | os.PathLike, outputs=None) -> None:
+    """Write the report to `path`: staged in `outputs` (a writers.Outputs transaction, which
+    renames it into place with the run's other outputs at its commit), or without one in a
+    transaction of its own, at once. The document is built before any file is touched."""
     from .errors import InputError
-    from .paths import staging_dir, temp_prefix
+    from .writers import Outputs, default_mode
 
     dest = Path(path)
-    xml = build_junit(records)
+    xml_doc = build_junit(records)
+    own = outputs is None
+    transaction = Outputs() if own else outputs
+    tmp = transaction.temp_file(dest)
     try:
-        fd, tmp = tempfile.mkstemp(dir=staging_dir(dest), prefix=temp_prefix(dest), suffix=".tmp")
+        xml_doc.write(str(tmp), pretty=True)
+        os.chmod(tmp, default_mode())
     except OSError as exc:
+        transaction.abort()
         raise InputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
-    os.close(fd)
-    try:
-        xml.write(tmp, pretty=True)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        dest.parent.mkdir(parents=True, exist_ok=True)  # missing directories, as for -o
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise InputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    transaction.stage(tmp, dest)
+    if own:
+        transaction.commit()

@@ -18,6 +18,10 @@ COMPLETE_VAR = "_GRADCLI_COMPLETE"
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:  # the program itself: before anything else is imported (safepath.py)
+        from .safepath import drop_working_directory
+
+        drop_working_directory()
     from . import supervisor
 
     try:

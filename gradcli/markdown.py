@@ -1,30 +1,38 @@
 """`--format markdown`: a run's records as compact GitHub-flavoured Markdown tables, for
-`$GITHUB_STEP_SUMMARY` and pull-request comments (no Rich, no colour: plain text)."""
+`$GITHUB_STEP_SUMMARY` and pull-request comments (no Rich, no colour: plain text).
+
+GitHub renders this text as HTML: every string that came from a file goes through
+escaping.markdown_code (names, paths: code spans) or escaping.markdown (error texts,
+warnings, objectives, loss names: plain text with its punctuation escaped); numbers and
+gradcli's own words are written as they are.
+"""
 
 from __future__ import annotations
 
+from .escaping import markdown, markdown_code
 from .methods import value_label
-from .report import fmt
+from .report import figure, fmt
 
 
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def _code(value: object) -> str:
+    return markdown_code(value, table=True)
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Cells are already Markdown (escaped where they hold text from files)."""
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|")
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
 
 def _status(row: dict) -> str:
-    status = str(row.get("status", ""))
+    status = str(row.get("status", ""))  # gradcli's own words
     return f"**✗ {status}**" if row.get("tripped") else status
 
 
 def _shape(shape: list) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return "(" + ", ".join(str(d) if isinstance(d, int) else markdown(d) for d in shape) + ")"
 
 
 def _verdict(rec: dict) -> str:
@@ -47,11 +55,11 @@ def render_markdown(records: list[dict]) -> str:
         rows = []
         for rec in records:
             tensors = rec.get("tensors") or []
-            tripped = [t["name"] for t in tensors if t.get("tripped")]
-            detail = rec.get("error") or (", ".join(tripped) if tripped else "")
+            tripped = [_code(t["name"]) for t in tensors if t.get("tripped")]
+            detail = markdown(rec["error"]) if rec.get("error") else ", ".join(tripped)
             if command == "info" and not rec.get("error"):
-                detail = f"{len(rec.get('layers') or [])} layers, loss {rec.get('loss')}"
-            rows.append([f"`{rec.get('model')}`", _verdict(rec), _cell(detail)])
+                detail = f"{len(rec.get('layers') or [])} layers, loss {markdown(rec.get('loss'))}"
+            rows.append([_code(rec.get("model")), _verdict(rec), detail])
         lines += _table(["model", "result", "detail"], rows, set())
         if command != "info":
             for rec in records:
@@ -62,7 +70,7 @@ def render_markdown(records: list[dict]) -> str:
         if lines:
             lines.append("")
         if rec.get("error"):
-            lines.append(f"**{rec.get('model')}**: error: {rec['error']}")
+            lines.append(f"**{markdown_code(rec.get('model'))}**: error: {markdown(rec['error'])}")
         elif command == "diff":
             lines += _diff(rec)
         else:
@@ -71,20 +79,20 @@ def render_markdown(records: list[dict]) -> str:
 
 
 def _gradients(rec: dict, tripped_only: bool = False) -> list[str]:
-    head = f"**`{rec.get('model')}`** · {rec.get('command')} · N={rec.get('n')}"
+    head = f"**{markdown_code(rec.get('model'))}** · {rec.get('command')} · N={rec.get('n')}"
     if rec.get("objective"):
-        head += f" · objective: {rec['objective']}"
+        head += f" · objective: {markdown(rec['objective'])}"
     head += f" · {_verdict(rec)}"
     check = rec.get("command") == "check"
     header = ["tensor", "shape"]
     values = value_label(rec.get("method") if rec.get("command") == "wrt-input" else None)
-    header += ["rel error"] if check else ["L2", _cell(f"max {values}"), "non-finite"]
+    header += ["rel error"] if check else ["L2", markdown(f"max {values}"), "non-finite"]
     header.append("status")
     rows = []
     for t in rec.get("tensors") or []:
         if tripped_only and not t.get("tripped"):
             continue
-        row = [f"`{t.get('name')}`", _shape(t.get("shape") or [])]
+        row = [_code(t.get("name")), _shape(t.get("shape") or [])]
         if check:
             row.append(fmt(t.get("rel_error"), 3))
         else:
@@ -95,7 +103,8 @@ def _gradients(rec: dict, tripped_only: bool = False) -> list[str]:
 
 
 def _diff(rec: dict) -> list[str]:
-    head = f"**diff** `{rec.get('a')}` vs `{rec.get('b')}` (reference: B) · {_verdict(rec)}"
+    a, b = markdown_code(rec.get("a")), markdown_code(rec.get("b"))
+    head = f"**diff** {a} vs {b} (reference: B) · {_verdict(rec)}"
     per_sample = rec.get("per_sample")
     header = ["tensor", "shape", "cosine", "rel diff", "max abs diff", "sign agree"]
     if per_sample:
@@ -103,17 +112,17 @@ def _diff(rec: dict) -> list[str]:
     header.append("status")
     rows = []
     for t in rec.get("tensors") or []:
-        row = [f"`{t.get('name')}`", _shape(t.get("shape") or [])]
+        row = [_code(t.get("name")), _shape(t.get("shape") or [])]
         row += [
-            fmt(t.get("cosine"), 6),
-            fmt(t.get("rel_diff"), 3),
-            fmt(t.get("max_abs_diff"), 3),
+            fmt(figure(t, "cosine"), 6),
+            fmt(figure(t, "rel_diff"), 3),
+            fmt(figure(t, "max_abs_diff"), 3),
             fmt(t.get("sign_agreement"), 4),
         ]
         if per_sample:
             if "rank_corr" in t:
                 row += [
-                    f"{fmt(t.get('rank_corr'), 3)} ({fmt(t.get('rank_corr_min'), 3)})",
+                    f"{fmt(figure(t, 'rank_corr'), 3)} ({fmt(figure(t, 'rank_corr_min'), 3)})",
                     fmt(t.get("top_overlap"), 3),
                 ]
             else:
@@ -122,5 +131,5 @@ def _diff(rec: dict) -> list[str]:
         rows.append(row)
     lines = [head, "", *_table(header, rows, set(range(2, len(header) - 1)))]
     for w in rec.get("warnings") or []:
-        lines.append(f"> warning: {w}")
+        lines.append(f"> warning: {markdown(w)}")
     return lines

@@ -10,6 +10,7 @@ import re
 import socket
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, ModelError
@@ -75,6 +76,8 @@ def check_model_path(path: str) -> None:
     check_not_remote(path)
     p = Path(path)
     if not p.exists():
+        if os.path.islink(p):
+            raise ModelError(f"{path}: a dangling symbolic link (to {os.readlink(p)})")
         raise ModelError(f"{path}: no such file or directory")
     try:
         check_regular(p, str(path), allow_dir=True)
@@ -82,18 +85,36 @@ def check_model_path(path: str) -> None:
         raise ModelError(
             str(exc).replace(" (to pipe arrays in, give - and use stdin)", "")
         ) from None
-    if p.is_file() and model_format(p) is None:
+    if p.is_dir():
+        try:
+            os.listdir(p)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read the directory: {exc.strerror}") from None
+    elif model_format(p) is None:
         raise ModelError(unknown_format(path))
 
 
-def find_models(directory: Path) -> list[Path]:
+@dataclass
+class Walk:
+    """What a directory of models holds."""
+
+    models: list[Path]  # sorted; each file once; entries that cannot be read included
+    skipped: list[Path]  # regular files that are not models (by their suffix)
+
+
+def walk_models(directory: Path) -> Walk:
     """Every model below a directory (not descending into SavedModels), sorted by path.
 
     Symlinked directories are followed, but each real directory is visited once (by device
-    and inode), so a symlink loop neither explodes the walk nor repeats a model. A FIFO or
-    device with a model suffix is listed (and then refused by check_model_path, never opened).
+    and inode), so a symlink loop neither explodes the walk nor repeats a model; a model file
+    reached under two names (a hard link, a symlink to a file) is listed once, under the
+    first name in path order. An entry that looks like a model but cannot be read (a symlink
+    to nothing, a directory that cannot be listed, an I/O error) is listed too: the run then
+    gives it a row with the error. A FIFO or device with a model suffix is listed (and then
+    refused by check_model_path, never opened). Hidden entries (a leading dot) are ignored.
     """
-    found: list[Path] = []
+    found: list[tuple[Path, tuple[int, int] | None]] = []
+    skipped: list[Path] = []
     seen: set[tuple[int, int]] = set()
 
     def visit(d: Path) -> None:
@@ -107,24 +128,55 @@ def find_models(directory: Path) -> list[Path]:
         try:
             children = sorted(d.iterdir())
         except OSError:
+            if d != directory:
+                found.append((d, None))  # a row saying it cannot be read
             return
         for child in children:
             if child.name.startswith("."):
                 continue
             try:
-                mode = os.stat(child).st_mode
-            except OSError:  # a dangling symlink, or one that loops on itself
+                cst = os.stat(child)
+            except OSError:  # a dangling symlink, one that loops on itself, EIO, EACCES
+                if SUFFIXES.get(child.suffix.lower()) is not None:
+                    found.append((child, None))
+                elif not os.path.islink(child):
+                    skipped.append(child)
                 continue
-            if stat.S_ISDIR(mode):
+            if stat.S_ISDIR(cst.st_mode):
                 if model_format(child) is ModelFormat.SAVEDMODEL:
-                    found.append(child)
+                    found.append((child, (cst.st_dev, cst.st_ino)))
                 else:
                     visit(child)
             elif model_format(child) is not None:
-                found.append(child)
+                found.append((child, (cst.st_dev, cst.st_ino)))
+            elif stat.S_ISREG(cst.st_mode):
+                skipped.append(child)
 
     visit(directory)
-    return sorted(found)
+    models: list[Path] = []
+    files: set[tuple[int, int]] = set()
+    for path, key in sorted(found):
+        if key is not None:
+            if key in files:
+                continue
+            files.add(key)
+        models.append(path)
+    return Walk(models, sorted(skipped))
+
+
+def find_models(directory: Path) -> list[Path]:
+    """The models below a directory (see walk_models)."""
+    return walk_models(directory).models
+
+
+def model_output(base: str | Path, root: Path, model: Path, suffix: str) -> Path:
+    """With a directory MODEL, -o/--png name a directory holding one output per model: the
+    model's path below MODEL, its suffix replaced by `suffix` (a SavedModel directory's name
+    gets `suffix` appended)."""
+    rel = model.relative_to(root)
+    if model.is_dir():
+        return Path(base) / rel.with_name(rel.name + suffix)
+    return Path(base) / rel.with_suffix(suffix)
 
 
 # ------------------------------------------------------------------ outputs

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .escaping import plot
 from .mapvalues import (
     CLIP_PERCENTILE,
     below,
@@ -350,4 +351,4 @@ def _three_panels(x: np.ndarray, panel: Panel, index: int, title: str | None) ->
 def _suptitle(fig: Figure, title: str | None, index: int) -> None:
     # non-breaking spaces: "- sample N" stays with the word before it when the title wraps
     text = f"{title}\xa0-\xa0sample\xa0{index}" if title else f"sample {index}"
-    fig.suptitle(fit_title(text), fontsize=TITLE_SIZE)
+    fig.suptitle(plot(text, fit=fit_title), fontsize=TITLE_SIZE)

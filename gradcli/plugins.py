@@ -29,4 +29,22 @@ def import_custom_code(specs: list[str]) -> None:
             try:
                 importlib.import_module(spec)
             except ImportError as exc:
-                raise InputError(f"{param('imports')} {spec}: {first_line(exc)}") from exc
+                raise InputError(
+                    f"{param('imports')} {spec}: {first_line(exc)}{_not_from_here(spec)}"
+                ) from exc
+
+
+def _not_from_here(spec: str) -> str:
+    """A hint when the module is in the working directory, which gradcli never imports from."""
+    top = spec.split(".")[0]
+    if Path(top + ".py").is_file() and top == spec:
+        return (
+            " (gradcli imports nothing from the working directory by module name; "
+            f"give the file: {param('imports')} ./{top}.py)"
+        )
+    if Path(top + ".py").is_file() or Path(top, "__init__.py").is_file():
+        return (
+            " (gradcli imports nothing from the working directory by module name; "
+            "put the directory's full path in PYTHONPATH)"
+        )
+    return ""

@@ -1,27 +1,22 @@
 """Provenance: what produced a result (versions, file hashes, command, objective, method,
 device), one schema-versioned dict carried by every JSON record and every .npz gradcli writes.
 
-Hashes are sha256 over the bytes of the file, read in chunks (never loaded whole). A directory
-(a SavedModel) hashes as `sha256sum` over its files would: the sha256 of the text made of one
-line `<sha256 of file>  <relative path>` per regular file, sorted by path (byte order), i.e.
-`cd DIR && find . -type f -printf '%P\\0' | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum`.
-Files are hashed in a background thread while the model computes (`Hashes.start`).
+The files' sha256 are hashing.py's. Reading a result's provenance back (`from_npz`, for
+`gradcli diff`) treats it as untrusted: bounded in size and nesting before it is parsed,
+every field it reads checked for its type; a malformed entry is exit 3.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import threading
+import re
 import time
-from pathlib import Path
 from typing import Any
 
 SCHEMA = "gradcli-provenance/1"
 NPZ_KEY = "__gradcli__"  # the .npz entry holding the provenance JSON (a 0-d unicode array)
-_CHUNK = 1 << 22
 
 # the Job fields that are parameters of each command's computation (besides the objective)
 _COMMAND_PARAMS = {
@@ -30,100 +25,6 @@ _COMMAND_PARAMS = {
     "jacobian": ("max_elements",),
     "check": ("wrt", "directions", "eps", "rtol", "seed"),
 }
-
-
-def sha256_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
-    """The sha256 of a file's bytes, read in 4 MiB chunks (stdin `-`: the bytes it held)."""
-    h = hashlib.sha256()
-    where = "/proc/self/fd/0" if str(path) == "-" else path
-    with open(where, "rb") as f:  # a new open: its own offset, stdin's is left alone
-        while chunk := f.read(_CHUNK):
-            if stop is not None and stop.is_set():
-                raise InterruptedError("hashing stopped")
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_tree(directory: str | os.PathLike, stop: threading.Event | None = None) -> str:
-    """The sha256 of a directory: over `<file sha256>  <relative path>` lines sorted by path
-    (what `sha256sum` over the sorted files, piped to `sha256sum`, prints)."""
-    root = Path(directory)
-    files = []
-    for base, dirs, names in os.walk(root):  # symlinked directories are not followed
-        dirs.sort()
-        for name in names:
-            p = Path(base, name)
-            if p.is_file():
-                files.append(p.relative_to(root).as_posix())
-    lines = [
-        f"{sha256_file(root / rel, stop)}  {rel}\n"
-        for rel in sorted(files, key=lambda s: s.encode())
-    ]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def sha256_path(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
-    return sha256_tree(path, stop) if Path(path).is_dir() else sha256_file(path, stop)
-
-
-_cache: dict[tuple, str] = {}  # (path, size, mtime) -> hash: a directory run's input once
-
-
-def _key(path: str) -> tuple | None:
-    if path == "-":
-        return None  # stdin: hashed each time (a test process reads many)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-class Hashes:
-    """The sha256 of a run's files, computed in a daemon thread while the gradients are."""
-
-    def __init__(self, paths: dict[str, str | None]) -> None:
-        self.paths = {k: v for k, v in paths.items() if v is not None}
-        self.values: dict[str, str | None] = {}
-        self.errors: dict[str, str] = {}
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    @classmethod
-    def start(cls, paths: dict[str, str | None]) -> Hashes:
-        hashes = cls(paths)
-        hashes.thread = threading.Thread(target=hashes._run, name="provenance", daemon=True)
-        hashes.thread.start()
-        return hashes
-
-    def _run(self) -> None:
-        for label, path in self.paths.items():
-            key = _key(str(path))
-            if key is not None and key in _cache:
-                self.values[label] = _cache[key]
-                continue
-            try:
-                digest = sha256_path(path, self.stop)
-            except InterruptedError:
-                return
-            except OSError as exc:
-                self.errors[label] = exc.strerror or str(exc)
-                self.values[label] = None
-                continue
-            self.values[label] = digest
-            if key is not None:
-                _cache[key] = digest
-
-    def result(self) -> dict[str, str | None]:
-        """Every hash (waiting for the thread if it is still reading)."""
-        if self.thread is None:
-            self._run()
-        else:
-            self.thread.join()
-        return {k: self.values.get(k) for k in self.paths}
-
-    def cancel(self) -> None:
-        self.stop.set()
 
 
 def written_at() -> str:
@@ -244,19 +145,114 @@ def to_npz_entry(prov: dict[str, Any]):
     return np.array(json.dumps(prov, sort_keys=True, default=str))
 
 
-def from_npz(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The provenance stored in an .npz gradcli wrote (None: there is none, or unreadable)."""
+MAX_BYTES = 1 << 20  # a provenance entry gradcli writes is a few KiB
+MAX_DEPTH = 16  # and nests 3 levels deep
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+# the fields `gradcli diff` reads, and what each must be when present (None always allowed)
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "schema": (str,),
+    "command": (str,),
+    "model": (dict,),
+    "input": (dict,),
+    "target": (dict,),
+    "objective": (dict,),
+    "method": (dict, str),
+    "parameters": (dict,),
+    "versions": (dict,),
+    "training": (bool,),
+}
+_FILE_FIELDS = ("path", "sha256")
+_JSON_TYPE = {dict: "an object", str: "a string", bool: "true or false", list: "a list"}
+
+
+class MalformedProvenance(ValueError):
+    """What is wrong with a provenance entry (from_npz names the file)."""
+
+
+def from_npz(path: str | os.PathLike, label: str = "") -> dict[str, Any] | None:
+    """The provenance stored in an .npz gradcli wrote; None when it has none. An entry that
+    is there but malformed is an InputError (exit 3) naming the file and what is wrong."""
     import zipfile
 
-    import numpy as np
+    from .errors import InputError
 
+    where = f"{label} {path}".strip()
     try:
         with zipfile.ZipFile(path) as zf:
             if NPZ_KEY + ".npy" not in zf.namelist():
                 return None
-            with zf.open(NPZ_KEY + ".npy") as f:
-                value = np.lib.format.read_array(f, allow_pickle=False)
-        data = json.loads(str(value[()]))
-    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
-        return None
-    return data if isinstance(data, dict) else None
+            info = zf.getinfo(NPZ_KEY + ".npy")
+            if info.file_size > MAX_BYTES:
+                raise MalformedProvenance(
+                    f"it holds {info.file_size:,} bytes; gradcli writes a few KiB"
+                )
+            with zf.open(info) as f:
+                return parse(f.read(MAX_BYTES + 1))
+    except MalformedProvenance as exc:
+        raise InputError(f"{where}: malformed provenance ({NPZ_KEY}): {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise InputError(f"{where}: cannot read its provenance ({NPZ_KEY}): {exc}") from None
+
+
+def parse(entry: bytes) -> dict[str, Any]:
+    """The provenance dict of an `__gradcli__` entry's bytes (an .npy holding a 0-d unicode
+    array of JSON); MalformedProvenance says what is wrong. Never unpickles; the JSON's
+    nesting is bounded before it is parsed (no recursion limit can be reached)."""
+    import io
+
+    import numpy as np
+
+    try:
+        value = np.lib.format.read_array(io.BytesIO(entry), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise MalformedProvenance(f"not an .npy array ({_first(exc)})") from None
+    if value.shape != () or value.dtype.kind != "U":
+        raise MalformedProvenance(
+            f"expected a 0-d unicode array, got shape {value.shape} dtype {value.dtype}"
+        )
+    text = str(value[()])
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        raise MalformedProvenance(f"its JSON nests {depth} levels deep (at most {MAX_DEPTH})")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise MalformedProvenance(f"not valid JSON ({_first(exc)})") from None
+    if not isinstance(data, dict):
+        raise MalformedProvenance(f"expected a JSON object, got {_kind(data)}")
+    for key, types in _FIELDS.items():
+        got = data.get(key)
+        if got is not None and not isinstance(got, types):
+            want = " or ".join(_JSON_TYPE[t] for t in types)
+            raise MalformedProvenance(f"field {key!r} is {_kind(got)}; expected {want}")
+    for key in ("model", "input", "target"):
+        for sub in _FILE_FIELDS:
+            got = (data.get(key) or {}).get(sub)
+            if got is not None and not isinstance(got, str):
+                raise MalformedProvenance(f"field {key}.{sub} is {_kind(got)}; expected a string")
+    return data
+
+
+def _depth(text: str) -> int:
+    """How deep the JSON's arrays and objects nest (strings skipped), without parsing it."""
+    brackets = re.sub(r"[^\[\]{}]", "", _STRINGS.sub("", text))
+    depth = deepest = 0
+    for ch in brackets:
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return _JSON_TYPE.get(type(value), type(value).__name__)
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .escaping import rich_text
 from .methods import value_label
 from .records import Record, TensorRow
 from .status import style
@@ -36,8 +37,19 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def figure(row: dict, key: str) -> float | None:
+    """A row's figure; NaN or inf where the record says so (its JSON holds null there)."""
+    bad = row.get("nonfinite_figures") or {}
+    return float(bad[key]) if key in bad else row.get(key)
+
+
 def _shape(shape: list) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _cells(*values: object) -> list[Text]:
+    """Table cells: text from files is shown as it is, never read as Rich markup."""
+    return [v if isinstance(v, Text) else rich_text(v) for v in values]
 
 
 def _status(t: TensorRow) -> Text:
@@ -60,7 +72,7 @@ def render(records: list[dict], console: Console) -> None:
 
 def render_one(rec: Record, console: Console) -> None:
     if rec.error:
-        console.print(Text(f"{rec.model}: error: {rec.error}", style="red"))
+        console.print(rich_text(f"{rec.model}: error: {rec.error}", style="red"))
         return
     command = rec.command
     if command == "info":
@@ -73,8 +85,8 @@ def render_one(rec: Record, console: Console) -> None:
         _render_gradients(rec, console)
 
 
-def _header(rec: Record) -> str:
-    parts = [f"[bold]{rec.model}[/bold] ({rec.format}, {rec.loader})"]
+def _header(rec: Record) -> Text:
+    parts = [f" ({rec.format}, {rec.loader})"]
     if rec.n is not None:
         parts.append(f"N={rec.n}")
     if rec.objective:
@@ -83,26 +95,27 @@ def _header(rec: Record) -> str:
         parts.append(f"d {rec.extra['output']} / d input")
     if rec.method and rec.method != "vanilla" and rec.command != "check":
         parts.append(f"method: {rec.method}")
-    return " · ".join(parts)
+    return Text.assemble(rich_text(rec.model, "bold"), rich_text(" · ".join(parts)))
 
 
 def _render_info(rec: Record, console: Console) -> None:
     info = rec.extra
-    console.print(f"[bold]{rec.model}[/bold]")
+    console.print(rich_text(rec.model, "bold"))
     console.print(
-        f"format: {rec.format} · loader: {rec.loader}"
-        + (f" · endpoint: {info['endpoint']}" if info.get("endpoint") else "")
+        rich_text(
+            f"format: {rec.format} · loader: {rec.loader}"
+            + (f" · endpoint: {info['endpoint']}" if info.get("endpoint") else "")
+        )
     )
     loss = info["loss"] + (f" ({info['loss_note']})" if info.get("loss_note") else "")
-    console.print(f"compiled loss: {loss}")
+    console.print(rich_text(f"compiled loss: {loss}"))
     console.print(f"trainable parameters: {info['trainable_params']:,}")
     io = Table(show_edge=False)
     for col in ("", "name", "shape", "dtype"):
         io.add_column(col)
-    for item in info["inputs"]:
-        io.add_row("input", item["name"], _shape(["N", *item["shape"]]), item["dtype"])
-    for item in info["outputs"]:
-        io.add_row("output", item["name"], _shape(["N", *item["shape"]]), item["dtype"])
+    for kind in ("input", "output"):
+        for item in info[kind + "s"]:
+            io.add_row(*_cells(kind, item["name"], _shape(["N", *item["shape"]]), item["dtype"]))
     console.print(io)
     if not info["layers"]:
         console.print(
@@ -122,7 +135,9 @@ def _render_info(rec: Record, console: Console) -> None:
     for layer in info["layers"]:
         index = "" if layer["index"] is None else str(layer["index"])
         name = "  " * layer.get("depth", 0) + layer["name"]
-        layers.add_row(index, name, layer["class"], layer["output_shape"], f"{layer['params']:,}")
+        layers.add_row(
+            *_cells(index, name, layer["class"], layer["output_shape"], f"{layer['params']:,}")
+        )
     console.print(layers)
 
 
@@ -139,7 +154,7 @@ def _render_gradients(rec: Record, console: Console) -> None:
             ", the default: the last layer whose output is more than 1x1" if cam["default"] else ""
         )
         resized = f"; resized to {', '.join(cam['resized'])}" if cam["resized"] else ""
-        console.print(f"CAM layer: {cam['layer']} ({cam['class']}{chosen}){resized}")
+        console.print(rich_text(f"CAM layer: {cam['layer']} ({cam['class']}{chosen}){resized}"))
     weights = rec.command == "wrt-weights"
     table = Table(show_edge=False)
     table.add_column("variable" if weights else "tensor")
@@ -162,14 +177,16 @@ def _render_gradients(rec: Record, console: Console) -> None:
             fmt(t.nonfinite),
             _status(t),
         ]
-        table.add_row(*row)
+        table.add_row(*_cells(*row))
     console.print(table)
     for t in rec.tensors:
         sparse = t.extra.get("sparse")
         if sparse:  # an embedding table: shown dense, its untouched rows are zero
             console.print(
-                f"{t.name}: sparse gradient, {sparse['rows_touched']:,} of "
-                f"{sparse['rows']:,} rows touched (the others are zero)"
+                rich_text(
+                    f"{t.name}: sparse gradient, {sparse['rows_touched']:,} of "
+                    f"{sparse['rows']:,} rows touched (the others are zero)"
+                )
             )
     comp = rec.extra.get("completeness")
     if comp:
@@ -183,7 +200,9 @@ def _render_gradients(rec: Record, console: Console) -> None:
         top_features = t.extra.get("top")
         if top_features:
             console.print(
-                f"top {len(top_features)} features of {t.name} (mean {values} over samples):"
+                rich_text(
+                    f"top {len(top_features)} features of {t.name} (mean {values} over samples):"
+                )
             )
             top = Table(show_edge=False)
             top.add_column("rank", justify="right")
@@ -191,7 +210,7 @@ def _render_gradients(rec: Record, console: Console) -> None:
             top.add_column(f"mean {values}", justify="right")
             for rank, f in enumerate(top_features, 1):
                 where = str(f["feature"]) if "index" not in f else str(tuple(f["index"]))
-                top.add_row(str(rank), where, fmt(f["mean_abs"]))
+                top.add_row(*_cells(str(rank), where, fmt(f["mean_abs"])))
             console.print(top)
     if rec.extra.get("per_sample"):
         _render_per_sample(rec.extra["per_sample"], console)
@@ -224,7 +243,7 @@ def _render_per_sample(ps: dict, console: Console) -> None:
     for name, row in [*((r["layer"], r) for r in ps["layers"]), ("model", ps["model"])]:
         norms = row.get("sample_norm") or {}
         table.add_row(
-            Text(name, style="bold") if row is ps["model"] else name,
+            rich_text(name, "bold" if row is ps["model"] else ""),
             fmt(row["g_norm"]),
             fmt(row["trace_cov"]),
             fmt(row["snr"]),
@@ -238,7 +257,7 @@ def _render_per_sample(ps: dict, console: Console) -> None:
         "B_simple = tr Σ / ‖G‖² (critical batch size estimate)"
     )
     if ps.get("note"):
-        console.print(f"  {ps['note']}")
+        console.print(rich_text(f"  {ps['note']}"))
     if ps.get("top"):
         console.print(f"top {len(ps['top'])} samples by gradient norm ‖g_i‖:")
         top = Table(show_edge=False)
@@ -265,7 +284,7 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
             frac = (math.log10(s["l2"]) - lo) / span if logs and hi > lo else 1.0
             n = max(1, round(1 + frac * (width - 1)))
             bar = Text("█" * n, style="cyan")
-        table.add_row(s["layer"], fmt(s["l2"]), bar)
+        table.add_row(rich_text(s["layer"]), fmt(s["l2"]), bar)
     console.print(table)
     if logs:
         console.print(f"  (bars span 10^{lo:.1f} to 10^{hi:.1f})")
@@ -274,7 +293,8 @@ def _render_flow(summary: list[dict], console: Console, width: int = 30) -> None
 def _render_diff(rec: Record, console: Console) -> None:
     """A diff record (`gradcli diff`, `--against`): a row per tensor, B the reference."""
     info = rec.extra
-    console.print(f"[bold]A[/bold] {info['a']}\n[bold]B[/bold] {info['b']} (the reference)")
+    console.print(Text.assemble(("A", "bold"), " ", rich_text(info["a"])))
+    console.print(Text.assemble(("B", "bold"), " ", rich_text(info["b"]), " (the reference)"))
     per_sample = info.get("per_sample")
     table = Table(show_edge=False)
     table.add_column("tensor")
@@ -290,25 +310,25 @@ def _render_diff(rec: Record, console: Console) -> None:
         row = [
             t.name,
             _shape(t.shape),
-            fmt(f.get("cosine"), 6),
-            fmt(f.get("rel_diff"), 3),
-            fmt(f.get("max_abs_diff"), 3),
+            fmt(figure(f, "cosine"), 6),
+            fmt(figure(f, "rel_diff"), 3),
+            fmt(figure(f, "max_abs_diff"), 3),
             fmt(f.get("sign_agreement"), 4),
         ]
         if per_sample:
             if "rank_corr" in f:
                 row += [
-                    f"{fmt(f['rank_corr'], 3)} ({fmt(f['rank_corr_min'], 3)})",
+                    f"{fmt(figure(f, 'rank_corr'), 3)} ({fmt(figure(f, 'rank_corr_min'), 3)})",
                     fmt(f.get("top_overlap"), 3),
                 ]
             else:
                 row += ["-", "-"]
         row.append(_status(t))
-        table.add_row(*row)
+        table.add_row(*_cells(*row))
     console.print(table)
     for run in info.get("runs") or []:
         if run.get("out"):
-            console.print(f"wrote {run['out']} ({run['model']})")
+            console.print(rich_text(f"wrote {run['out']} ({run['model']})"))
     if rec.gates:
         console.print(Text(f"gates tripped: {', '.join(rec.gates)}", style="bold red"))
 
@@ -342,7 +362,7 @@ def _render_check(rec: Record, console: Console) -> None:
             ad, fd = row["autodiff"][k], row["finite_diff"][k]
             err = (row.get("fd_error") or [None] * (k + 1))[k]
         table.add_row(
-            t.name,
+            rich_text(t.name),
             _shape(t.shape),
             fmt(ad, 6),
             fmt(fd, 6),
@@ -369,13 +389,13 @@ def _excess(t: dict, rtol: float, i: int) -> float:
 
 def _render_footer(rec: Record, console: Console) -> None:
     if rec.extra.get("out"):
-        console.print(f"wrote {rec.extra['out']}")
+        console.print(rich_text(f"wrote {rec.extra['out']}"))
     png = rec.extra.get("png")
     if png:
         if isinstance(png, list):
-            console.print(f"wrote {len(png)} PNG heatmap(s) to {_common_dir(png)}")
+            console.print(rich_text(f"wrote {len(png)} PNG heatmap(s) to {_common_dir(png)}"))
         else:
-            console.print(f"wrote {png}")
+            console.print(rich_text(f"wrote {png}"))
     if rec.gates:
         console.print(Text(f"gates tripped: {', '.join(rec.gates)}", style="bold red"))
 
@@ -405,21 +425,21 @@ def _render_many(records: list[Record], console: Console) -> None:
     for rec in records:
         if rec.error:
             table.add_row(
-                rec.model, "-", "-", "-", "-", "-", Text(f"error: {rec.error}", style="red")
+                *_cells(rec.model, "-", "-", "-", "-", "-"),
+                rich_text(f"error: {rec.error}", "red"),
             )
             continue
         tensors = rec.tensors
         norms = [t.l2 for t in tensors if t.l2 is not None]
         worst = worst_status(t.status for t in tensors).value
         if rec.command == "info":
-            result = Text(f"{len(rec.extra['layers'])} layers, loss {rec.extra['loss']}")
+            result = rich_text(f"{len(rec.extra['layers'])} layers, loss {rec.extra['loss']}")
         elif rec.gates:
             result = Text(f"gates tripped: {', '.join(rec.gates)}", style="bold red")
         else:
             result = Text("ok", style="green")
         table.add_row(
-            rec.model,
-            rec.format,
+            *_cells(rec.model, rec.format),
             fmt(rec.n),
             str(len(tensors)) if rec.command != "info" else "-",
             fmt(max(norms)) if norms else "-",

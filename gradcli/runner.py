@@ -8,6 +8,7 @@ progress and temp-file events (the supervisor uses them); it never prints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
@@ -15,12 +16,15 @@ from .commands import COMMANDS
 from .context import Context, Emit
 from .errors import InputError, exit_code, marked
 from .formats import EXPECTED
+from .hashing import check_unchanged, stamp
 from .job import Job
 from .loading import import_custom_code, load_model
-from .paths import check_model_path, check_output, find_models, is_savedmodel
+from .paths import check_model_path, check_output, find_models, is_savedmodel, model_output
 from .writers import Outputs
 
 __all__ = ["Context", "Emit", "model_paths", "run_job", "run_one"]
+
+Report = Callable[[dict, Outputs], None]  # stages report files of a record in a transaction
 
 
 def model_paths(job: Job) -> tuple[list[Path], bool]:
@@ -39,9 +43,7 @@ def _model_out(base: str | None, root: Path, model: Path, suffix: str) -> Path |
     """With a directory MODEL, -o/--png name a directory holding one file per model."""
     if base is None:
         return None
-    rel = model.relative_to(root)
-    name = rel.with_suffix(suffix) if model.is_file() else rel.with_name(rel.name + suffix)
-    target = Path(base) / name
+    target = model_output(base, root, model, suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -53,6 +55,9 @@ def run_job(job: Job, emit: Emit) -> int:
     if many and not models:
         raise InputError(f"{job.model}: no models ({EXPECTED}) below it")
     worst = 0
+    # --junit of one model is staged with its outputs and committed with them (all or nothing);
+    # a directory run's report covers every model: the CLI writes it once all records are in
+    report = _report_stager(job.junit) if job.junit and not many else None
     for index, path in enumerate(models):
         if index in job.skip:
             continue
@@ -67,9 +72,9 @@ def run_job(job: Job, emit: Emit) -> int:
             if job.against:
                 from .against import run_against
 
-                record = run_against(job, path, out, emit, index)
+                record = run_against(job, path, out, emit, index, report=report)
             else:
-                record = run_one(job, path, out, png, emit, index)
+                record = run_one(job, path, out, png, emit, index, report=report)
         except Exception as exc:  # noqa: BLE001 - one broken model must not stop the others
             if not many:
                 raise
@@ -77,6 +82,15 @@ def run_job(job: Job, emit: Emit) -> int:
         worst = max(worst, int(record["exit_code"]))
         emit("result", index=index, record=record)
     return worst
+
+
+def _report_stager(path: str) -> Report:
+    def stage(record: dict, outputs: Outputs) -> None:
+        from .junit import write_junit
+
+        write_junit([record], path, outputs)
+
+    return stage
 
 
 def _error_record(job: Job, path: Path, code: int, message: str) -> dict:
@@ -92,18 +106,42 @@ def _error_record(job: Job, path: Path, code: int, message: str) -> dict:
 
 
 def run_one(
-    job: Job, path: Path, out: Path | None, png: Path | None, emit: Emit, index: int = 0
+    job: Job,
+    path: Path,
+    out: Path | None,
+    png: Path | None,
+    emit: Emit,
+    index: int = 0,
+    report: Report | None = None,
 ) -> dict:
-    """One model: load it, run the command in one `Outputs` transaction, return its record."""
+    """One model: load it, run the command in one `Outputs` transaction, return its record.
+    `report(record, outputs)` stages report files (--junit) in that transaction."""
     command = COMMANDS[job.command]
     if out is not None:
         check_output(out, "--out")
     check_model_path(str(path))  # a FIFO named like a model is refused, never opened
+    # the sha256 recorded must be of what was loaded and read: the files must be the same
+    # (inode, size, times) after hashing as before loading
+    files = {"model": str(path), "input": job.input, "target": job.target}
+    if job.command == "wrt-input":
+        files["baseline"] = job.baseline
+    if isinstance(job.class_index, str) and job.class_index != "pred":  # --class FILE.npy
+        files["classes"] = job.class_index
+    before = {k: (v, stamp(v)) for k, v in files.items() if v is not None}
     handle = load_model(path, unsafe=job.unsafe, describe_only=command.run is None)
     if command.describe is not None:
-        return command.describe(job, handle)
+        record = command.describe(job, handle)
+        check_unchanged(before)
+        if report is not None:
+            with Outputs(lambda p: emit("temp", path=p)) as outputs:
+                report(record, outputs)
+                outputs.commit()
+        return record
     ctx = Context(job, handle, emit, index)
     with Outputs(ctx.temp) as ctx.outputs:  # every output file of the run, all or nothing
         record = command.run(ctx, out, png)
+        check_unchanged(before)
+        if report is not None:  # rendered before anything is committed
+            report(record, ctx.outputs)
         ctx.outputs.commit()
     return record

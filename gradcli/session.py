@@ -22,7 +22,9 @@ from .renderers import FORMATS
 def _check_paths(job: Job) -> None:
     """Everything about the paths that can be checked before TensorFlow loads: models and
     inputs exist and are regular files (a FIFO is never opened), every output can be
-    written; leftovers of killed runs beside the outputs are removed."""
+    written, is no other output and none of the files the run reads; leftovers of killed
+    runs beside the outputs are removed."""
+    from .overlaps import check_distinct, model_outputs
     from .paths import (
         check_model_path,
         check_output,
@@ -30,9 +32,11 @@ def _check_paths(job: Job) -> None:
         is_savedmodel,
         output_file,
         remove_stale_temps,
+        walk_models,
     )
 
     check_model_path(job.model)
+    reads: list[tuple[str, Path]] = []
     from_stdin = []
     classes = (
         job.class_index if isinstance(job.class_index, str) and job.class_index != "pred" else None
@@ -47,28 +51,63 @@ def _check_paths(job: Job) -> None:
             from_stdin.append(label)
         elif value is not None:
             check_regular(value, f"{label} {value}")
+            reads.append((label, Path(value)))
+    reads += [("--import", Path(f)) for f in job.imports if f.endswith(".py")]
     if len(from_stdin) > 1:
         raise UsageError(f"only one of {' and '.join(from_stdin)} can be - (stdin)")
     if from_stdin:
         _spool_stdin(from_stdin[0])
-    if job.shard and not Path(job.model).is_dir():
+    root = Path(job.model)
+    if job.shard and not root.is_dir():
         raise UsageError("--shard needs a directory of models as MODEL")
-    many = Path(job.model).is_dir() and not is_savedmodel(Path(job.model))
+    many = root.is_dir() and not is_savedmodel(root)
+    models, skipped = [root], []
+    if many:
+        walk = walk_models(root)
+        models, skipped = walk.models, walk.skipped
+    reads += [("MODEL", m) for m in models]
     outputs = []
+    writes: list[tuple[str, Path]] = []
     if job.out is not None:
         outputs.append(("--out", job.out, ".npz", many))
     if job.against is not None:
         _check_against(job, many)
+        reads.append(("--against", Path(job.against)))
         if job.out is not None:
             from .against import against_file
 
             outputs.append(("--out (B's result)", str(against_file(job.out)), ".npz", False))
     if job.png is not None:
         outputs.append(("--png", job.png, ".png", many or job.command == "wrt-input"))
+    if job.junit is not None:
+        outputs.append(("--junit", job.junit, "", False))
     for label, value, suffix, directory in outputs:
         path = Path(value) if directory else output_file(value, suffix)
         check_output(path, label, directory=directory)
         remove_stale_temps(path)
+        if many and label in ("--out", "--png"):
+            # one file per model (--png of wrt-input: a directory per model; see
+            # commands.Command.png_suffix)
+            each = suffix if label == "--out" or job.command == "wrt-weights" else ""
+            writes += [(label, p) for p in model_outputs(value, label, root, models, each)]
+        elif not directory:
+            writes.append((label, path))
+    check_distinct(writes, reads)
+    if skipped:
+        stderr_line(_skipped_note(root, skipped))
+
+
+def _skipped_note(root: Path, skipped: list[Path]) -> str:
+    """The one line a directory run says about the files it passed over (stderr_line shows
+    the names escaped)."""
+    from .formats import EXPECTED
+
+    names = ", ".join(str(p.relative_to(root)) for p in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return (
+        f"note: {root}: skipped {len(skipped)} file(s) that are not models "
+        f"({EXPECTED}): {names}{more}"
+    )
 
 
 def _check_against(job: Job, many: bool) -> None:
@@ -105,8 +144,15 @@ def execute(
     debug: bool = False,
     junit: str | None = None,
 ) -> None:
-    """Run a job in the worker and exit with its code."""
+    """Run a job in the worker and exit with its code. --junit of one model is written by
+    the worker, staged with the model's other outputs and committed with them; a directory
+    run's report covers every model and is written here once all records are in."""
     from . import supervisor
+
+    job.junit = junit
+    from .paths import is_savedmodel
+
+    many = Path(job.model).is_dir() and not is_savedmodel(Path(job.model))
 
     def produce(on_record, on_progress) -> int:
         _check_paths(job)
@@ -129,7 +175,13 @@ def execute(
             raise outcome.error
         return outcome.exit_code
 
-    present(produce, output_format=output_format, quiet=quiet, debug=debug, junit=junit)
+    present(
+        produce,
+        output_format=output_format,
+        quiet=quiet,
+        debug=debug,
+        junit=junit if many else None,
+    )
 
 
 def present(
@@ -139,10 +191,12 @@ def present(
     quiet: bool = False,
     debug: bool = False,
     junit: str | None = None,
+    reads: list[tuple[str, str]] = (),
 ) -> None:
     """Show what `produce(on_record, on_progress)` computes (its records, in the format
-    asked, and the --junit report) and exit with the worst code; the one place errors
-    become messages, whether the records come from the worker or from this process."""
+    asked, and the --junit report, which must not be any of the files it `reads`) and exit
+    with the worst code; the one place errors become messages, whether the records come
+    from the worker or from this process."""
     from . import supervisor
 
     fmt = FORMATS[output_format or "table"]
@@ -156,7 +210,7 @@ def present(
     code = 0
     try:
         if junit is not None:
-            _check_report(junit, "--junit")
+            _check_report(junit, "--junit", reads)
         records: list[dict] = []
 
         def on_record(record: dict) -> None:
@@ -196,12 +250,15 @@ def present(
     raise typer.Exit(code)
 
 
-def _check_report(path: str, label: str) -> None:
-    """A report file (--junit) is checked writable before any work, like -o."""
+def _check_report(path: str, label: str, reads: list[tuple[str, str]]) -> None:
+    """A report file (--junit) is checked writable before any work, like -o, and must not be
+    one of the files the run reads."""
+    from .overlaps import check_distinct
     from .paths import check_output, remove_stale_temps
 
     check_output(Path(path), label)
     remove_stale_temps(Path(path))
+    check_distinct([(label, Path(path))], [(k, Path(v)) for k, v in reads])
 
 
 def fail(exc: BaseException, debug: bool = False) -> int:
@@ -228,7 +285,10 @@ def interrupted(exc: BaseException) -> int:
 
 
 def stderr_line(message: str) -> None:
-    sys.stderr.write(message.rstrip() + "\n")
+    """One line on stderr; a name from a file cannot break it or reach the terminal raw."""
+    from .escaping import printable
+
+    sys.stderr.write(printable(message.rstrip()) + "\n")
     sys.stderr.flush()
 
 

@@ -1,7 +1,8 @@
 """Run a job in a child process and survive TensorFlow crashing it.
 
 TensorFlow's oneDNN CPU kernels can kill the process (SIGSEGV, SIGABRT) on some gradients.
-The light CLI process never imports TensorFlow: it starts `python -m gradcli.worker`, relays
+The light CLI process never imports TensorFlow: it starts `python -P -m gradcli.worker`
+(see _spawn: nothing in the working directory is importable there), relays
 its results as they arrive, and if the child dies from SIGSEGV, SIGABRT or SIGBUS with oneDNN
 on, runs the models not yet done once more with oneDNN off. Temporary files of a crashed
 attempt are removed; results already relayed are not repeated.
@@ -9,6 +10,9 @@ attempt are removed; results already relayed are not repeated.
 The worker's life is tied to this process: it gets the job on a pipe that stays open as a
 lifeline until it exits, and the kernel sends it SIGTERM when this process dies (see
 worker.py). A worker whose parent is gone stops and never commits its output files.
+
+One file on purpose (about 400 lines): starting, prestarting, relaying, retrying and stopping
+the worker share its process state, and reading them together is how they stay consistent.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ExitCode, GradcliError, GradientError, exit_code, first_line, param
+from .safepath import worker_env
 
 ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
 JOB_FD_VAR = "GRADCLI_JOB_FD"
@@ -228,13 +233,15 @@ class Worker:
 
 
 def _spawn(env: dict[str, str], debug: bool) -> Worker:
-    """Start `python -m gradcli.worker`; it begins importing TensorFlow at once."""
+    """Start the worker; it begins importing TensorFlow at once. `-P` and a clean
+    PYTHONPATH (safepath.py): `-m` would put the working directory first on sys.path, and a
+    `numpy.py` or `gradcli/` planted where gradcli runs would run in the worker."""
     raw_err = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the attempt or discard
     job_r, lifeline = os.pipe()
-    full = {**env, JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
+    full = {**worker_env(env), JOB_FD_VAR: str(job_r), PARENT_VAR: str(os.getpid())}
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gradcli.worker"],
+            [sys.executable, "-P", "-m", "gradcli.worker"],
             stdout=subprocess.PIPE,
             stderr=None if debug else raw_err,
             env=full,

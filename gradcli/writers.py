@@ -32,7 +32,8 @@ def set_commit_guard(guard: Callable[[], contextlib.AbstractContextManager]) -> 
     _commit_guard = guard
 
 
-def _default_mode(directory: bool = False) -> int:
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain open() or mkdir() would give (temp files are created 0600)."""
     mask = os.umask(0)
     os.umask(mask)
     return (0o777 if directory else 0o666) & ~mask
@@ -105,7 +106,7 @@ class Outputs:
                             _install_file(child, dest / child.name, undo, backups)
                     elif temp.is_dir():
                         dest.parent.mkdir(parents=True, exist_ok=True)
-                        os.chmod(temp, _default_mode(directory=True))
+                        os.chmod(temp, default_mode(directory=True))
                         os.rename(temp, dest)
                         undo.append(lambda dest=dest: shutil.rmtree(dest))
                     else:

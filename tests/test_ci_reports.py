@@ -177,7 +177,7 @@ GOLDEN_DIFF = """\
 | `x` | (8, 32) | 0.998712 | 0.0512 | 0.0123 | 0.9688 | 0.951 (0.881) | 0.875 \
 | **✗ low-rank-corr** |
 | `y` | (8, 2) | - | - | - | - | - | - | only-in-a |
-> warning: method differs: A name=smoothgrad, B name=vanilla
+> warning: method differs\\: A name\\=smoothgrad\\, B name\\=vanilla
 """
 
 GOLDEN_MANY = """\
@@ -185,7 +185,7 @@ GOLDEN_MANY = """\
 
 | model | result | detail |
 |---|---|---|
-| `m.keras` | ✗ disconnected | e/kernel |
+| `m.keras` | ✗ disconnected | `e/kernel` |
 | `bad.keras` | error | not a Keras file |
 
 **`m.keras`** · wrt-weights · N=4 · objective: sum of out · ✗ disconnected
