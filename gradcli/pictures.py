@@ -349,6 +349,10 @@ def _three_panels(x: np.ndarray, panel: Panel, index: int, title: str | None) ->
 
 
 def _suptitle(fig: Figure, title: str | None, index: int) -> None:
-    # non-breaking spaces: "- sample N" stays with the word before it when the title wraps
-    text = f"{title}\xa0-\xa0sample\xa0{index}" if title else f"sample {index}"
-    fig.suptitle(plot(text, fit=fit_title), fontsize=TITLE_SIZE)
+    # non-breaking spaces: "- sample N" stays with the word before it when the title wraps;
+    # added after the title (a name from a file) is made printable, so they stay spaces
+    if title:
+        text = plot(title, fit=lambda shown: fit_title(f"{shown}\xa0-\xa0sample\xa0{index}"))
+    else:
+        text = f"sample {index}"
+    fig.suptitle(text, fontsize=TITLE_SIZE)

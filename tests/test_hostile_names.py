@@ -260,7 +260,7 @@ def test_png_titles_and_labels_are_drawn_as_text(cli, twins, monkeypatch, tmp_pa
     which are mathtext)."""
     from matplotlib.text import Text
 
-    from gradcli import pictures
+    from gradcli import flowchart, pictures
 
     base, hostile, _ = twins
     monkeypatch.chdir(base)
@@ -273,22 +273,24 @@ def test_png_titles_and_labels_are_drawn_as_text(cli, twins, monkeypatch, tmp_pa
     # the safe renderer: text from names made printable only, and drawn as it is
     names: set[str] = set()
 
-    def as_text(text: str) -> str:
-        names.add(printable(text))
-        return printable(text)
+    def as_text(text: str, fit=None) -> str:
+        shown = fit(printable(text)) if fit else printable(text)
+        names.update([shown, *shown.split("\n")])  # matplotlib lays out line by line
+        return shown
 
     preprocess = Text._preprocess_math
     monkeypatch.setattr(pictures, "plot", as_text)
+    monkeypatch.setattr(flowchart, "plot", as_text)
     monkeypatch.setattr(
         Text, "_preprocess_math", lambda self, s: (s, False) if s in names else preprocess(self, s)
     )
-    title = f"{model_name}: vanilla, {rec_in['objective']}, w.r.t. {HOSTILE['input']}"
+    title = f"{model_name}: gradient of {rec_in['objective']}, w.r.t. {HOSTILE['input']}"
     (reference,) = pictures.write_heatmaps(tmp_path / "ref", "r", x_in[:1], g_in[:1], title=title)
     written = sorted(Path(p) for p in rec_in["png"])
     assert len(written) == 3 and written[0].name.startswith(HOSTILE["input"])
     assert written[0].read_bytes() == reference.read_bytes()
     summary = rec_w["layer_summary"]
-    chart = pictures.write_flow_chart(
+    chart = flowchart.write_flow_chart(
         tmp_path / "flow.png",
         [s["layer"] for s in summary],
         [s["l2"] for s in summary],
