@@ -5,7 +5,7 @@ their Result) is imported lazily, so `import gradcli` stays fast; the first call
 TensorFlow. `help(gradcli.wrt_input)` documents each function's keyword arguments.
 """
 
-from ._version import __version__
+from gradcli._version import __version__
 
 _API = (
     "wrt_input",
@@ -21,7 +21,7 @@ _API = (
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api
+        from gradcli import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'gradcli' has no attribute {name!r}")

@@ -50,20 +50,23 @@ def _quiet_start() -> Iterator[None]:
 
 
 with _quiet_start():
-    from .backend import keras, tf
+    from gradcli.load.backend import keras, tf
 
     tf.config.list_physical_devices()  # the CUDA probe (and its cuInit line) happens here
 
-from .arrays import ArraySource, check_dtype  # noqa: E402
-from .commands import COMMANDS  # noqa: E402
-from .context import Context  # noqa: E402
-from .errors import InputError, UsageError, render_text  # noqa: E402
-from .handles import output_names  # noqa: E402
-from .job import Job  # noqa: E402
-from .loading import KerasHandle, ModelHandle  # noqa: E402
-from .loading import load_model as _load_model  # noqa: E402
-from .losses import compiled_losses  # noqa: E402
-from .status import FAIL_ON_CHOICES  # noqa: E402
+from gradcli.commands.job import Job  # noqa: E402
+from gradcli.errors import InputError, UsageError, render_text  # noqa: E402
+from gradcli.io.arrays import ArraySource, check_dtype  # noqa: E402
+from gradcli.jobs.context import Context  # noqa: E402
+from gradcli.jobs.registry import COMMANDS  # noqa: E402
+from gradcli.load.handles import (  # noqa: E402
+    KerasHandle,
+    ModelHandle,
+    output_names,  # noqa: E402
+)
+from gradcli.load.loaders import load_model as _load_model  # noqa: E402
+from gradcli.load.losses import compiled_losses  # noqa: E402
+from gradcli.present.gates import FAIL_ON_CHOICES  # noqa: E402
 
 __all__ = ["Result", "check", "diff", "jacobian", "load_model", "wrt_input", "wrt_layer"]
 __all__ += ["wrt_weights"]
@@ -377,7 +380,7 @@ def diff(
     """Compare two result .npz files key by key, B the reference (`gradcli diff`): a
     `Result` whose figures hold each key's cosine, rel_diff, ... and whose gates are the
     limits tripped."""
-    from .diffing import DiffGates, diff_files
+    from gradcli.jobs.diff import DiffGates, diff_files
 
     record = diff_files(a, b, DiffGates(min_cosine, max_rel_diff, min_rank_corr), top_percent)
     return Result({}, record)

@@ -65,14 +65,14 @@ def run_process(*args: str, env: dict | None = None, timeout: int = 180) -> Resu
 
 @pytest.fixture(scope="session")
 def tf():
-    from gradcli.backend import tf as tensorflow
+    from gradcli.load.backend import tf as tensorflow
 
     return tensorflow
 
 
 @pytest.fixture(scope="session")
 def keras():
-    from gradcli.backend import keras as k
+    from gradcli.load.backend import keras as k
 
     return k
 
@@ -189,7 +189,7 @@ def models(tmp_path_factory, keras):
 
 
 def load(path: Path):
-    from gradcli.backend import keras
+    from gradcli.load.backend import keras
 
     return keras.saving.load_model(path)
 

@@ -266,8 +266,8 @@ def test_check_table_shows_the_error_estimate(cli, check_models):
 
 
 def test_check_reports_progress_per_direction(check_models):
-    from gradcli import supervisor
-    from gradcli.job import Job
+    from gradcli.commands.job import Job
+    from gradcli.process import supervisor
 
     d = check_models
     events: list[dict] = []

@@ -12,7 +12,7 @@ from junitparser import Error, Failure, JUnitXml
 from test_report import RECORD
 
 from conftest import run_process
-from gradcli.markdown import render_markdown
+from gradcli.present.markdown import render_markdown
 
 
 def cases(path) -> dict[tuple[str, str], object]:

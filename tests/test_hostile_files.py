@@ -22,7 +22,7 @@ import pytest
 from junitparser import JUnitXml
 
 from conftest import npz, run_process
-from gradcli.escaping import printable
+from gradcli.present.escape import printable
 
 HOOKS = Path(__file__).with_name("lifecycle_hooks.py")
 GRADCLI = str(Path(sys.executable).with_name("gradcli"))  # the console script users run

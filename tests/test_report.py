@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from gradcli.report import render, to_json
+from gradcli.present.table import render, to_json
 
 RECORD = {
     "version": "0.1.0",

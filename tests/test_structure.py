@@ -105,7 +105,7 @@ def test_records_round_trip_through_their_dataclasses(models, cli):
 
     from test_report import RECORD
 
-    from gradcli.records import Record
+    from gradcli.present.records import Record
 
     r = cli("check", models["linear"], models["dir"] / "x5.npy", "--json")
     real = json.loads(r.out)
