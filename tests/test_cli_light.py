@@ -101,7 +101,7 @@ def test_progress_bar_renders_worker_events_on_a_terminal():
 
     from rich.console import Console
 
-    from gradcli.cli.session import ProgressBar
+    from gradcli.cli.progress import ProgressBar
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=80)

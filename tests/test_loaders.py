@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcli.errors import CLI_FLAGS, ModelError, UsageError, render
+from gradcli.commands import cli_flags
+from gradcli.errors import ModelError, UsageError, render
 from gradcli.io.modelfiles import Loader, ModelFormat, model_format
 
 
@@ -201,7 +202,7 @@ def test_refusals_name_parameters_for_python_and_flags_for_the_cli(tmp_path, ker
     with pytest.raises(ModelError) as caught:
         load_model(tmp_path / "code.keras")
     assert "rerun with unsafe= if you trust this file" in str(caught.value)
-    assert "rerun with --unsafe if you trust this file" in render(caught.value, CLI_FLAGS)
+    assert "rerun with --unsafe if you trust this file" in render(caught.value, cli_flags())
     handle = load_model(tmp_path / "code.keras", unsafe=True)
     np.testing.assert_allclose(handle.call([np.ones((1, 2), np.float32)])[0], [[2.0, 2.0]])
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, npz
 from gradcli.engine import batching
 from gradcli.io import overlap as pipeline
-from gradcli.io.outputs import NpzStreamWriter
+from gradcli.io.npzfile import NpzStreamWriter
 from gradcli.process import supervisor
 
 

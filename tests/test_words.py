@@ -196,7 +196,7 @@ def test_option_errors_without_pydantic_words(cli, args, words):
 def test_progress_bar_names_the_model_not_model_1():
     from rich.console import Console
 
-    from gradcli.cli.session import ProgressBar
+    from gradcli.cli.progress import ProgressBar
 
     console = Console(file=open("/dev/null", "w"), force_terminal=True)  # noqa: SIM115
     with ProgressBar(console, enabled=True) as update:

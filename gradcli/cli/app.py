@@ -1,21 +1,16 @@
-"""The `gradcli` command line: the commands' signatures (their own options; the shared ones
-come from options.py), the Typer app and the console-script entry; session.py runs the job.
+"""The `gradcli` command line: the Typer app, each command built from its spec (commands/),
+run in a worker (process/) or, for a command that needs no TensorFlow, in this process; and
+the console-script entry.
 
-Nothing here imports TensorFlow: `--help`, `--version` and option errors answer at once; the
-work runs in a worker process (supervisor.py).
-
-One file on purpose: it is the whole command-line surface, one signature per command with
-its own options' help text, which reads best in one place (the shared options are in
-options.py, the work elsewhere).
+Nothing here imports TensorFlow: `--help`, `--version` and option errors answer at once.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import fields
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -23,27 +18,16 @@ import typer
 from typer.exceptions import TyperException
 
 from gradcli._version import __version__
-from gradcli.cli.completion import complete_layer
+from gradcli.cli.funnel import fail, interrupted, present, stderr_line
 from gradcli.cli.helpformat import PlainCommand, option_message, summary
 from gradcli.cli.launch import COMPLETE_VAR
-from gradcli.cli.options import (
-    AGAINST,
-    DIFF_GATES,
-    OBJECTIVE,
-    OWN,
-    REPORTS,
-    RUN,
-    SHARED,
-    Method,
-    OneDNN,
-    PngStyle,
-    Wrt,
-)
-from gradcli.cli.session import execute, fail, interrupted, stderr_line
-from gradcli.commands.job import Job
-from gradcli.commands.values import check_method_options
-from gradcli.errors import ExitCode, GradcliError, UsageError
-from gradcli.methods import METHODS, method_help
+from gradcli.cli.options import OneDNN
+from gradcli.cli.params import job_values, parameters
+from gradcli.cli.preflight import check_paths, is_directory_run
+from gradcli.commands import COMMANDS
+from gradcli.commands.spec import CommandSpec
+from gradcli.errors import ExitCode, GradcliError
+from gradcli.present.formats import file_formats
 
 HELP = """Gradients of saved Keras models, from the shell.
 
@@ -130,7 +114,6 @@ def _root(
 
 def _guard(fn):
     """Option errors found before the job runs get the same one-line treatment."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -142,372 +125,106 @@ def _guard(fn):
     return wrapper
 
 
-def _parameters(own: Any, layout: tuple[str, ...]) -> list[inspect.Parameter]:
-    """A command's parameters: its own ones and the shared ones `layout` names, in order."""
-    params: list[inspect.Parameter] = []
-    for item in layout:
-        if item == OWN:
-            params += [p for p in own.values() if p.name not in layout]
-        elif item in own:
-            params.append(own[item])
-        else:
-            shared = SHARED[item]
-            params.append(
-                inspect.Parameter(
-                    item,
-                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                    default=shared.default,
-                    annotation=shared.annotation,
-                )
-            )
-    return params
+def _register(spec: CommandSpec) -> None:
+    """Command `spec.name`: its parameters from the spec; called with them, it builds the job
+    (each flag's value through its conversion, then the spec's cross-field rules) and runs
+    it."""
+    params = parameters(spec)
 
+    def run(**values: Any) -> None:
+        if spec.check_cli is not None:
+            spec.check_cli({k: values.get(k) for k in spec.cli_only})
+        job = spec.job(**job_values(spec, values))
+        if spec.normalize is not None:
+            spec.normalize(job)
+        fmt = values.get("output_format")
+        execute(
+            spec,
+            job,
+            output_format="json" if values.get("as_json") else getattr(fmt, "value", fmt),
+            quiet=values.get("quiet", False),
+            onednn=values.get("onednn", OneDNN.auto),
+            debug=values.get("debug", False) or values.get("trace", False),
+            reports={k: values[k] for k in file_formats() if values.get(k) is not None},
+        )
 
-def local_command(name: str, *layout: str):
-    """Register a command that runs in this process without TensorFlow (`diff`): `fn` takes
-    its own options and the shared ones named in `layout`, and is called with all of them."""
-
-    def decorate(fn: Callable[..., None]):
-        own = inspect.signature(fn, eval_str=True).parameters
-        params = _parameters(own, layout)
-
-        def run(**kwargs: Any) -> None:
-            fn(**kwargs)
-
-        return _register(name, fn, run, params)
-
-    return decorate
-
-
-def _register(name: str, fn: Callable, run: Callable, params: list) -> Callable:
-    """Register `run` as command `name`, with `fn`'s name and help and the signature
-    (`params`) Typer reads its options from."""
-    run.__name__ = fn.__name__
-    run.__doc__ = fn.__doc__
+    run.__name__ = spec.name.replace("-", "_")
+    run.__doc__ = spec.help
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
-    return app.command(name, cls=PlainCommand, short_help=summary(fn.__doc__ or ""))(_guard(run))
+    app.command(spec.name, cls=PlainCommand, short_help=summary(spec.help))(_guard(run))
 
 
-def command(name: str, *layout: str):
-    """Register a command whose function takes only its own options and returns the Job
-    fields they set; the shared options named in `layout` (in help order, OWN marking where
-    the function's own go) are added to its signature, and the Job is built and run here."""
-
-    def decorate(fn: Callable[..., dict[str, Any]]):
-        own = inspect.signature(fn, eval_str=True).parameters
-        params = _parameters(own, layout)
-        job_fields = {f.name for f in fields(Job)}
-
-        def run(**kwargs: Any) -> None:
-            fields_set = fn(**{k: v for k, v in kwargs.items() if k in own})
-            job_data = {
-                k: SHARED[k].to_job(v)
-                for k, v in kwargs.items()
-                if k not in own and SHARED[k].to_job is not None and k in job_fields
-            }
-            job = Job(name, **job_data, **fields_set)
-            execute(
-                job,
-                output_format="json" if kwargs.get("as_json") else kwargs.get("output_format"),
-                quiet=kwargs.get("quiet", True),
-                onednn=kwargs.get("onednn", OneDNN.auto),
-                debug=kwargs.get("debug", False),
-                junit=kwargs.get("junit"),
-            )
-
-        return _register(name, fn, run, params)
-
-    return decorate
-
-
-# ------------------------------------------------------------------ commands
-
-
-@command("info", "model", "output_format", "as_json", "unsafe", "imports", "shard", "debug")
-def info() -> dict[str, Any]:
-    """What the model is: format, inputs, outputs, compiled loss, layers (for --layer)."""
-    return {}
-
-
-@command(
-    "wrt-input", "model", "input", "method", "layer", *OBJECTIVE, "logits", OWN, *RUN, *AGAINST
-)
-def wrt_input(
-    method: Annotated[
-        Method,
-        typer.Option(
-            "--method",
-            "-m",
-            metavar="METHOD",
-            help=method_help(),
-        ),
-    ] = Method.vanilla,
-    layer: Annotated[
-        str | None,
-        typer.Option(
-            "--layer",
-            "-l",
-            metavar="NAME|PATH|INDEX",
-            autocompletion=complete_layer,
-            help="CAM methods: the layer (default: the last layer whose output is more than 1x1).",
-        ),
-    ] = None,
-    samples: Annotated[
-        int,
-        typer.Option(
-            "--samples", min=1, metavar="N", help="SmoothGrad, SquareGrad, VarGrad: noisy copies."
-        ),
-    ] = 25,
-    noise: Annotated[
-        float,
-        typer.Option(
-            "--noise",
-            min=0.0,
-            metavar="X",
-            help="SmoothGrad, SquareGrad, VarGrad: noise std as a fraction of each sample's range.",
-        ),
-    ] = 0.15,
-    seed: Annotated[
-        int | None,
-        typer.Option("--seed", metavar="N", help="SmoothGrad family: seed for repeatable noise."),
-    ] = None,
-    steps: Annotated[
-        int, typer.Option("--steps", min=1, metavar="N", help="Integrated Gradients: path steps.")
-    ] = 50,
-    baseline: Annotated[
-        str,
-        typer.Option(
-            "--baseline",
-            metavar="zeros|PATH",
-            help="Integrated Gradients: zeros, or a .npy/.npz (one sample or N).",
-        ),
-    ] = "zeros",
-    top: Annotated[
-        int | None,
-        typer.Option("--top", min=1, metavar="K", help="List the K most salient features."),
-    ] = None,
-    png: Annotated[
-        str | None,
-        typer.Option(
-            "--png",
-            metavar="DIR",
-            help="Write a PNG per sample (input | map | overlay) into this directory, for "
-            "image-like inputs.",
-        ),
-    ] = None,
-    png_limit: Annotated[
-        int,
-        typer.Option("--png-limit", min=0, metavar="N", help="At most this many PNGs per input."),
-    ] = 16,
-    png_style: Annotated[
-        PngStyle | None,
-        typer.Option(
-            "--png-style",
-            metavar="signed|magnitude",
-            help="signed: a diverging colormap centred on zero (red +, blue -); magnitude: "
-            "|value|. Default: signed for integrated and gradxinput, magnitude for the others "
-            "(CAMs, squaregrad and vargrad are never negative).",
-            show_default=False,
-        ),
-    ] = None,
-) -> dict[str, Any]:
-    """Gradient of the objective with respect to the input: saliency and attributions.
-
-    With --target every method explains the loss (a CAM then shows what raises it); to
-    explain each sample's true class, give the labels as --class LABELS.npy.
-    """
-    style = None if png_style is None else png_style.value
-    check_method_options(method.value, layer, baseline, png, style)
-    return {
-        "method": method.value,
-        "layers": [] if layer is None else [layer],
-        "samples": samples,
-        "noise": noise,
-        "seed": seed,
-        "steps": steps,
-        "baseline": None if baseline == "zeros" else baseline,
-        "top": top,
-        "png": png,
-        "png_limit": png_limit,
-        "png_style": style,
-    }
-
-
-@command("wrt-layer", "model", "input", "layer", OWN, *OBJECTIVE, "logits", *RUN, *AGAINST)
-def wrt_layer(
-    layer: Annotated[
-        list[str],
-        typer.Option(
-            "--layer",
-            "-l",
-            metavar="NAME|PATH|INDEX",
-            autocompletion=complete_layer,
-            help="Layer name, nested path outer/inner, or index from `gradcli info` (repeatable).",
-        ),
-    ],
-    activations: Annotated[
-        bool,
-        typer.Option(
-            "--activations", help="Also write each layer's activation (key LAYER/activation)."
-        ),
-    ] = False,
-    method: Annotated[
-        str | None, typer.Option("--method", "-m", hidden=True, help="See wrt-input --method.")
-    ] = None,
-) -> dict[str, Any]:
-    """Gradient of the objective with respect to a layer's output activation."""
-    if method is not None:
-        cams = [m.name for m in METHODS.values() if m.needs_layer]
-        where = (
-            f"CAM methods are attributions over the input: `gradcli wrt-input MODEL INPUT "
-            f"--method {method} --layer L`"
-            if method in cams
-            else f"methods are options of wrt-input: `gradcli wrt-input MODEL INPUT --method "
-            f"{method}`"
-        )
-        raise UsageError(f"wrt-layer has no --method; {where}")
-    return {"layers": list(layer), "activations": activations}
-
-
-@command("wrt-weights", "model", "input", *OBJECTIVE, "logits", OWN, *RUN, *AGAINST)
-def wrt_weights(
-    png: Annotated[
-        str | None,
-        typer.Option(
-            "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG."
-        ),
-    ] = None,
-    per_sample: Annotated[
-        bool,
-        typer.Option(
-            "--per-sample",
-            help="Also each sample's gradient g_i: norm distribution, tr Σ, SNR, noise scale "
-            "B_simple per variable, layer and model; norms to the .npz.",
-        ),
-    ] = False,
-    per_sample_arrays: Annotated[
-        bool,
-        typer.Option(
-            "--per-sample-arrays",
-            help="Also stream every g_i to the .npz (implies --per-sample; N x the model's size).",
-        ),
-    ] = False,
-    top: Annotated[
-        int | None,
-        typer.Option(
-            "--top",
-            min=1,
-            metavar="K",
-            help="List the K samples with the largest gradient norm (implies --per-sample; "
-            "default 5).",
-        ),
-    ] = None,
-) -> dict[str, Any]:
-    """Gradient of the mean objective over all samples with respect to each trainable
-    variable."""
-    return {
-        "png": png,
-        "per_sample": per_sample or per_sample_arrays or top is not None,
-        "per_sample_arrays": per_sample_arrays,
-        "top": top,
-    }
-
-
-@command("jacobian", "model", "input", "output", OWN, *RUN)
-def jacobian(
-    max_elements: Annotated[
-        float,
-        typer.Option(
-            "--max-elements",
-            min=1,
-            metavar="N",
-            help="Refuse (exit 2) above this many Jacobian elements.",
-        ),
-    ] = 1e8,
-) -> dict[str, Any]:
-    """Per-sample Jacobian d output / d input: shape (N, *output, *input)."""
-    return {"max_elements": max_elements}
-
-
-@command(
-    "check",
-    "model",
-    "input",
-    OWN,
-    *OBJECTIVE,
-    *(o for o in RUN if o not in ("jit", "out", "fail_on", "max_norm", "min_norm")),
-)
-def check(
-    wrt: Annotated[
-        Wrt, typer.Option("--wrt", metavar="input|weights", help="Check input or weight gradients.")
-    ] = Wrt.input,
-    directions: Annotated[
-        int, typer.Option("--directions", min=1, metavar="N", help="Random directions per tensor.")
-    ] = 3,
-    eps: Annotated[
-        float | None,
-        typer.Option(
-            "--eps",
-            min=0.0,
-            metavar="X",
-            help="Finite-difference step (default 1e-5 in float64, 1e-2 in float32).",
-        ),
-    ] = None,
-    rtol: Annotated[
-        float | None,
-        typer.Option(
-            "--rtol",
-            min=0.0,
-            metavar="X",
-            help="Largest relative error that passes (default 1e-4 in float64, 5e-2 in float32).",
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", metavar="N", help="Seed for the directions.")
-    ] = None,
-) -> dict[str, Any]:
-    """Compare autodiff with central finite differences along random directions."""
-    if eps is not None and eps <= 0:
-        raise UsageError("--eps must be positive")
-    return {"wrt": wrt.value, "directions": directions, "eps": eps, "rtol": rtol, "seed": seed}
-
-
-@local_command("diff", "a", "b", *DIFF_GATES, *REPORTS)
-def diff(
-    a: Annotated[
-        str, typer.Argument(metavar="A", help="A result .npz (the new one).", show_default=False)
-    ],
-    b: Annotated[
-        str,
-        typer.Argument(
-            metavar="B", help="The result .npz to compare with (the reference).", show_default=False
-        ),
-    ],
-    **options: Any,
+def execute(
+    spec: CommandSpec,
+    job: Any,
+    *,
+    output_format: str | None = None,
+    quiet: bool = False,
+    onednn: OneDNN = OneDNN.auto,
+    debug: bool = False,
+    reports: dict[str, str] | None = None,
 ) -> None:
-    """Compare two result .npz files key by key, B the reference.
+    """Run a job and exit with its code: in a worker process (or in this one with
+    GRADCLI_INPROCESS=1), or here for a command that runs no TensorFlow. Report files of one
+    model are written by the worker, staged with the model's other outputs and committed
+    with them; a directory run's (or a local command's) cover every record and are written
+    here once all are in."""
+    from gradcli.process import supervisor
 
-    Per key: cosine, relative L2 difference, max abs difference, sign agreement; for
-    attribution maps (wrt-input, wrt-layer results), per-sample Spearman rank correlation
-    and top-P% overlap."""
-    from gradcli.cli.session import present
+    reports = dict(reports or {})
+    reads: list[tuple[str, str]] = []
+    if not spec.in_worker:
+        reads = [(name.upper(), getattr(job, name)) for name in spec.files]
 
-    def produce(on_record, on_progress) -> int:
-        from gradcli.jobs.diff import DiffGates, diff_files
+        def produce(on_record, on_progress) -> int:
+            on_record(spec.implementation()(job))
+            return 0
 
-        gates = DiffGates(options["min_cosine"], options["max_rel_diff"], options["min_rank_corr"])
-        on_record(diff_files(a, b, gates, options["top_percent"]))
-        return 0
+        present(
+            produce,
+            output_format=output_format,
+            quiet=quiet,
+            debug=debug,
+            reports=reports,
+            reads=reads,
+        )
+        return
+    job.reports = reports
+    many = is_directory_run(job.model)
+
+    def produce_in_worker(on_record, on_progress) -> int:
+        check_paths(spec, job, stderr_line)
+        if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0"):
+            outcome = supervisor.run_inprocess(
+                job, debug=debug, on_record=on_record, on_progress=on_progress
+            )
+        else:
+            outcome = supervisor.run(
+                job,
+                debug=debug,
+                onednn=onednn.value,
+                on_record=on_record,
+                on_progress=on_progress,
+                warn=stderr_line,
+            )
+        if outcome.traceback and debug:
+            sys.stderr.write(outcome.traceback)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.exit_code
 
     present(
-        produce,
-        output_format="json" if options["as_json"] else options["output_format"].value,
-        quiet=options["quiet"],
-        debug=options["trace"],
-        junit=options["junit"],
-        reads=[("A", a), ("B", b)],
+        produce_in_worker,
+        output_format=output_format,
+        quiet=quiet,
+        debug=debug,
+        reports=reports if many else None,
     )
+
+
+for _spec in COMMANDS.values():
+    _register(_spec)
 
 
 # ------------------------------------------------------------------ entry point

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gradcli.errors import InputError
-from gradcli.jobs.provenance import NPZ_KEY
+from gradcli.io.npzfile import NPZ_KEY
 
 _NPY_MAGIC = b"\x93NUMPY"
 

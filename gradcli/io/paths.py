@@ -215,6 +215,12 @@ def output_file(path: str | Path, suffix: str) -> Path:
     return p.with_name(p.name + suffix)
 
 
+def against_file(out: str | Path) -> Path:
+    """Where -o puts --against's B result: beside A's, `<stem>.against.npz`."""
+    a = output_file(out, ".npz")
+    return a.with_name(a.stem + ".against.npz")
+
+
 def check_output(path: str | Path, label: str, *, directory: bool = False) -> None:
     """Fail before any work when an output cannot be written: a device, FIFO or (for a file)
     a directory at the path, an unwritable directory. Missing directories are made when the

@@ -9,16 +9,12 @@ from typing import Any
 from gradcli.engine.batched import GradientEngine, target_dtype
 from gradcli.engine.batching import default_batch_size
 from gradcli.engine.finite_diff import MAX_WEIGHT_SAMPLES, check_rows, float64_handle
-from gradcli.errors import GradientError, UsageError, param
+from gradcli.errors import GradientError
 from gradcli.jobs.context import Context
 
 
 def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     job = ctx.job
-    if job.wrt not in ("input", "weights"):
-        raise UsageError(f"{param('wrt', job.wrt)}: expected input or weights")
-    if job.directions < 1:
-        raise UsageError(f"{param('directions')} must be at least 1")
     handle, precision = float64_handle(ctx.handle, job.unsafe)
     f64 = precision == "float64"
     eps = job.eps or (1e-5 if f64 else 1e-2)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gradcli._version import __version__
-from gradcli.commands.job import Job
+from gradcli.commands import spec as spec_of
 from gradcli.engine.batched import Batch, GradientEngine, read_batches
 from gradcli.engine.batching import default_batch_size, input_rows
 from gradcli.engine.classes import API_ARRAY, class_choice, class_source
@@ -20,9 +20,9 @@ from gradcli.engine.objective import PRED, Objective, build_objective
 from gradcli.errors import ExitCode, InputError, UsageError, param
 from gradcli.io.arrays import ArraySource, check_samples, read_arrays
 from gradcli.io.hashes import Hashes
-from gradcli.io.outputs import MemorySink, NpzStreamWriter, Outputs
+from gradcli.io.npzfile import NPZ_KEY, MemorySink, NpzStreamWriter
+from gradcli.io.outputs import Outputs
 from gradcli.io.overlap import BackgroundSink, enabled, prefetch
-from gradcli.jobs.provenance import NPZ_KEY
 from gradcli.load.handles import ModelHandle
 from gradcli.present.figures import TensorStats
 
@@ -30,7 +30,7 @@ Emit = Callable[..., None]
 Sink = MemorySink | NpzStreamWriter | BackgroundSink
 
 
-def base_record(job: Job, handle: ModelHandle) -> dict:
+def base_record(job: Any, handle: ModelHandle) -> dict:
     """The keys every record of a loaded model starts with (`provenance` comes last, from
     `provenance_of` or `Context.provenance`)."""
     return {
@@ -42,7 +42,7 @@ def base_record(job: Job, handle: ModelHandle) -> dict:
     }
 
 
-def provenance_of(job: Job, handle: ModelHandle) -> dict:
+def provenance_of(job: Any, handle: ModelHandle) -> dict:
     """The provenance of a record that only describes the model (`info`)."""
     from gradcli.jobs.provenance import build
 
@@ -50,13 +50,13 @@ def provenance_of(job: Job, handle: ModelHandle) -> dict:
     return build(job, model=str(handle.path), model_format=handle.format, hashes=hashes)
 
 
-def _draw_seed(job: Job) -> None:
+def _draw_seed(job: Any) -> None:
     """A method that reads --seed gets one drawn now when none was given: the provenance
     records the seed used, and every model of the run (and --against) gets the same noise."""
     from gradcli.methods import METHODS
 
     method = METHODS.get(job.method)
-    if job.command == "wrt-input" and method is not None and "seed" in method.options:
+    if method is not None and "seed" in method.options:
         if job.seed is None:
             job.seed = int(np.random.SeedSequence().entropy % (2**31))
 
@@ -71,7 +71,7 @@ class Context:
 
     def __init__(
         self,
-        job: Job,
+        job: Any,
         handle: ModelHandle,
         emit: Emit,
         index: int,
@@ -147,7 +147,7 @@ class Context:
             "input": None if arrays is not None else job.input,
             "target": job.target,
             "classes": classes if classes not in (None, PRED, API_ARRAY) else None,
-            "baseline": job.baseline if job.command == "wrt-input" else None,
+            "baseline": getattr(job, "baseline", None),
         }
         self.hashes = Hashes.start(files)
 
@@ -206,7 +206,7 @@ class Context:
         rec.update(
             n=self.n,
             # a Jacobian differentiates the output itself: it has no objective
-            objective=None if self.job.command == "jacobian" else self.objective.describe(),
+            objective=self.objective.describe() if spec_of(self.job.command).objective else None,
             method=self.job.method,
             tensors=rows,
             gates=tripped,

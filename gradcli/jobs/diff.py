@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from gradcli._version import __version__
+from gradcli.commands import COMMANDS, DIFF
 from gradcli.errors import ExitCode, InputError
 from gradcli.io.arrays import ArraySource, read_arrays
-from gradcli.jobs.provenance import NPZ_KEY, SCHEMA, from_npz
+from gradcli.io.npzfile import NPZ_KEY, SCHEMA, from_npz
 from gradcli.present.diff_figures import Figures, json_figures
 
-ATTRIBUTION_COMMANDS = ("wrt-input", "wrt-layer")
 # statuses of a diff row; the first three are gates, the others say why there is no figure
 LOW_COSINE = "low-cosine"
 HIGH_DIFF = "high-rel-diff"
@@ -123,10 +123,10 @@ def compare_provenance(a: dict | None, b: dict | None) -> tuple[list[str], list[
             f"A is a {_command(a)} result, B a {_command(b)} result: "
             f"different quantities, nothing to compare"
         )
-    if a.get("command") == "check" or b.get("command") == "check":
+    if "ignore" in (_compared(a), _compared(b)):  # how a check was run is not compared
         return warnings, notes
     if a.get("parameters") != b.get("parameters"):
-        if _command(a) == "wrt-layer":
+        if _compared(a) == "note":
             notes.append(f"layers: A {a['parameters']}, B {b['parameters']}")
         else:
             warnings.append(f"parameters differ: A {a['parameters']}, B {b['parameters']}")
@@ -158,6 +158,12 @@ def compare_provenance(a: dict | None, b: dict | None) -> tuple[list[str], list[
         ]
         notes.append("versions differ (B -> A): " + ", ".join(changed))
     return warnings, notes
+
+
+def _compared(prov: dict) -> str:
+    """What differing parameters of a command's results are (commands.CommandSpec)."""
+    found = COMMANDS.get(str(prov.get("command")))
+    return found.compared_in_diff if found is not None else "warning"
 
 
 def _known(prov: dict | None) -> bool:
@@ -195,7 +201,8 @@ def is_attribution(a: Result, b: Result) -> bool:
     """Whether the keys are per-sample maps (N rows of features), compared sample by sample."""
     for prov in (a.provenance, b.provenance):
         if prov is not None and prov.get("command"):
-            return prov["command"] in ATTRIBUTION_COMMANDS
+            found = COMMANDS.get(str(prov["command"]))
+            return found is not None and found.attribution
     shapes = [s.shape for s in (*a.arrays.values(), *b.arrays.values())]
     return bool(shapes) and all(len(s) >= 2 for s in shapes) and len({s[0] for s in shapes}) == 1
 
@@ -216,7 +223,7 @@ def diff_results(
     tripped = sorted({r["status"] for r in rows if r["tripped"]})
     return {
         "version": __version__,
-        "command": "diff",
+        "command": DIFF.name,
         "model": f"{a.path} vs {b.path}",
         "a": a.path,
         "b": b.path,
@@ -293,3 +300,9 @@ def diff_files(
 ) -> dict[str, Any]:
     """`gradcli diff A B`: the diff record of two result files."""
     return diff_results(open_result(a, "A"), open_result(b, "B"), gates, top_percent)
+
+
+def run(job: Any) -> dict[str, Any]:
+    """`gradcli diff`'s job (commands.diff.DiffJob): the record."""
+    gates = DiffGates(job.min_cosine, job.max_rel_diff, job.min_rank_corr)
+    return diff_files(job.a, job.b, gates, job.top_percent)

@@ -13,21 +13,15 @@ import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from gradcli.commands.job import Job
 from gradcli.errors import ExitCode
 from gradcli.io.outputs import Outputs
-from gradcli.io.paths import output_file, staging_dir, temp_prefix
+from gradcli.io.paths import against_file, output_file, staging_dir, temp_prefix
 from gradcli.jobs.diff import DiffGates, diff_results, open_result
 
 
-def against_file(out: str | Path) -> Path:
-    """Where -o puts B's result: beside A's, `<stem>.against.npz`."""
-    a = output_file(out, ".npz")
-    return a.with_name(a.stem + ".against.npz")
-
-
-def run_against(job: Job, path: Path, out: Path | None, emit, index: int, report=None) -> dict:
+def run_against(job: Any, path: Path, out: Path | None, emit, index: int, report=None) -> dict:
     """Run `job` on model `path` and on `job.against`; the diff record. `report(record,
     outputs)` stages report files (--junit) with the two results."""
     from gradcli.jobs.runner import run_one

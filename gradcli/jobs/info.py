@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from gradcli.commands.job import Job
 from gradcli.jobs.context import base_record, provenance_of
 from gradcli.load.handles import ModelHandle
 
 
-def describe(job: Job, handle: ModelHandle) -> dict:
+def describe(job: Any, handle: ModelHandle) -> dict:
     """The model's description; needs no INPUT."""
     rec = base_record(job, handle)
     rec.update(

@@ -10,25 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gradcli._version import __version__
-from gradcli.commands.job import Job
+from gradcli.commands import spec as spec_of
+from gradcli.commands.display import rendered, typed
 from gradcli.errors import InputError, exit_code, marked
 from gradcli.io.hashes import check_unchanged, stamp
 from gradcli.io.modelfiles import EXPECTED, is_savedmodel
 from gradcli.io.outputs import Outputs
 from gradcli.io.paths import check_model_path, check_output, find_models, model_output
 from gradcli.jobs.context import Context, Emit
-from gradcli.jobs.registry import COMMANDS
 from gradcli.load.loaders import load_model
 from gradcli.load.plugins import import_custom_code
-
-__all__ = ["Context", "Emit", "model_paths", "run_job", "run_one"]
 
 Report = Callable[[dict, Outputs], None]  # stages report files of a record in a transaction
 
 
-def model_paths(job: Job) -> tuple[list[Path], bool]:
+def model_paths(job: Any) -> tuple[list[Path], bool]:
     """The models a job covers, and whether MODEL was a directory of models."""
     path = Path(job.model)
     if path.is_dir() and not is_savedmodel(path):
@@ -49,28 +48,30 @@ def _model_out(base: str | None, root: Path, model: Path, suffix: str) -> Path |
     return target
 
 
-def run_job(job: Job, emit: Emit) -> int:
+def run_job(job: Any, emit: Emit) -> int:
     """Run a job; emit one record per model; return the worst exit code."""
     import_custom_code(job.imports)
     models, many = model_paths(job)
     if many and not models:
         raise InputError(f"{job.model}: no models ({EXPECTED}) below it")
     worst = 0
-    # --junit of one model is staged with its outputs and committed with them (all or nothing);
-    # a directory run's report covers every model: the CLI writes it once all records are in
-    report = _report_stager(job.junit) if job.junit and not many else None
+    # report files of one model are staged with its outputs and committed with them (all or
+    # nothing); a directory run's cover every model: the CLI writes them once all are in
+    report = _report_stager(job.reports) if job.reports and not many else None
+    spec = spec_of(job.command)
+    base_out, base_png = getattr(job, "out", None), getattr(job, "png", None)
     for index, path in enumerate(models):
         if index in job.skip:
             continue
         out = png = None
         if many:
-            out = _model_out(job.out, Path(job.model), path, ".npz")
-            png = _model_out(job.png, Path(job.model), path, COMMANDS[job.command].png_suffix)
+            out = _model_out(base_out, Path(job.model), path, ".npz")
+            png = _model_out(base_png, Path(job.model), path, spec.png_suffix or "")
         else:
-            out = Path(job.out) if job.out else None
-            png = Path(job.png) if job.png else None
+            out = Path(base_out) if base_out else None
+            png = Path(base_png) if base_png else None
         try:
-            if job.against:
+            if getattr(job, "against", None):
                 from gradcli.jobs.diff_runs import run_against
 
                 record = run_against(job, path, out, emit, index, report=report)
@@ -85,16 +86,21 @@ def run_job(job: Job, emit: Emit) -> int:
     return worst
 
 
-def _report_stager(path: str) -> Report:
-    def stage(record: dict, outputs: Outputs) -> None:
-        from gradcli.present.junit import write_junit
+def _report_stager(reports: dict[str, str]) -> Report:
+    """Stages each report file (format -> path) of one model's record in its transaction,
+    its messages naming parameters as the CLI's flags."""
 
-        write_junit([record], path, outputs)
+    def stage(record: dict, outputs: Outputs) -> None:
+        from gradcli.present.reports import write_report
+
+        shown = typed([rendered(dict(record))])
+        for fmt, path in reports.items():
+            write_report(fmt, shown, path, outputs)
 
     return stage
 
 
-def _error_record(job: Job, path: Path, code: int, message: str) -> dict:
+def _error_record(job: Any, path: Path, code: int, message: str) -> dict:
     return {
         "version": __version__,
         "command": job.command,
@@ -107,7 +113,7 @@ def _error_record(job: Job, path: Path, code: int, message: str) -> dict:
 
 
 def run_one(
-    job: Job,
+    job: Any,
     path: Path,
     out: Path | None,
     png: Path | None,
@@ -117,21 +123,16 @@ def run_one(
 ) -> dict:
     """One model: load it, run the command in one `Outputs` transaction, return its record.
     `report(record, outputs)` stages report files (--junit) in that transaction."""
-    command = COMMANDS[job.command]
+    spec = spec_of(job.command)
     if out is not None:
         check_output(out, "--out")
     check_model_path(str(path))  # a FIFO named like a model is refused, never opened
     # the sha256 recorded must be of what was loaded and read: the files must be the same
     # (inode, size, times) after hashing as before loading
-    files = {"model": str(path), "input": job.input, "target": job.target}
-    if job.command == "wrt-input":
-        files["baseline"] = job.baseline
-    if isinstance(job.class_index, str) and job.class_index != "pred":  # --class FILE.npy
-        files["classes"] = job.class_index
-    before = {k: (v, stamp(v)) for k, v in files.items() if v is not None}
-    handle = load_model(path, unsafe=job.unsafe, describe_only=command.run is None)
-    if command.describe is not None:
-        record = command.describe(job, handle)
+    before = {k: (v, stamp(v)) for k, v in files_read(job, str(path)).items() if v is not None}
+    handle = load_model(path, unsafe=job.unsafe, describe_only=not spec.computes)
+    if not spec.computes:
+        record = spec.implementation()(job, handle)
         check_unchanged(before)
         if report is not None:
             with Outputs(lambda p: emit("temp", path=p)) as outputs:
@@ -140,9 +141,19 @@ def run_one(
         return record
     ctx = Context(job, handle, emit, index)
     with Outputs(ctx.temp) as ctx.outputs:  # every output file of the run, all or nothing
-        record = command.run(ctx, out, png)
+        record = spec.implementation()(ctx, out, png)
         check_unchanged(before)
         if report is not None:  # rendered before anything is committed
             report(record, ctx.outputs)
         ctx.outputs.commit()
     return record
+
+
+def files_read(job: Any, model: str) -> dict[str, str | None]:
+    """The files a job reads, by what they are: the model, its command's files (INPUT,
+    --target, --baseline) and a --class FILE.npy."""
+    files: dict[str, str | None] = {"model": model}
+    for name in spec_of(job.command).files:
+        files[name] = getattr(job, name, None)
+    files["classes"] = getattr(job, "class_file", None)
+    return files

@@ -6,18 +6,18 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradcli.commands.job import Job
 from gradcli.engine.batched import GradientEngine
 from gradcli.engine.objective import ObjectiveKind
 from gradcli.errors import InputError, UsageError, param
 from gradcli.io.arrays import check_samples, read_arrays
 from gradcli.io.outputs import Outputs
 from gradcli.jobs.context import Context, committed
-from gradcli.methods import METHODS, Method, MethodOptions, attribute
+from gradcli.methods import METHODS, MethodOptions, attribute
+from gradcli.methods import Method as MethodSpec
 from gradcli.methods.cam import CamLayer, cam_layer, input_spatial
 from gradcli.present.figures import TensorStats, TopFeatures
 
@@ -71,28 +71,17 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     return ctx.record([stats[n] for n in names], **extra)
 
 
-def _method(ctx: Context) -> tuple[Method, MethodOptions]:
-    """The job's method and its options (Context drew a seed for a method that needs one)."""
+def _method(ctx: Context) -> tuple[MethodSpec, MethodOptions]:
+    """The job's method and its options (the spec's normalize checked they go together;
+    Context drew a seed for a method that needs one)."""
     job = ctx.job
-    method = METHODS.get(job.method)
-    if method is None:
-        raise UsageError(
-            f"{param('method', repr(job.method))}: expected one of {', '.join(METHODS)}"
-        )
+    method = METHODS[job.method]
     options = MethodOptions(
         job.method, job.samples, job.noise, job.seed if job.seed is not None else 0, job.steps
     )
     if method.needs_layer:
-        if len(job.layers) > 1:
-            raise UsageError(f"{param('layers')}: a CAM is computed on one layer")
         options.cam_layer = cam_layer(ctx.handle, job.layers[0] if job.layers else None)
         ctx.resolved["layer"] = options.cam_layer.info.path
-    elif job.layers:
-        raise UsageError(
-            f"{param('layers')} goes with a CAM method ("
-            + ", ".join(m.name for m in METHODS.values() if m.needs_layer)
-            + "); for the gradient at a layer use `gradcli wrt-layer`"
-        )
     if "baseline" in method.options and job.baseline not in (None, "zeros"):
         options.baseline = _read_baseline(ctx, job.baseline)
         options.baseline_name = job.baseline
@@ -136,7 +125,7 @@ class _Pictures:
             self.kept[name].append((x[:take], g[:take]))
 
     def write(
-        self, job: Job, objective: str, outputs: Outputs | None, faint: dict[str, bool]
+        self, job: Any, objective: str, outputs: Outputs | None, faint: dict[str, bool]
     ) -> list[str]:
         if self.png is None:
             return []
@@ -166,12 +155,7 @@ def map_style(method: str, png_style: str | None) -> MapStyle:
     from gradcli.present.pictures import MapStyle
 
     found = METHODS[method]
-    if found.png_style == "own":
-        if png_style == "signed":
-            raise UsageError(
-                f"{param('png_style', 'signed')}: {found.quantity} is never negative; it is "
-                "drawn as it is"
-            )
+    if found.png_style == "own":  # never negative (the spec refuses --png-style signed)
         return MapStyle(found.quantity, absolute=False)
     return MapStyle(found.quantity, signed=(png_style or found.png_style) == "signed")
 
@@ -179,7 +163,7 @@ def map_style(method: str, png_style: str | None) -> MapStyle:
 def _write_heatmaps(
     png: Path,
     keep: dict,
-    job: Job,
+    job: Any,
     objective: str,
     outputs: Outputs | None,
     faint: dict[str, bool],
@@ -202,7 +186,7 @@ def _write_heatmaps(
 
 
 def _run_cam(
-    ctx: Context, method: Method, options: MethodOptions, out: Path | None, png: Path | None
+    ctx: Context, method: MethodSpec, options: MethodOptions, out: Path | None, png: Path | None
 ) -> dict:
     """A CAM method: per sample, the map at the layer's resolution (key `cam@LAYER`) and
     resized to each input with the layer's spatial axes (key: the input's name)."""
@@ -306,7 +290,7 @@ class _CamPictures:
                 take = self.limit - have
                 parts.append((xs[self.positions[name]][:take], arrays[name][:take]))
 
-    def write(self, job: Job, objective: str, outputs: Outputs | None, faint: bool) -> list[str]:
+    def write(self, job: Any, objective: str, outputs: Outputs | None, faint: bool) -> list[str]:
         if self.png is None:
             return []
         from gradcli.present.pictures import write_cam_pictures

@@ -1,54 +1,67 @@
-"""Output formats of the CLI: name -> how records are shown (light: read by `--format`).
-
-A format writes each record as it arrives (`each`, e.g. JSON lines for scripts) and/or all of
-them at the end (`end`, e.g. Rich tables). Adding a format is one entry here (and its renderer,
-here or in report.py).
+"""Output formats, as one table (light: the CLI reads it for --format's choices and the report
+file options). A format shows a run's records on stdout (`--format NAME`), as each arrives
+(`streams`: `line(record)`) or all at the end (`render(records, console)`), or writes them to a
+file (`--NAME FILE` on every command: `write_file(records, path)`). Its renderer module is
+imported only when it is used. A new format is one entry here and its module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
-
-if TYPE_CHECKING:
-    from rich.console import Console
+from types import ModuleType
 
 
 @dataclass(frozen=True)
-class Format:
+class OutputFormat:
+    name: str
     help: str
-    each: Callable[[dict, TextIO], None] | None = None  # one record, as it arrives
-    end: Callable[[list[dict], Console], None] | None = None  # every record, at the end
+    module: str  # the renderer, imported when used
+    stdout: bool = True  # a --format choice
+    streams: bool = False  # `line(record: dict) -> str`, printed as each record arrives
+    file_option: str | None = None  # a report file: `--junit FILE` (`write_file(records, path)`)
+    file_help: str = ""
+
+    def renderer(self) -> ModuleType:
+        return importlib.import_module(self.module)
 
 
-def _json_line(record: dict, stream: TextIO) -> None:
-    from gradcli.present.table import to_json
-
-    stream.write(to_json(record) + "\n")
-    stream.flush()
-
-
-def _tables(records: list[dict], console: Console) -> None:
-    from gradcli.present.table import render
-
-    render(records, console)
-
-
-def _markdown(records: list[dict], console: Console) -> None:
-    from gradcli.present.markdown import render_markdown
-
-    console.file.write(render_markdown(records))
-    console.file.flush()
-
-
-FORMATS: dict[str, Format] = {
-    "table": Format("tables for people", end=_tables),
-    "json": Format("one JSON object per result on stdout, nothing else", each=_json_line),
-    "markdown": Format("Markdown tables (for $GITHUB_STEP_SUMMARY, PR comments)", end=_markdown),
+OUTPUT_FORMATS: dict[str, OutputFormat] = {
+    f.name: f
+    for f in (
+        OutputFormat("table", "tables for people", "gradcli.present.table"),
+        OutputFormat(
+            "json",
+            "one JSON object per result on stdout, nothing else",
+            "gradcli.present.json",
+            streams=True,
+        ),
+        OutputFormat(
+            "markdown",
+            "Markdown tables (for $GITHUB_STEP_SUMMARY, PR comments)",
+            "gradcli.present.markdown",
+        ),
+        OutputFormat(
+            "junit",
+            "JUnit XML for CI test reporters",
+            "gradcli.present.junit",
+            stdout=False,
+            file_option="--junit",
+            file_help="Also write a JUnit XML report: a testcase per tensor, failures for tripped "
+            "gates.",
+        ),
+    )
 }
 
 
+def stdout_formats() -> dict[str, OutputFormat]:
+    return {k: f for k, f in OUTPUT_FORMATS.items() if f.stdout}
+
+
+def file_formats() -> dict[str, OutputFormat]:
+    return {k: f for k, f in OUTPUT_FORMATS.items() if f.file_option}
+
+
 def formats_help() -> str:
-    """--format's help: each format's line, in table order."""
-    return "; ".join(f"{name}: {f.help}" for name, f in FORMATS.items()) + "."
+    """--format's help: each stdout format's line, in table order."""
+    return "; ".join(f"{name}: {f.help}" for name, f in stdout_formats().items()) + "."

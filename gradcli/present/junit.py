@@ -10,10 +10,9 @@ temp file that the run's output transaction renames into place with its other ou
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from gradcli.errors import CLI_FLAGS, render_text
 from gradcli.present.escape import xml
+from gradcli.present.records import Kind, Record, TensorRow
 from gradcli.present.table import figure, fmt
 
 # the figure a tripped status is about, for the failure message
@@ -29,7 +28,7 @@ _FIGURE = {
 }
 
 
-def failure_message(row: dict, limits: dict | None = None) -> str:
+def failure_message(row: TensorRow, limits: dict | None = None) -> str:
     """`<status>: <figure> <value>` (and the limit, when the record names it)."""
     status = row.get("status", "")
     if status in ("only-in-a", "only-in-b"):
@@ -49,7 +48,7 @@ def failure_message(row: dict, limits: dict | None = None) -> str:
     return text
 
 
-def build_junit(records: list[dict]):
+def build_junit(records: list[Record]):
     """The JUnitXml document of a run's records."""
     from junitparser import Error, Failure, JUnitXml, TestCase, TestSuite
 
@@ -60,13 +59,13 @@ def build_junit(records: list[dict]):
         suite = TestSuite(f"gradcli {command} {model}")
         if rec.get("error"):
             case = TestCase("load and compute", classname=model)
-            case.result = [Error(xml(render_text(str(rec["error"]), CLI_FLAGS)), "error")]
+            case.result = [Error(xml(str(rec.error)), "error")]
             suite.add_testcase(case)
-        elif command == "info":
-            suite.add_testcase(TestCase("info", classname=model))
-        for row in rec.get("tensors") or []:
-            case = TestCase(xml(row.get("name")), classname=model)
-            if row.get("tripped"):
+        elif rec.kind == Kind.MODEL:
+            suite.add_testcase(TestCase(command, classname=model))
+        for row in rec.tensors:
+            case = TestCase(xml(row.name), classname=model)
+            if row.tripped:
                 status = str(row.get("status"))
                 case.result = [Failure(xml(failure_message(row, rec.get("limits"))), status)]
             suite.add_testcase(case)
@@ -74,24 +73,6 @@ def build_junit(records: list[dict]):
     return doc
 
 
-def write_junit(records: list[dict], path: str | os.PathLike, outputs=None) -> None:
-    """Write the report to `path`: staged in `outputs` (a writers.Outputs transaction, which
-    renames it into place with the run's other outputs at its commit), or without one in a
-    transaction of its own, at once. The document is built before any file is touched."""
-    from gradcli.errors import InputError
-    from gradcli.io.outputs import Outputs, default_mode
-
-    dest = Path(path)
-    xml_doc = build_junit(records)
-    own = outputs is None
-    transaction = Outputs() if own else outputs
-    tmp = transaction.temp_file(dest)
-    try:
-        xml_doc.write(str(tmp), pretty=True)
-        os.chmod(tmp, default_mode())
-    except OSError as exc:
-        transaction.abort()
-        raise InputError(f"{dest}: cannot write: {exc.strerror or exc}") from None
-    transaction.stage(tmp, dest)
-    if own:
-        transaction.commit()
+def write_file(records: list[Record], path: str | os.PathLike) -> None:
+    """The report, written to `path` (present.reports stages it with the run's outputs)."""
+    build_junit(records).write(str(path), pretty=True)

@@ -9,8 +9,8 @@ gradcli's own words are written as they are.
 
 from __future__ import annotations
 
-from gradcli.methods import value_label
 from gradcli.present.escape import markdown, markdown_code
+from gradcli.present.records import Kind, Record
 from gradcli.present.table import figure, fmt
 
 
@@ -35,7 +35,7 @@ def _shape(shape: list) -> str:
     return "(" + ", ".join(str(d) if isinstance(d, int) else markdown(d) for d in shape) + ")"
 
 
-def _verdict(rec: dict) -> str:
+def _verdict(rec: Record) -> str:
     if rec.get("error"):
         return "error"
     if rec.get("gates"):
@@ -43,27 +43,32 @@ def _verdict(rec: dict) -> str:
     return "ok"
 
 
-def render_markdown(records: list[dict]) -> str:
+def render(records: list[Record], console) -> None:
+    console.file.write(render_markdown(records))
+    console.file.flush()
+
+
+def render_markdown(records: list[Record]) -> str:
     """The Markdown text: a summary line per run, a table per model (one table of models for
     `info` and for directory runs, where each model is a row)."""
     if not records:
         return ""
-    command = records[0].get("command", "")
+    command, kind = records[0].command, records[0].kind
     lines: list[str] = []
-    if command == "info" or (len(records) > 1 and command != "diff"):
+    if kind == Kind.MODEL or (len(records) > 1 and kind != Kind.DIFF):
         lines += [f"### gradcli {command}: {len(records)} model(s)", ""]
         rows = []
         for rec in records:
             tensors = rec.get("tensors") or []
-            tripped = [_code(t["name"]) for t in tensors if t.get("tripped")]
+            tripped = [_code(t.name) for t in tensors if t.tripped]
             detail = markdown(rec["error"]) if rec.get("error") else ", ".join(tripped)
-            if command == "info" and not rec.get("error"):
+            if kind == Kind.MODEL and not rec.get("error"):
                 detail = f"{len(rec.get('layers') or [])} layers, loss {markdown(rec.get('loss'))}"
             rows.append([_code(rec.get("model")), _verdict(rec), detail])
         lines += _table(["model", "result", "detail"], rows, set())
-        if command != "info":
+        if kind != Kind.MODEL:
             for rec in records:
-                if any(t.get("tripped") for t in rec.get("tensors") or []):
+                if any(t.tripped for t in rec.tensors):
                     lines += ["", *_gradients(rec, tripped_only=True)]
         return "\n".join(lines) + "\n"
     for rec in records:
@@ -71,21 +76,21 @@ def render_markdown(records: list[dict]) -> str:
             lines.append("")
         if rec.get("error"):
             lines.append(f"**{markdown_code(rec.get('model'))}**: error: {markdown(rec['error'])}")
-        elif command == "diff":
+        elif rec.kind == Kind.DIFF:
             lines += _diff(rec)
         else:
             lines += _gradients(rec)
     return "\n".join(lines) + "\n"
 
 
-def _gradients(rec: dict, tripped_only: bool = False) -> list[str]:
+def _gradients(rec: Record, tripped_only: bool = False) -> list[str]:
     head = f"**{markdown_code(rec.get('model'))}** · {rec.get('command')} · N={rec.get('n')}"
     if rec.get("objective"):
         head += f" · objective: {markdown(rec['objective'])}"
     head += f" · {_verdict(rec)}"
-    check = rec.get("command") == "check"
+    check = rec.kind == Kind.CHECK
     header = ["tensor", "shape"]
-    values = value_label(rec.get("method") if rec.get("command") == "wrt-input" else None)
+    values = rec.value_label
     header += ["rel error"] if check else ["L2", markdown(f"max {values}"), "non-finite"]
     header.append("status")
     rows = []
@@ -102,7 +107,7 @@ def _gradients(rec: dict, tripped_only: bool = False) -> list[str]:
     return [head, "", *_table(header, rows, set(range(2, len(header) - 1)))]
 
 
-def _diff(rec: dict) -> list[str]:
+def _diff(rec: Record) -> list[str]:
     a, b = markdown_code(rec.get("a")), markdown_code(rec.get("b"))
     head = f"**diff** {a} vs {b} (reference: B) · {_verdict(rec)}"
     per_sample = rec.get("per_sample")

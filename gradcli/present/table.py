@@ -1,4 +1,4 @@
-"""Present records: Rich tables for people, JSON lines for scripts (no TensorFlow here).
+"""`--format table`: Rich tables for people (no TensorFlow here).
 
 One file on purpose: a renderer per record kind (gradients, per-sample, flow, diff, check,
 info, many models), all sharing the number formats, status cells and header; each is short.
@@ -6,23 +6,16 @@ info, many models), all sharing the number formats, status cells and header; eac
 
 from __future__ import annotations
 
-import json
 import math
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradcli.methods import value_label
 from gradcli.present.escape import rich_text
 from gradcli.present.gates import style
 from gradcli.present.gates import worst as worst_status
-from gradcli.present.records import Record, TensorRow
-
-
-def to_json(record: dict) -> str:
-    """One line of JSON (NaN/Inf are already null in records)."""
-    return json.dumps(record, allow_nan=False, default=str)
+from gradcli.present.records import Kind, Record, TensorRow
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -60,13 +53,12 @@ def _status(t: TensorRow) -> Text:
     return text
 
 
-def render(records: list[dict], console: Console) -> None:
+def render(records: list[Record], console: Console) -> None:
     """Everything a run produced, for a terminal."""
-    typed = [Record.from_json(r) for r in records]
-    if len(typed) > 1:
-        _render_many(typed, console)
+    if len(records) > 1:
+        _render_many(records, console)
         return
-    for rec in typed:
+    for rec in records:
         render_one(rec, console)
 
 
@@ -74,26 +66,18 @@ def render_one(rec: Record, console: Console) -> None:
     if rec.error:
         console.print(rich_text(f"{rec.model}: error: {rec.error}", style="red"))
         return
-    command = rec.command
-    if command == "info":
-        _render_info(rec, console)
-    elif command == "check":
-        _render_check(rec, console)
-    elif command == "diff":
-        _render_diff(rec, console)
-    else:
-        _render_gradients(rec, console)
+    _RENDER.get(rec.kind, _render_gradients)(rec, console)
 
 
-def _header(rec: Record) -> Text:
+def _header(rec: Record, method: bool = True) -> Text:
     parts = [f" ({rec.format}, {rec.loader})"]
     if rec.n is not None:
         parts.append(f"N={rec.n}")
     if rec.objective:
         parts.append(f"objective: {rec.objective}")
-    elif rec.command == "jacobian" and rec.extra.get("output"):
+    elif rec.extra.get("output"):  # a Jacobian: the output itself, no objective
         parts.append(f"d {rec.extra['output']} / d input")
-    if rec.method and rec.method != "vanilla" and rec.command != "check":
+    if method and rec.method and rec.method != "vanilla":
         parts.append(f"method: {rec.method}")
     return Text.assemble(rich_text(rec.model, "bold"), rich_text(" · ".join(parts)))
 
@@ -155,14 +139,14 @@ def _render_gradients(rec: Record, console: Console) -> None:
         )
         resized = f"; resized to {', '.join(cam['resized'])}" if cam["resized"] else ""
         console.print(rich_text(f"CAM layer: {cam['layer']} ({cam['class']}{chosen}){resized}"))
-    weights = rec.command == "wrt-weights"
+    weights = rec.kind == Kind.WEIGHTS
     table = Table(show_edge=False)
     table.add_column("variable" if weights else "tensor")
     table.add_column("shape")
     table.add_column("L2", justify="right")
     if weights:
         table.add_column("|g|/|θ|", justify="right")
-    values = value_label(rec.method if rec.command == "wrt-input" else None)
+    values = rec.value_label
     for col in (f"mean {values}", f"max {values}", "zero frac", "non-finite"):
         table.add_column(col, justify="right")
     table.add_column("status", no_wrap=True)
@@ -334,7 +318,7 @@ def _render_diff(rec: Record, console: Console) -> None:
 
 
 def _render_check(rec: Record, console: Console) -> None:
-    console.print(_header(rec))
+    console.print(_header(rec, method=False))
     run = rec.extra
     subset = f"; the first {run['samples']} of {rec.n} samples" if run.get("samples") else ""
     console.print(
@@ -432,7 +416,7 @@ def _render_many(records: list[Record], console: Console) -> None:
         tensors = rec.tensors
         norms = [t.l2 for t in tensors if t.l2 is not None]
         worst = worst_status(t.status for t in tensors).value
-        if rec.command == "info":
+        if rec.kind == Kind.MODEL:
             result = rich_text(f"{len(rec.extra['layers'])} layers, loss {rec.extra['loss']}")
         elif rec.gates:
             result = Text(f"gates tripped: {', '.join(rec.gates)}", style="bold red")
@@ -441,9 +425,18 @@ def _render_many(records: list[Record], console: Console) -> None:
         table.add_row(
             *_cells(rec.model, rec.format),
             fmt(rec.n),
-            str(len(tensors)) if rec.command != "info" else "-",
+            str(len(tensors)) if rec.kind != Kind.MODEL else "-",
             fmt(max(norms)) if norms else "-",
             Text(worst, style=style(worst)) if tensors else "-",
             result,
         )
     console.print(table)
+
+
+_RENDER = {
+    Kind.MODEL: _render_info,
+    Kind.GRADIENTS: _render_gradients,
+    Kind.WEIGHTS: _render_gradients,
+    Kind.CHECK: _render_check,
+    Kind.DIFF: _render_diff,
+}

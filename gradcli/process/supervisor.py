@@ -26,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gradcli.commands import worker_commands
+from gradcli.commands.wire import job_to_wire
 from gradcli.errors import ExitCode, GradcliError, GradientError, exit_code, first_line, param
 from gradcli.process.safepath import worker_env
 
@@ -102,7 +104,7 @@ def run(
     on_progress: Callable[[dict], None] | None = None,
     warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> Outcome:
-    """Run `job` (a jobs.Job, built without importing TensorFlow) in a worker process."""
+    """Run `job` (a command's options dataclass, built without TensorFlow) in a worker."""
     value, may_retry = onednn_setting(onednn, dict(os.environ))
     done: set[int] = set()
     records: list[dict] = []
@@ -110,10 +112,8 @@ def run(
     while True:
         attempt += 1
         env = _worker_env(value)
-        data = asdict(job)
-        data["skip"] = sorted(set(data.get("skip") or []) | done)
-        data["debug"] = debug
-        result, returncode = _attempt(data, env, debug, done, records, on_record, on_progress)
+        line = job_to_wire(job, skip=done, debug=debug)
+        result, returncode = _attempt(line, env, debug, done, records, on_record, on_progress)
         if result is not None:
             return result
         # the worker died from a signal
@@ -143,7 +143,7 @@ def run(
 
 
 def _attempt(
-    data: dict,
+    line: bytes,
     env: dict,
     debug: bool,
     done: set[int],
@@ -162,10 +162,10 @@ def _attempt(
             # (a worker that died before its job, e.g. killed while prestarted, is reported
             # from its exit status below, as any other)
             with contextlib.suppress(BrokenPipeError):
-                os.write(lifeline, json.dumps(data).encode("utf-8") + b"\n")
-            for line in proc.stdout:
+                os.write(lifeline, line)
+            for raw in proc.stdout:
                 try:
-                    event = json.loads(line)
+                    event = json.loads(raw)
                 except ValueError:
                     continue
                 kind = event.get("event")
@@ -280,13 +280,10 @@ def prestart(argv: list[str]) -> None:
         _prestarted = None
 
 
-WORKER_COMMANDS = frozenset({"info", "wrt-input", "wrt-layer", "wrt-weights", "jacobian", "check"})
-
-
 def _wants_worker(argv: list[str]) -> bool:
     if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0") or not argv:
         return False
-    if argv[0] not in WORKER_COMMANDS:
+    if argv[0] not in worker_commands():
         return False
     # `-` (stdin): the CLI first spools stdin into a file the worker must inherit as fd 0
     return not any(a in ("-h", "--help", "-V", "--version", "-") for a in argv[1:])

@@ -159,8 +159,9 @@ def _main() -> int:
         line += chunk
     if not line.strip():  # the supervisor went away without a job (parsing failed): no output
         return 0
-    job_data = json.loads(line)
-    debug = bool(job_data.pop("debug", False))
+    from gradcli.commands.wire import job_from_wire
+
+    job, debug = job_from_wire(line)
     if debug:  # commands add their own `debug:` lines on stderr (shown only with --debug)
         os.environ["GRADCLI_DEBUG"] = "1"
     lifeline = None
@@ -175,14 +176,12 @@ def _main() -> int:
         protocol.flush()
 
     try:
-        from gradcli.commands.job import Job
         from gradcli.errors import ExitCode, exit_code, marked
 
         if lifeline is not None:
             from gradcli.io.outputs import set_commit_guard
 
             set_commit_guard(lifeline.committing)
-        job = Job(**job_data)
         try:
             code = _run(job, emit)
         except Terminated:
