@@ -11,6 +11,9 @@ arguments (their Python names: `class_index` is --class, `layers` is --layer).
 a list in the model's order. `class_index` is K, "pred", a .npy path, or an array of one
 class per sample. Semantics are exactly the CLI's (see `gradcli --help` and the README).
 Errors are `gradcli.errors.GradcliError`s, naming parameters as Python knows them.
+
+One file on purpose: one explicit function per command of the table (commands/), each with
+its keyword arguments spelled out where `help()` shows them; the work is jobs/'.
 """
 
 from __future__ import annotations

@@ -254,6 +254,7 @@ def test_wrt_layer_cli_on_the_embedding(cli, text, tmp_path):
 
 TOKEN_MESSAGE = "holds token ids (it feeds Embedding layer 'emb')"
 HINT = "use `wrt-layer --layer emb` for the gradient at the embedded vectors"
+PY_HINT = HINT.replace("--layer ", "layers=")  # what a Python caller reads
 
 
 @pytest.mark.parametrize("case", FORMATS)
@@ -265,7 +266,7 @@ def test_token_inputs_have_no_input_gradient(handles, text, case, command):
     options = {"wrt": "input"} if command == "check" else {}
     with pytest.raises(GradientError) as info:
         api_run(handles, text, case, command, target=None, **options)
-    assert TOKEN_MESSAGE in str(info.value) and HINT in str(info.value)
+    assert TOKEN_MESSAGE in str(info.value) and PY_HINT in str(info.value)
 
 
 @pytest.mark.parametrize("case", ["lstm.keras", "bow.savedmodel"])

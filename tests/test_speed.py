@@ -101,7 +101,9 @@ def test_methods_prepare_their_rows_off_the_tape_with_the_same_result(speed_mode
     the same, and it matches a plain tape."""
     from gradcli.engine.batched import Batch, GradientEngine
     from gradcli.engine.objective import build_objective
-    from gradcli.methods import METHODS, MethodOptions, attribute, smoothgrad_noise
+    from gradcli.methods import METHODS, attribute
+    from gradcli.methods.common import MethodOptions
+    from gradcli.methods.noise_tunnel import smoothgrad_noise
 
     handle = _handle(speed_models["cnn"])
     engine = GradientEngine(handle, build_objective(handle, class_index=1), wrt_inputs=True)
@@ -117,7 +119,7 @@ def test_methods_prepare_their_rows_off_the_tape_with_the_same_result(speed_mode
     for name in ("smoothgrad", "integrated"):
         options = MethodOptions(name, samples=4, noise=0.2, seed=3, steps=5)
         plain = Batch(10, 13, [x], [])
-        made = Batch(10, 13, [x], [], prepared=METHODS[name].prepare(plain, options))
+        made = Batch(10, 13, [x], [], prepared=METHODS[name].prepare_function()(plain, options))
         got = attribute(engine, made, options, 8).values[0]
         np.testing.assert_array_equal(got, attribute(engine, plain, options, 8).values[0])
         if name == "smoothgrad":

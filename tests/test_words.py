@@ -226,8 +226,8 @@ def test_several_integer_inputs_name_the_embedding_first(tmp_path, keras):
             fn(model, x)
         text = str(info.value)
         assert text.startswith("input 'token_ids' holds token ids (it feeds Embedding layer ")
-        assert "use `wrt-layer --layer token_embedding`" in text
+        assert "use `wrt-layer layers=token_embedding`" in text  # parameters as Python names them
         assert text.endswith("the integer input(s) 'padding_mask' have no gradient either")
     only_mask = keras.Model(mask, keras.layers.Dense(2)(keras.layers.Identity(name="m2")(mask)))
-    with pytest.raises(GradientError, match="`wrt-layer --layer m2` gives the gradient at"):
+    with pytest.raises(GradientError, match="`wrt-layer layers=m2` gives the gradient at"):
         gradcli.wrt_input(only_mask, x["padding_mask"])

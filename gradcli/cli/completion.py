@@ -63,7 +63,7 @@ def layer_names(path: Path) -> list[tuple[str, str]]:
     if suffix == ".keras":
         config = _keras_config(path)
     elif suffix in (".h5", ".hdf5"):
-        from gradcli.load.filechecks import h5_json_attr  # h5py (and NumPy) only for an .h5 model
+        from gradcli.io.modelfiles import h5_json_attr  # h5py (and NumPy) only for an .h5 model
 
         # attributes are stored uncompressed: the read is bounded by the file's own size
         config = h5_json_attr(path, "model_config")

@@ -6,10 +6,11 @@ an implementation)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
+
+from gradcli.dotted import resolve
 
 OWN = "*"  # in a layout: the fields the command's own options class declares, in order
 REPORT_FILES = "+reports"  # in a layout: one FILE option per report-file output format
@@ -73,15 +74,6 @@ def own_fields(options: type) -> list[str]:
     """The fields `options` declares itself (not inherited), in order."""
     own = options.__dict__.get("__annotations__", {})
     return [f.name for f in dataclasses.fields(options) if f.name in own]
-
-
-def resolve(path: str) -> Any:
-    """`"package.module:attribute"` -> the attribute (imported now, not before)."""
-    module, _, attribute = path.partition(":")
-    found: Any = importlib.import_module(module)
-    for part in attribute.split(".") if attribute else ():
-        found = getattr(found, part)
-    return found
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcli.engine.batched import Compiled
+from gradcli.engine.core import Compiled
 from gradcli.engine.objective import PRED
 from gradcli.engine.tokens import input_dtype
 from gradcli.errors import UsageError, param
@@ -60,7 +60,7 @@ def class_source(
         values = np.asarray(array)
         check_dtype(values, API_ARRAY)
         return ArraySource(values, API_ARRAY)
-    (source,) = read_arrays(classes, ["classes"], "--class file").values()
+    (source,) = read_arrays(classes, ["classes"], param("class_index", "file")).values()
     return source
 
 

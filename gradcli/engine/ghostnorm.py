@@ -16,15 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from gradcli.engine.capture import Hook
 from gradcli.load.backend import keras, tf
 from gradcli.load.handles import LayerInfo
 
 # fast-path layer kinds
 DENSE, CONV, EMBEDDING = "dense", "conv", "embedding"
-
-
-def tf_variable(v: Any) -> Any:
-    return v.value if isinstance(v, keras.Variable) else v
 
 
 def layer_kind(layer: Any) -> str | None:
@@ -65,47 +62,44 @@ class Slot:
     positions: dict[str, int]  # role -> index in the variable list
     inputs: list = field(default_factory=list)
     zs: list = field(default_factory=list)
-    activation: Any = None
 
 
 class Capture:
-    """Records each fast-path layer's input and pre-activation output while the model runs
-    (wrapping the instance's `call`, and its `activation` for Dense and Conv)."""
+    """Records each fast-path layer's input and pre-activation output in one model call (its
+    `call`, and the `activation` of a Dense or Conv, hooked: engine.capture)."""
 
     def __init__(self, slots: Sequence[Slot]) -> None:
         self.slots = list(slots)
 
-    def install(self, tape: Any) -> None:
+    def hooks(self, tape: Any) -> list[Hook]:
+        hooks = []
         for slot in self.slots:
             slot.inputs, slot.zs = [], []
-            layer = slot.info.layer
-            original = layer.call
 
-            def call(*args, __original=original, __slot=slot, **kwargs):
-                __slot.inputs.append(args[0] if args else kwargs.get("inputs"))
-                out = __original(*args, **kwargs)
-                if __slot.kind == EMBEDDING:
-                    tape.watch(out)
-                    __slot.zs.append(out)
-                return out
+            def calling(original: Any, __slot: Slot = slot) -> Any:
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    __slot.inputs.append(args[0] if args else kwargs.get("inputs"))
+                    out = original(*args, **kwargs)
+                    if __slot.kind == EMBEDDING:
+                        tape.watch(out)
+                        __slot.zs.append(out)
+                    return out
 
-            object.__setattr__(layer, "call", call)
+                return call
+
+            hooks.append(Hook(slot.info.layer, "call", calling))
             if slot.kind != EMBEDDING:
-                slot.activation = layer.activation
 
-                def activation(z, __act=slot.activation, __slot=slot):
-                    tape.watch(z)
-                    __slot.zs.append(z)
-                    return __act(z) if __act is not None else z
+                def activating(act: Any, __slot: Slot = slot) -> Any:
+                    def activation(z: Any) -> Any:
+                        tape.watch(z)
+                        __slot.zs.append(z)
+                        return act(z) if act is not None else z
 
-                object.__setattr__(layer, "activation", activation)
+                    return activation
 
-    def remove(self) -> None:
-        for slot in self.slots:
-            layer = slot.info.layer
-            layer.__dict__.pop("call", None)
-            if slot.kind != EMBEDDING:
-                object.__setattr__(layer, "activation", slot.activation)
+                hooks.append(Hook(slot.info.layer, "activation", activating))
+        return hooks
 
 
 def f32(x: Any) -> Any:
@@ -116,10 +110,6 @@ def squared_norms(x: Any) -> Any:
     """Per-sample sum of squares of a (B, ...) tensor."""
     x = f32(x)
     return tf.reduce_sum(tf.reshape(tf.square(x), [tf.shape(x)[0], -1]), axis=1)
-
-
-def _static(n: Any) -> int | None:
-    return None if n is None else int(n)
 
 
 def _dense(slot: Slot, a: Any, dz: Any, arrays: bool) -> dict[str, tuple[Any, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gradcli.engine.capture import Hook, first_argument, hooked
 from gradcli.errors import UsageError, param
 from gradcli.load.handles import ModelHandle
 
@@ -46,25 +47,12 @@ class Logits:
 
     def call(self, handle: ModelHandle, xs: list, training: bool) -> list:
         captured: list[list[Any]] = [[] for _ in self.sources]
-        installed: list[tuple[Any, str, Any, bool]] = []
-        try:
-            for source, store in zip(self.sources, captured, strict=True):
-                original = getattr(source.layer, source.attribute)
-
-                def wrapped(x, *args, __original=original, __store=store, **kwargs):
-                    __store.append(x)
-                    return __original(x, *args, **kwargs)
-
-                own = source.attribute in vars(source.layer)  # else the class's method
-                object.__setattr__(source.layer, source.attribute, wrapped)
-                installed.append((source.layer, source.attribute, original, own))
+        hooks = [
+            Hook(source.layer, source.attribute, first_argument(store))
+            for source, store in zip(self.sources, captured, strict=True)
+        ]
+        with hooked(hooks):
             outputs = list(handle.call(xs, training=training))
-        finally:
-            for layer, attribute, original, own in reversed(installed):
-                if own:
-                    object.__setattr__(layer, attribute, original)
-                else:
-                    layer.__dict__.pop(attribute, None)
         for source, store in zip(self.sources, captured, strict=True):
             if len(store) != 1:
                 raise UsageError(

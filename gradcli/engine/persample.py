@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from gradcli.engine.batched import Compiled, check_training, weight_numpy
+from gradcli.engine.batched import weight_numpy
+from gradcli.engine.capture import hooked
+from gradcli.engine.core import Step, TapeCore, tf_variable
 from gradcli.engine.ghostnorm import (
     RULES,
     Capture,
@@ -38,12 +40,10 @@ from gradcli.engine.ghostnorm import (
     layer_kind,
     layer_weights,
     squared_norms,
-    tf_variable,
 )
 from gradcli.engine.objective import Objective
 from gradcli.engine.sparse import SparseGradient
-from gradcli.engine.tokens import input_dtype
-from gradcli.errors import GradientError, InputError, UsageError, first_line
+from gradcli.errors import UsageError, param
 from gradcli.load.backend import keras, tf
 from gradcli.load.handles import ModelHandle
 
@@ -82,27 +82,20 @@ class PerSampleEngine:
         self.objective = objective
         self.training = training
         self.arrays = arrays
-        check_training(handle, training)
+        self.core = TapeCore(handle, objective, training=training, jit=jit)
         if training and handle.has_layers:
             mixing = batch_interacting_layers(handle)
             if mixing:
                 raise UsageError(
-                    f"--per-sample with --training: {', '.join(mixing)} normalize with batch "
-                    "statistics in training mode, so samples interact and a per-sample "
-                    "gradient is not defined; leave out --training (inference mode uses the "
-                    "moving statistics)"
+                    f"{param('per_sample')} with {param('training')}: {', '.join(mixing)} "
+                    "normalize with batch statistics in training mode, so samples interact and "
+                    f"a per-sample gradient is not defined; leave out {param('training')} "
+                    "(inference mode uses the moving statistics)"
                 )
-        named = handle.named_variables()
-        self.variable_names = [name for name, _ in named]
-        self.variables = [tf_variable(v) for _, v in named]
-        self.input_dtypes = [input_dtype(i.dtype) for i in handle.inputs]
-        self._input_specs = [
-            tf.TensorSpec((None, *info.shape), tf.as_dtype(dt))
-            for info, dt in zip(handle.inputs, self.input_dtypes, strict=True)
-        ]
+        self.variable_names, self.variables = self.core.variables()
+        self.input_dtypes = self.core.input_dtypes
         self.slots = [] if general_only else self._plan()
-        self.jit = jit
-        self._fn: Compiled | None = None
+        self._fn: Step | None = None
         # known once traced: the variables (indices) that took the general path
         self.general_variables: list[int] = []
 
@@ -150,16 +143,13 @@ class PerSampleEngine:
     def _build(self, targets: Sequence[np.ndarray]) -> None:
         variables, slots, arrays = self.variables, self.slots, self.arrays
 
-        def step(xs, ys):
+        def step(xs, ys, valid):
             xs, ys = list(xs), list(ys)
             capture = Capture(slots)
             with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
                 tape.watch(variables)
-                capture.install(tape)
-                try:
+                with hooked(capture.hooks(tape)):
                     outputs = self.objective.model_outputs(self.handle, xs, self.training)
-                finally:
-                    capture.remove()
                 o = self.objective.per_sample(outputs, ys)
                 total = tf.reduce_sum(o)
             # a layer called once is covered; a shared one (or one that did not run) is not
@@ -204,8 +194,10 @@ class PerSampleEngine:
             stacked = tf.stack(squares, axis=1) if squares else zero[:, None][:, :0]
             return o, weights, stacked, per_sample if arrays else []
 
-        specs = [tf.TensorSpec((None, *t.shape[1:]), tf.as_dtype(t.dtype)) for t in targets]
-        self._fn = Compiled(step, [self._input_specs, specs], self.jit)
+        # no --jit padding here yet: per-row outputs and G would need the mask (issue 28)
+        self._fn = self.core.step(
+            step, what="the per-sample gradients cannot be computed", targets=targets, pad=False
+        )
 
     def _vectorized(self, variables: list, xs: list, ys: list) -> list:
         """Per-sample gradients of `variables`: one single-sample tape, vectorized over the
@@ -233,14 +225,7 @@ class PerSampleEngine:
         if self._fn is None:
             self._build(targets)
         self.objective.check_first_batch(self.handle, inputs)
-        try:
-            o, gw, squares, arrays = self._fn(list(inputs), list(targets))
-        except (GradientError, UsageError, InputError):
-            raise
-        except (tf.errors.OpError, ValueError, TypeError, LookupError, NotImplementedError) as exc:
-            raise GradientError(
-                f"the per-sample gradients cannot be computed: {first_line(exc)}"
-            ) from exc
+        o, gw, squares, arrays = self._fn(list(inputs), list(targets)).outputs
         weights = [weight_numpy(g, v) for g, v in zip(gw, self.variables, strict=True)]
         per_sample = [None if a is None else a.numpy() for a in arrays] if self.arrays else []
         return PerSampleStep(o.numpy(), weights, squares.numpy(), per_sample)

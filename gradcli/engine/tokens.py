@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from gradcli.errors import GradientError
+from gradcli.errors import GradientError, param
 from gradcli.load.backend import keras, tf
 from gradcli.load.handles import ModelHandle
 
@@ -172,7 +172,7 @@ def token_input_error(
         what = f"the model casts it to integers at {use.cast}"
     if use.tables and use.tables[0] in layers:
         hint = (
-            f"use `wrt-layer --layer {use.tables[0]}` for the gradient at the embedded "
+            f"use `wrt-layer {param('layers', use.tables[0])}` for the gradient at the embedded "
             f"vectors (wrt-weights gives the table's)"
         )
     elif handle.layers:
@@ -210,7 +210,8 @@ def _integer_input_error(handle: ModelHandle, index: int) -> GradientError:
     info = handle.inputs[index]
     consumers = _consumers(handle, index)
     where = (
-        f"`wrt-layer --layer {consumers[0]}` gives the gradient at the layer that consumes it"
+        f"`wrt-layer {param('layers', consumers[0])}` gives the gradient at the layer that "
+        "consumes it"
         if consumers
         else "use wrt-layer on the layer that consumes it"
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from gradcli.errors import InputError
 from gradcli.io.npzfile import NPZ_KEY
+from gradcli.io.zipmember import MAX_EXPANSION, data_offset, machine_memory
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -132,14 +132,10 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> Any:
     """A stored (uncompressed) member is memory-mapped in place; a compressed one streamed."""
     info = zf.getinfo(key + ".npy")
     if info.compress_type == zipfile.ZIP_STORED:
+        data_start = data_offset(path, info)
+        if data_start is None:
+            raise InputError(f"{label}: corrupt zip entry {key!r}")
         with open(path, "rb") as f:
-            f.seek(info.header_offset)
-            local = f.read(30)
-            if local[:4] != b"PK\x03\x04":
-                raise InputError(f"{label}: corrupt zip entry {key!r}")
-            name_len = int.from_bytes(local[26:28], "little")
-            extra_len = int.from_bytes(local[28:30], "little")
-            data_start = info.header_offset + 30 + name_len + extra_len
             f.seek(data_start)
             if f.read(6) != _NPY_MAGIC:
                 raise InputError(f"{label}: entry {key!r} is not a .npy array")
@@ -164,17 +160,7 @@ def _npz_member(path: Path, zf: zipfile.ZipFile, key: str, label: str) -> Any:
     return DeflatedMember(path, info, key, label)
 
 
-# DEFLATE cannot expand data more than about 1032:1: a member declaring more than this times
-# its compressed size lies about its shape (a bomb), whatever it really holds.
-_MAX_EXPANSION = 1100
 _SMALL = 1 << 20  # members below this declared size are never refused for their ratio
-
-
-def _machine_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 1 << 34
 
 
 class DeflatedMember:
@@ -215,13 +201,13 @@ class DeflatedMember:
         declared = math.prod(self.shape) * dtype.itemsize
         self.nbytes = declared
         shape_text = f"shape {self.shape} {dtype}"
-        if declared > _SMALL and declared > _MAX_EXPANSION * max(info.compress_size, 1):
+        if declared > _SMALL and declared > MAX_EXPANSION * max(info.compress_size, 1):
             raise InputError(
                 f"{label}: entry {key!r} declares {shape_text} ({declared:,} bytes) but "
                 f"compresses to {info.compress_size:,} bytes; that shape cannot be real"
             )
         _check_declared(f"{label}: entry {key!r}", shape, dtype, info.file_size - self._data_start)
-        if fortran and self.ndim > 1 and declared > _machine_memory() // 4:
+        if fortran and self.ndim > 1 and declared > machine_memory() // 4:
             raise InputError(
                 f"{label}: entry {key!r} is a compressed Fortran-order array of {shape_text} "
                 f"({declared:,} bytes), too large to read whole; save it in C order"

@@ -20,19 +20,17 @@ from pathlib import Path
 _CHUNK = 1 << 22
 
 
-def sha256_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in 4 MiB chunks (stdin `-`: the bytes it held)."""
     h = hashlib.sha256()
     where = "/proc/self/fd/0" if str(path) == "-" else path
     with open(where, "rb") as f:  # a new open: its own offset, stdin's is left alone
         while chunk := f.read(_CHUNK):
-            if stop is not None and stop.is_set():
-                raise InterruptedError("hashing stopped")
             h.update(chunk)
     return h.hexdigest()
 
 
-def sha256_tree(directory: str | os.PathLike, stop: threading.Event | None = None) -> str:
+def sha256_tree(directory: str | os.PathLike) -> str:
     """The sha256 of a directory: over `<file sha256>  <relative path>` lines sorted by path
     (what `sha256sum` over the sorted files, piped to `sha256sum`, prints)."""
     root = Path(directory)
@@ -44,14 +42,13 @@ def sha256_tree(directory: str | os.PathLike, stop: threading.Event | None = Non
             if p.is_file():
                 files.append(p.relative_to(root).as_posix())
     lines = [
-        f"{sha256_file(root / rel, stop)}  {rel}\n"
-        for rel in sorted(files, key=lambda s: s.encode())
+        f"{sha256_file(root / rel)}  {rel}\n" for rel in sorted(files, key=lambda s: s.encode())
     ]
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def sha256_path(path: str | os.PathLike, stop: threading.Event | None = None) -> str:
-    return sha256_tree(path, stop) if Path(path).is_dir() else sha256_file(path, stop)
+def sha256_path(path: str | os.PathLike) -> str:
+    return sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
 
 
 def stamp(path: str | os.PathLike) -> tuple | None:
@@ -111,8 +108,6 @@ class Hashes:
     def __init__(self, paths: dict[str, str | None]) -> None:
         self.paths = {k: v for k, v in paths.items() if v is not None}
         self.values: dict[str, str | None] = {}
-        self.errors: dict[str, str] = {}
-        self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
     @classmethod
@@ -129,11 +124,8 @@ class Hashes:
                 self.values[label] = _cache[key]
                 continue
             try:
-                digest = sha256_path(path, self.stop)
-            except InterruptedError:
-                return
-            except OSError as exc:
-                self.errors[label] = exc.strerror or str(exc)
+                digest = sha256_path(path)
+            except OSError:
                 self.values[label] = None
                 continue
             self.values[label] = digest
@@ -147,6 +139,3 @@ class Hashes:
         else:
             self.thread.join()
         return {k: self.values.get(k) for k in self.paths}
-
-    def cancel(self) -> None:
-        self.stop.set()

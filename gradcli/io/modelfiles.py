@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 
 class ModelFormat(StrEnum):
@@ -57,3 +58,30 @@ def unknown_format(path: str | Path, suffix: str | None = None) -> str:
 
 def not_a_savedmodel(path: str | Path) -> str:
     return f"{path}: a directory without {SAVEDMODEL_FILE} is not a SavedModel"
+
+
+def h5_json_attr(path: Path, name: str) -> Any:
+    """A JSON attribute of a legacy .h5 (`model_config`, `training_config`); None when absent
+    or unreadable."""
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get(name)
+    except OSError:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def h5_model_config(path: Path) -> Any:
+    """The `model_config` JSON of a legacy .h5 (None when absent or unreadable)."""
+    return h5_json_attr(path, "model_config")

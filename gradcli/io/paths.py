@@ -15,13 +15,7 @@ from pathlib import Path
 
 from gradcli.errors import InputError, ModelError
 from gradcli.io.modelfiles import SUFFIXES, ModelFormat, model_format, unknown_format
-from gradcli.io.modelfiles import (
-    is_savedmodel as is_savedmodel,  # re-exported for the CLI and runner
-)
 
-KERAS_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f is ModelFormat.KERAS)
-H5_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f is ModelFormat.H5)
-MODEL_SUFFIXES = tuple(SUFFIXES)
 REMOTE_PREFIXES = ("hf://", "gs://", "s3://", "http://", "https://", "ftp://")
 
 

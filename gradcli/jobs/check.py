@@ -8,9 +8,10 @@ from typing import Any
 
 from gradcli.engine.batched import GradientEngine, target_dtype
 from gradcli.engine.batching import default_batch_size
-from gradcli.engine.finite_diff import MAX_WEIGHT_SAMPLES, check_rows, float64_handle
+from gradcli.engine.finite_diff import MAX_WEIGHT_SAMPLES, check_rows
 from gradcli.errors import GradientError
 from gradcli.jobs.context import Context
+from gradcli.load.float64 import float64_handle
 
 
 def run(ctx: Context, out: Path | None, png: Path | None) -> dict:

@@ -208,7 +208,7 @@ def is_attribution(a: Result, b: Result) -> bool:
 
 
 def diff_results(
-    a: Result, b: Result, gates: DiffGates, top_percent: float = 10.0, progress=None
+    a: Result, b: Result, gates: DiffGates, top_percent: float = 10.0
 ) -> dict[str, Any]:
     """The diff record: one row per key (pair), the gates tripped, warnings and notes."""
     warnings, notes = compare_provenance(a.provenance, b.provenance)
@@ -218,8 +218,6 @@ def diff_results(
     rows = []
     for ka, kb in pairs:
         rows.append(_row(a, b, ka, kb, per_sample, top_percent, gates))
-        if progress is not None:
-            progress(len(rows), len(pairs))
     tripped = sorted({r["status"] for r in rows if r["tripped"]})
     return {
         "version": __version__,

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from gradcli.engine.batched import Compiled
 from gradcli.engine.batching import default_batch_size
-from gradcli.engine.tokens import input_dtype, inputs_gradient_error, missing_input_gradient
-from gradcli.errors import GradientError, UsageError, first_line, param
+from gradcli.engine.jacobian import JacobianEngine
+from gradcli.errors import UsageError, param
 from gradcli.jobs.context import Context, committed
-from gradcli.load.backend import tf
-from gradcli.load.handles import ModelHandle
 from gradcli.present.figures import TensorStats
 
 
@@ -45,9 +41,7 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
             f"one {param('output')}, or raise {param('max_elements')}"
         )
     dtypes = [np.dtype(i.dtype) for i in handle.inputs]
-    if (error := inputs_gradient_error(handle)) is not None:
-        raise error  # integer inputs: the same message as wrt-input's, naming the embedding
-    fn = jacobian_function(handle, outputs[0], training=job.training, jit=job.jit)
+    engine = JacobianEngine(handle, outputs[0], training=job.training, jit=job.jit)
     per_sample = max(1, total // ctx.n)
     size = job.batch_size or max(1, min(default_batch_size(handle), (1 << 24) // per_sample))
     shapes = {n: (ctx.n, *out_shape, *in_shapes[n]) for n in names}
@@ -56,59 +50,12 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
         for start in range(0, ctx.n, size):
             stop = min(ctx.n, start + size)
             xs = [ctx.inputs[n].read(start, stop, dtypes[k]) for k, n in enumerate(names)]
-            try:
-                js = fn(xs)
-            except Exception as exc:  # noqa: BLE001 - TensorFlow raises many kinds
-                raise GradientError(f"the Jacobian cannot be computed: {first_line(exc)}") from exc
-            if fn.disconnected:  # the same error as wrt-input's, naming the embedding
-                raise missing_input_gradient(handle, fn.disconnected[0])
+            js = engine.jacobians(xs)
             for n, j in zip(names, js, strict=True):
-                j = j.numpy().reshape(shapes[n][0:0] + (stop - start, *shapes[n][1:]))
+                j = j.reshape(shapes[n][0:0] + (stop - start, *shapes[n][1:]))
                 stats[n].update(j)
                 if writer:
                     writer.write(n, j)
             ctx.progress(stop)
         written = committed(writer)
     return ctx.record([stats[n] for n in names], out=written, output=o.name)
-
-
-def jacobian_function(
-    handle: ModelHandle, output_index: int, training: bool = False, jit: bool = False
-) -> Any:
-    """A compiled per-sample Jacobian d y_i / d x_i of one output, for each input.
-
-    The returned callable's `disconnected` lists, once it has run, the inputs the output
-    does not reach (their Jacobian is zeros), as `GradientEngine` reports None for them.
-    """
-    specs = [
-        tf.TensorSpec((None, *info.shape), tf.as_dtype(input_dtype(info.dtype)))
-        for info in handle.inputs
-    ]
-    disconnected: list[int] = []
-
-    def jac(xs):
-        xs = list(xs)
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(xs)
-            y = handle.call(xs, training=training)[output_index]
-            if y.shape.rank == 1:
-                y = y[:, None]
-            total = tf.reduce_sum(y)
-        # known while tracing: whether the output reaches each input at all
-        reached = tape.gradient(total, xs, unconnected_gradients=tf.UnconnectedGradients.NONE)
-        disconnected[:] = [k for k, g in enumerate(reached) if g is None]
-        out = []
-        for k, x in enumerate(xs):
-            if k in disconnected:  # zeros, without tracing a Jacobian loop for nothing
-                shape = tf.concat([tf.shape(y), tf.shape(x)[1:]], axis=0)
-                out.append(tf.zeros(shape, dtype=y.dtype))
-            else:
-                out.append(
-                    tape.batch_jacobian(y, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                )
-        del tape
-        return out
-
-    compiled = Compiled(jac, [specs], jit)
-    compiled.disconnected = disconnected
-    return compiled

@@ -16,9 +16,10 @@ from gradcli.errors import InputError, UsageError, param
 from gradcli.io.arrays import check_samples, read_arrays
 from gradcli.io.outputs import Outputs
 from gradcli.jobs.context import Context, committed
-from gradcli.methods import METHODS, MethodOptions, attribute
-from gradcli.methods import Method as MethodSpec
+from gradcli.methods import METHODS, attribute
 from gradcli.methods.cam import CamLayer, cam_layer, input_spatial
+from gradcli.methods.common import MethodOptions
+from gradcli.methods.spec import MethodSpec
 from gradcli.present.figures import TensorStats, TopFeatures
 
 if TYPE_CHECKING:
@@ -42,9 +43,10 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     completeness: list[dict] = []
     specs = {n: (shapes[n], engine.input_dtypes[k].str) for k, n in enumerate(names)}
     # the noisy copies or path points of the next batch are made while this one is on the tape
-    prepare = functools.partial(method.prepare, options=options) if method.prepare else None
+    prep = method.prepare_function()
+    prepare = functools.partial(prep, options=options) if prep is not None else None
     with ctx.sink(out, specs) as writer:
-        size = ctx.method_batch(method.expansion(options))
+        size = ctx.method_batch(method.rows_per_sample(options))
         for batch in ctx.batches(engine, size, prepare):
             att = attribute(engine, batch, options, rows_per_call)
             for k, name in enumerate(names):
@@ -63,7 +65,7 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
         faint = {n: stats[n].vanishing for n in names}
         written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs, faint)
         written = committed(writer)
-    extra = {"method": job.method, "out": written, **method.extras(options, completeness)}
+    extra = {"method": job.method, "out": written, **method.record_extras(options, completeness)}
     for name, features in top.items():
         stats[name].extra["top"] = _top_features(features, job.top, shapes[name][1:])
     if png:
@@ -77,7 +79,12 @@ def _method(ctx: Context) -> tuple[MethodSpec, MethodOptions]:
     job = ctx.job
     method = METHODS[job.method]
     options = MethodOptions(
-        job.method, job.samples, job.noise, job.seed if job.seed is not None else 0, job.steps
+        job.method,
+        job.samples,
+        job.noise,
+        job.seed if job.seed is not None else 0,
+        job.steps,
+        params={name: getattr(job, name) for name in method.options},
     )
     if method.needs_layer:
         options.cam_layer = cam_layer(ctx.handle, job.layers[0] if job.layers else None)

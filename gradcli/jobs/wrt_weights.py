@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from gradcli.engine.batched import GradientEngine
+from gradcli.engine.sensitivity import Sensitivity
 from gradcli.engine.sparse import GradientSum
 from gradcli.errors import GradientError
 from gradcli.io.paths import output_file
 from gradcli.jobs.context import Context, committed
 from gradcli.load.handles import ModelHandle
-from gradcli.present.figures import Sensitivity, TensorStats, layer_summary
+from gradcli.present.figures import TensorStats, layer_summary
 from gradcli.present.gradient_noise import PerSampleNorms, summarize
 
 
@@ -200,7 +201,7 @@ def run_per_sample(ctx: Context, out: Path | None, png: Path | None) -> dict:
                 sink = stack.enter_context(
                     ctx.sink(out, _per_sample_specs(ctx.n, engine, names, connected, arrays))
                 )
-                general = _unique_in_order(owners[k] for k in engine.general_variables)
+                general = list(dict.fromkeys(owners[k] for k in engine.general_variables))
                 if general:
                     _debug_line(
                         "per-sample gradients of "
@@ -229,18 +230,10 @@ def run_per_sample(ctx: Context, out: Path | None, png: Path | None) -> dict:
         for name in names
     ]
     block = summarize(norms, names, owners, g_sq, job.top or DEFAULT_TOP)
-    block["general_path"] = _unique_in_order(owners[k] for k in engine.general_variables)
+    block["general_path"] = list(dict.fromkeys(owners[k] for k in engine.general_variables))
     block["batch_size"] = size
     block["mode"] = "training" if job.training else "inference"
     return _finish(ctx, engine, stats, written, png, per_sample=block)
-
-
-def _unique_in_order(items) -> list[str]:
-    out: list[str] = []
-    for item in items:
-        if item not in out:
-            out.append(item)
-    return out
 
 
 def _per_sample_specs(

@@ -32,4 +32,77 @@ def tf_keras():
     return module
 
 
+# ------------------------------------------------------------------ private modules
+#
+# The private TensorFlow and Keras modules gradcli relies on, each behind one accessor (ruff's
+# TID251 bans importing tensorflow/keras/tf_keras anywhere else): the list to check when
+# upgrading either.
+
+
+def saved_model_pb2():
+    """The SavedModel protobuf (read before TensorFlow loads a SavedModel: scanning)."""
+    from tensorflow.core.protobuf import saved_model_pb2 as module
+
+    return module
+
+
+def variable_pb2():
+    from tensorflow.core.framework import variable_pb2 as module
+
+    return module
+
+
+def op_def_registry():
+    """TensorFlow's registered ops (a SavedModel's ops are checked against it)."""
+    from tensorflow.python.framework import op_def_registry as module
+
+    return module
+
+
+def nested_structure_coder():
+    """Decodes a SavedModel's function signatures without loading it (info)."""
+    from tensorflow.python.saved_model import nested_structure_coder as module
+
+    return module
+
+
+def saved_metadata_pb2():
+    """tf.keras 2's keras_metadata.pb protobuf (layer configs of its SavedModels)."""
+    tf_keras()  # registers the protobuf module
+    from tf_keras.protobuf import saved_metadata_pb2 as module
+
+    return module
+
+
+def keras_layer_class():
+    """Keras 3's Layer, whose add_weight the weight bound wraps while a model loads."""
+    from keras.src.layers import layer as module
+
+    return module.Layer
+
+
+def tf_keras_layer_class():
+    from tf_keras.src.engine import base_layer as module
+
+    return module.Layer
+
+
+def keras_safe_mode(safe: bool):
+    """Keras 3's safe-mode scope for deserializing a config (Lambda layers refused)."""
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(safe)
+
+
+def tf_keras_safe_mode(safe: bool):
+    """Safe mode for tf-keras deserialization, where tf-keras supports it."""
+    import contextlib
+
+    try:
+        from tf_keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # pragma: no cover - older tf-keras
+        return contextlib.nullcontext()
+    return SafeModeScope(safe)
+
+
 __all__ = ["keras", "tf", "tf_keras"]

@@ -6,16 +6,15 @@ Each check raises `ModelError` (exit 3) when the file asks for more than computi
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gradcli.errors import ModelError, first_line, param
+from gradcli.io.zipmember import MAX_EXPANSION, machine_memory, open_member
 
 # ---------------------------------------------------------------- layer configs
 
@@ -57,42 +56,14 @@ def _walk_dicts(value: Any) -> Iterator[dict]:
             todo.extend(item)
 
 
-def h5_json_attr(path: Path, name: str) -> Any:
-    """A JSON attribute of a legacy .h5 (`model_config`, `training_config`); None when absent
-    or unreadable."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get(name)
-    except OSError:
-        return None
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    if not isinstance(raw, str):
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def h5_model_config(path: Path) -> Any:
-    """The `model_config` JSON of a legacy .h5 (None when absent or unreadable)."""
-    return h5_json_attr(path, "model_config")
-
-
 def keras_metadata_configs(path: Path) -> list[Any]:
     """The layer configs a tf.keras 2 SavedModel's keras_metadata.pb holds."""
     meta_file = path / "keras_metadata.pb"
     if not meta_file.is_file():
         return []
-    from gradcli.load.backend import tf_keras
+    from gradcli.load.backend import saved_metadata_pb2
 
-    tf_keras()  # registers the protobuf module below
-    from tf_keras.protobuf import saved_metadata_pb2
-
-    meta = saved_metadata_pb2.SavedMetadata()
+    meta = saved_metadata_pb2().SavedMetadata()
     try:
         meta.ParseFromString(meta_file.read_bytes())
     except Exception as exc:  # noqa: BLE001 - a corrupt file is a load error
@@ -108,18 +79,9 @@ def keras_metadata_configs(path: Path) -> list[Any]:
 
 # ---------------------------------------------------------------- HDF5
 
-# DEFLATE cannot expand more than about 1032:1; a dataset declaring more than this times
-# what it stores holds unallocated (fill-value) space: a shape bomb, not weights.
-_MAX_EXPANSION = 1100
+# a dataset declaring more than MAX_EXPANSION times what it stores holds unallocated
+# (fill-value) space: a shape bomb, not weights
 _SIZE_FLOOR = 64 << 20  # declared sizes below this are never refused for their ratio
-
-
-def machine_memory() -> int:
-    """Physical memory of this machine in bytes."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 1 << 34
 
 
 def size_text(n: float) -> str:
@@ -194,7 +156,7 @@ def _check_dataset(ds: Any, where: str, label: str, limit: int) -> int:
     shape = ds.shape or ()
     declared = math.prod(shape) * ds.dtype.itemsize
     stored = ds.id.get_storage_size()
-    if declared > limit or (declared > _SIZE_FLOOR and declared > _MAX_EXPANSION * stored):
+    if declared > limit or (declared > _SIZE_FLOOR and declared > MAX_EXPANSION * stored):
         raise ModelError(
             f"{label}: refused: HDF5 dataset {where!r} declares shape {tuple(shape)} "
             f"({size_text(declared)}) but stores {size_text(stored)}; a shape this large "
@@ -214,7 +176,7 @@ def check_keras_archive(path: Path, check_code: bool = True) -> int:
         return 0  # nothing in it can be read: the loader reports why
     with zf:
         for info in zf.infolist():
-            if info.file_size > _SIZE_FLOOR and info.file_size > _MAX_EXPANSION * max(
+            if info.file_size > _SIZE_FLOOR and info.file_size > MAX_EXPANSION * max(
                 info.compress_size, 1
             ):
                 raise ModelError(
@@ -237,65 +199,9 @@ def check_keras_archive(path: Path, check_code: bool = True) -> int:
         budget = 0
         for name in sorted(names):
             if name.endswith(".h5"):
-                with _open_member(path, zf, name) as member:
+                with open_member(path, zf, name) as member:
                     check_hdf5(member, f"{path}[{name}]")
                 budget += zf.getinfo(name).file_size
             elif name.endswith(".npz") or name.endswith(".npy"):
                 budget += zf.getinfo(name).file_size
     return budget
-
-
-class _StoredMember(io.RawIOBase):
-    """An uncompressed zip member read in place: h5py seeks all over a file, and zipfile's
-    own member objects (Python 3.11) re-read from the start on every backward seek (4 s for
-    the 100 MB weights of a ResNet50 .keras, against milliseconds here)."""
-
-    def __init__(self, path: Path, start: int, size: int) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
-        self._start = start
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), max(0, self._size - self._pos))
-        data = os.pread(self._fd, want, self._start + self._pos) if want else b""
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
-
-
-def _open_member(path: Path, zf: zipfile.ZipFile, name: str) -> Any:
-    """A seekable reader of archive member `name` (in place when it is stored uncompressed)."""
-    info = zf.getinfo(name)
-    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
-        with open(path, "rb") as f:
-            f.seek(info.header_offset)
-            local = f.read(30)
-        if local[:4] == b"PK\x03\x04":
-            start = (
-                info.header_offset
-                + 30
-                + int.from_bytes(local[26:28], "little")
-                + int.from_bytes(local[28:30], "little")
-            )
-            return io.BufferedReader(_StoredMember(path, start, info.file_size), 1 << 16)
-    return zf.open(name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import zipfile
 from pathlib import Path
@@ -146,7 +145,7 @@ def _missing_packages(path: Path) -> dict[str, str]:
     or the class's module) and which are not imported: package -> one class it names."""
     import sys
 
-    from gradcli.load.filechecks import h5_model_config
+    from gradcli.io.modelfiles import h5_model_config
 
     try:
         if model_format(path) is ModelFormat.KERAS:
@@ -223,16 +222,14 @@ def _is_unsafe_refusal(exc: Exception) -> bool:
 
 def tf_keras_safe_mode(safe: bool) -> Any:
     """Safe mode for tf-keras deserialization (Lambda layers), where tf-keras supports it."""
-    try:
-        from tf_keras.src.saving.serialization_lib import SafeModeScope
-    except ImportError:  # pragma: no cover - older tf-keras
-        return contextlib.nullcontext()
-    return SafeModeScope(safe)
+    from gradcli.load import backend
+
+    return backend.tf_keras_safe_mode(safe)
 
 
 def _h5_declared_input(path: Path) -> tuple[int | None, ...] | None:
     """The batch input shape a legacy Sequential `.h5` declares on its first layer."""
-    from gradcli.load.filechecks import h5_model_config
+    from gradcli.io.modelfiles import h5_model_config
 
     config = h5_model_config(path)
     if not isinstance(config, dict) or config.get("class_name") != "Sequential":

@@ -13,6 +13,7 @@ from gradcli.errors import ModelError, first_line, param
 from gradcli.io.modelfiles import (
     Loader,
     ModelFormat,
+    h5_model_config,
     model_format,
     not_a_savedmodel,
     unknown_format,
@@ -24,7 +25,6 @@ from gradcli.load.filechecks import (
     check_hdf5,
     check_keras_archive,
     check_layer_configs,
-    h5_model_config,
     keras_metadata_configs,
 )
 from gradcli.load.handles import KerasHandle, ModelHandle, output_names

@@ -123,7 +123,7 @@ def _loss_table(
 
 
 def _h5_training_config(path: Path) -> dict | None:
-    from gradcli.load.filechecks import h5_json_attr
+    from gradcli.io.modelfiles import h5_json_attr
 
     config = h5_json_attr(path, "training_config")
     return config if isinstance(config, dict) else None

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradcli.errors import ModelError
+from gradcli.errors import ModelError, param
 from gradcli.io.modelfiles import Loader, ModelFormat
 from gradcli.load.backend import tf
 from gradcli.load.handles import LayerInfo, ModelHandle, TensorInfo, _variable_path
 
-EXPORT_LOSS_NOTE = "a SavedModel export keeps no loss: give --loss with --target"
+EXPORT_LOSS_NOTE = f"a SavedModel export keeps no loss: give {param('loss')} with {param('target')}"
 
 
 class LayerlessHandle(ModelHandle):
@@ -158,10 +158,10 @@ def describe_savedmodel(path: Path) -> dict:
     Mirrors ServingHandle: the `serve` function's first concrete function, else the
     `serving_default` signature.
     """
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.saved_model import nested_structure_coder
+    from gradcli.load import backend
 
-    saved = saved_model_pb2.SavedModel()
+    nested_structure_coder = backend.nested_structure_coder()
+    saved = backend.saved_model_pb2().SavedModel()
     saved.ParseFromString((path / "saved_model.pb").read_bytes())
     meta = saved.meta_graphs[0]
     graph = meta.object_graph_def
@@ -245,7 +245,9 @@ def _proto_variables(graph: Any) -> list[tuple[str, Any]]:
 
 def _tf1_variables(meta: Any) -> list[tuple[str, Any]]:
     """Trainable variables of a TF1 graph: its collection, shapes from the variable nodes."""
-    from tensorflow.core.framework import variable_pb2
+    from gradcli.load.backend import variable_pb2 as variables_proto
+
+    variable_pb2 = variables_proto()
 
     nodes = {n.name: n for n in meta.graph_def.node}
     found: list[tuple[str, Any]] = []

@@ -225,20 +225,14 @@ _SAVE_RESTORE = "checkpoint save/restore"
 _FAMILY_OF = {op: family for family, (_, ops) in REFUSED_OP_FAMILIES.items() for op in ops}
 
 
-def refused_family(op: str) -> str | None:
-    """The refused family of an op type, or None."""
-    return _FAMILY_OF.get(op)
-
-
 # ---------------------------------------------------------------- SavedModel graphs
 
 
 def scan_savedmodel(path: Path) -> None:
     """Refuse a SavedModel whose graphs hold an op that does more than compute tensors."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.framework import op_def_registry
+    from gradcli.load import backend
 
-    saved = saved_model_pb2.SavedModel()
+    saved = backend.saved_model_pb2().SavedModel()
     try:
         saved.ParseFromString((path / "saved_model.pb").read_bytes())
     except Exception as exc:  # noqa: BLE001 - a corrupt protobuf is a load error
@@ -246,13 +240,15 @@ def scan_savedmodel(path: Path) -> None:
             f"{path}: cannot load the SavedModel: unreadable saved_model.pb ({first_line(exc)})"
         ) from None
     for meta in saved.meta_graphs:
-        _scan_meta_graph(path, meta, op_def_registry)
+        _scan_meta_graph(path, meta, backend.op_def_registry())
         _check_variable_sizes(path, meta)
 
 
 def _check_variable_sizes(path: Path, meta: Any) -> None:
     """Refuse variables declaring more bytes than the SavedModel's checkpoint holds."""
-    from tensorflow.python.framework import dtypes
+    from gradcli.load.backend import tf
+
+    dtypes = tf.dtypes
 
     declared = 0
     for node in meta.object_graph_def.nodes:

@@ -65,11 +65,12 @@ def bounded_weights(
     """
     budget = _WeightBudget(file_bytes, label, slack)
     patches = []
-    from keras.src.layers import layer as k3layer
+    from gradcli.load import backend
 
+    k3layer_class = backend.keras_layer_class()
     # layer weights only: an optimizer's slots are built from them (bounded with them) and
     # a compiled model that was never trained saved none
-    original_k3 = k3layer.Layer.add_weight
+    original_k3 = k3layer_class.add_weight
     k3sig = inspect.signature(original_k3)
 
     def k3_add_weight(self, *args, **kwargs):
@@ -79,12 +80,11 @@ def bounded_weights(
             budget.take(bound["shape"], dtype)
         return original_k3(self, *args, **kwargs)
 
-    patches.append((k3layer.Layer, "add_weight", original_k3, k3_add_weight))
+    patches.append((k3layer_class, "add_weight", original_k3, k3_add_weight))
     try:
         if with_tf_keras:
-            from tf_keras.src.engine import base_layer as tfk_layer
-
-            original_tfk = tfk_layer.Layer.add_weight
+            tfk_layer_class = backend.tf_keras_layer_class()
+            original_tfk = tfk_layer_class.add_weight
             tfksig = inspect.signature(original_tfk)
 
             def tfk_add_weight(self, *args, **kwargs):
@@ -93,7 +93,7 @@ def bounded_weights(
                     budget.take(bound["shape"], bound.get("dtype") or getattr(self, "dtype", None))
                 return original_tfk(self, *args, **kwargs)
 
-            patches.append((tfk_layer.Layer, "add_weight", original_tfk, tfk_add_weight))
+            patches.append((tfk_layer_class, "add_weight", original_tfk, tfk_add_weight))
     except ImportError:  # pragma: no cover - tf_keras missing
         pass
     for owner, attr, _, new in patches:

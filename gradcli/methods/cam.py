@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gradcli.errors import UsageError, param
+from gradcli.errors import GradientError, UsageError, param
 from gradcli.load.handles import LayerInfo, ModelHandle
+from gradcli.methods.common import Attribution, MethodOptions
+
+if TYPE_CHECKING:
+    from gradcli.engine.batched import Batch, GradientEngine
 
 
 @dataclass(frozen=True)
@@ -185,3 +190,24 @@ def resize(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
         return out.numpy()[:, 0, :, 0].astype(np.float32)
     out = tf.image.resize(maps[..., None], size, method="bilinear")
     return out.numpy()[..., 0].astype(np.float32)
+
+
+def attribute(
+    engine: GradientEngine, batch: Batch, options: MethodOptions, rows_per_call: int
+) -> Attribution:
+    layer = options.cam_layer
+    assert layer is not None  # the command resolves it before the first batch
+    result = engine.gradients(batch.inputs, batch.targets)
+    (g,) = result.layers
+    if g is None:
+        raise GradientError(
+            f"the objective does not depend on layer {layer.info.path!r}: no CAM (its "
+            "gradient is disconnected)"
+        )
+    (a,) = result.activations or [None]
+    maps = cam_maps(options.method, layer, a, g)
+    values = []
+    for x in batch.inputs:
+        size = input_spatial(x.shape[1:], layer)
+        values.append(None if size is None else resize(maps, size))
+    return Attribution(values, result.objective, layer_map=maps)

@@ -41,15 +41,7 @@ _STYLE = {
     Status.UNRESOLVED: "yellow",
 }
 
-# statuses a tensor can have; the ones --fail-on names; the norm bounds trip by themselves
-GATES = (
-    Status.NONFINITE,
-    Status.ZERO,
-    Status.VANISHING,
-    Status.DISCONNECTED,
-    Status.TOO_LARGE,
-    Status.TOO_SMALL,
-)
+# the statuses --fail-on names; the norm bounds trip by themselves
 FAIL_ON_CHOICES = tuple(
     s.value for s in (Status.NONFINITE, Status.ZERO, Status.VANISHING, Status.DISCONNECTED)
 )

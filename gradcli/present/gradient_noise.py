@@ -42,7 +42,6 @@ class PerSampleNorms:
         self.total_sq = np.zeros(n, dtype=np.float64)
         self.sum_sq = np.zeros(variables, dtype=np.float64)
         self.objective = np.zeros(n, dtype=np.float32)
-        self.filled = 0
 
     def add(self, start: int, squares: np.ndarray, objective: np.ndarray) -> None:
         sq = np.asarray(squares, dtype=np.float64)
@@ -51,7 +50,6 @@ class PerSampleNorms:
         self.total_sq[start:stop] = sq.sum(axis=1)
         self.norms[start:stop] = np.sqrt(sq)
         self.objective[start:stop] = objective
-        self.filled = max(self.filled, stop)
 
     @property
     def norm(self) -> np.ndarray:
