@@ -4,7 +4,7 @@ duration of the call, then restored exactly. What the tape watches at a layer's 
 output's logit (--logits) are all captured this way; the model is never changed.
 
 Capturing at run time gives the exact activation gradient where graph surgery fails: a
-Sequential built without an Input, a layer inside a nested model (NOTES.md).
+Sequential built without an Input, a layer inside a nested model.
 """
 
 from __future__ import annotations
