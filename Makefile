@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test smoke dist lint format bench bench-quick samples clean
+.PHONY: install demo test test-fast smoke dist lint format bench bench-quick samples clean
 
 install: $(STAMP)
 
@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@bash sample_models/demo.sh
 
+# two pytest-xdist workers (the machine's 2 cores): everything, real processes included
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
+
+# while developing: every test that needs no real gradcli process (marked `slow` otherwise)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 # gradcli as users install it (README "Install"): each recipe in a fresh environment, every
 # command from an empty directory outside the checkout, the pre-commit hook (3-4 minutes)

@@ -56,12 +56,14 @@ def spread(values: list[float]) -> str:
 
 def passes(model: Path, x: np.ndarray):
     """The three variants as callables doing one pass over x, each warmed up once."""
-    from gradcli import persample
-    from gradcli.commands.wrt_weights import per_sample_rows
-    from gradcli.engine import GradientEngine, GradientSum, default_batch_size
-    from gradcli.loading import load_model
-    from gradcli.objective import build_objective
-    from gradcli.spread import PerSampleNorms
+    from gradcli.engine import persample
+    from gradcli.engine.batched import GradientEngine
+    from gradcli.engine.batching import default_batch_size
+    from gradcli.engine.objective import build_objective
+    from gradcli.engine.sparse import GradientSum
+    from gradcli.jobs.wrt_weights import per_sample_rows
+    from gradcli.load.loaders import load_model
+    from gradcli.present.gradient_noise import PerSampleNorms
 
     handle = load_model(model)
     objective = build_objective(handle)

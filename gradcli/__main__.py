@@ -7,11 +7,11 @@ directory there cannot be defended against from here: Python has already importe
 this package. The `gradcli` console script has no such entry.
 """
 
-from gradcli.safepath import drop_working_directory
+from gradcli.process.safepath import drop_working_directory
 
 drop_working_directory()
 
-from gradcli.launch import main  # noqa: E402 - after sys.path is made safe
+from gradcli.cli.launch import main  # noqa: E402 - after sys.path is made safe
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,9 @@ arguments (their Python names: `class_index` is --class, `layers` is --layer).
 a list in the model's order. `class_index` is K, "pred", a .npy path, or an array of one
 class per sample. Semantics are exactly the CLI's (see `gradcli --help` and the README).
 Errors are `gradcli.errors.GradcliError`s, naming parameters as Python knows them.
+
+One file on purpose: one explicit function per command of the table (commands/), each with
+its keyword arguments spelled out where `help()` shows them; the work is jobs/'.
 """
 
 from __future__ import annotations
@@ -50,23 +53,26 @@ def _quiet_start() -> Iterator[None]:
 
 
 with _quiet_start():
-    from .backend import keras, tf
+    from gradcli.load.backend import keras, tf
 
     tf.config.list_physical_devices()  # the CUDA probe (and its cuInit line) happens here
 
-from .arrays import ArraySource, check_dtype  # noqa: E402
-from .commands import COMMANDS  # noqa: E402
-from .context import Context  # noqa: E402
-from .errors import InputError, UsageError, render_text  # noqa: E402
-from .handles import output_names  # noqa: E402
-from .job import Job  # noqa: E402
-from .loading import KerasHandle, ModelHandle  # noqa: E402
-from .loading import load_model as _load_model  # noqa: E402
-from .losses import compiled_losses  # noqa: E402
-from .status import FAIL_ON_CHOICES  # noqa: E402
+from gradcli.commands import api_specs  # noqa: E402
+from gradcli.commands.spec import CommandSpec  # noqa: E402
+from gradcli.errors import InputError, UsageError, render_text  # noqa: E402
+from gradcli.io.arrays import ArraySource, check_dtype  # noqa: E402
+from gradcli.jobs.context import Context  # noqa: E402
+from gradcli.load.handles import (  # noqa: E402
+    KerasHandle,
+    ModelHandle,
+    output_names,  # noqa: E402
+)
+from gradcli.load.loaders import load_model as _load_model  # noqa: E402
+from gradcli.load.losses import compiled_losses  # noqa: E402
+from gradcli.present.gates import FAIL_ON_CHOICES  # noqa: E402
+from gradcli.present.records import MESSAGE_KEYS  # noqa: E402
 
-__all__ = ["Result", "check", "diff", "jacobian", "load_model", "wrt_input", "wrt_layer"]
-__all__ += ["wrt_weights"]
+__all__ = ["Result", "load_model", *api_specs()]
 
 
 @dataclass
@@ -173,7 +179,12 @@ def _fail_on(values: str | Sequence[str]) -> list[str]:
     return sorted(set(items))
 
 
-def _run(command: str, model: Any, x: Any, target: Any, options: dict[str, Any]) -> Result:
+def _spec(function: Any) -> CommandSpec:
+    """The command whose Python function this is (commands.CommandSpec.api_name)."""
+    return api_specs()[function.__name__]
+
+
+def _run(spec: CommandSpec, model: Any, x: Any, target: Any, options: dict[str, Any]) -> Result:
     """Run a gradient command in memory, as the CLI's worker would."""
     unsafe = options.pop("unsafe", False)
     handle = _handle(model, unsafe)
@@ -184,7 +195,9 @@ def _run(command: str, model: Any, x: Any, target: Any, options: dict[str, Any])
     elif isinstance(classes, Path):
         options["class_index"] = str(classes)
     options["fail_on"] = _fail_on(options.get("fail_on") or [])
-    job = Job(command, str(handle.path), unsafe=unsafe, **options)
+    job = spec.job(model=str(handle.path), unsafe=unsafe, **options)
+    if spec.normalize is not None:
+        spec.normalize(job)
     arrays = _sources(x, [i.name for i in handle.inputs], "input")
     collected: dict[str, np.ndarray] = {}
     ctx = Context(
@@ -197,11 +210,28 @@ def _run(command: str, model: Any, x: Any, target: Any, options: dict[str, Any])
         target_arrays=_targets(handle, target, options.get("output")),
         class_array=class_array,
     )
-    record = COMMANDS[command].run(ctx, None, None)
-    for key in ("notes", "warnings"):  # parameters named as Python knows them
-        if record.get(key):
-            record[key] = [render_text(line) for line in record[key]]
-    return Result(collected, record)
+    record = spec.implementation()(ctx, None, None)
+    return Result(collected, _python_messages(record))
+
+
+def info(model: Any, *, unsafe: bool = False) -> dict:
+    """What the model is (`gradcli info --json`'s record): format, inputs, outputs, compiled
+    loss, layers."""
+    handle = _handle(model, unsafe)
+    spec = _spec(info)
+    record = spec.implementation()(spec.job(model=str(handle.path), unsafe=unsafe), handle)
+    return _python_messages(record)
+
+
+def _python_messages(record: dict) -> dict:
+    """The record's messages with parameters named as Python knows them (in place)."""
+    for key in MESSAGE_KEYS:
+        value = record.get(key)
+        if isinstance(value, str):
+            record[key] = render_text(value)
+        elif isinstance(value, list) and value:
+            record[key] = [render_text(line) for line in value]
+    return record
 
 
 def _arrays_or_result(result: Result, return_record: bool) -> dict[str, np.ndarray] | Result:
@@ -248,7 +278,7 @@ def wrt_input(
     for key in ("model", "x", "target", "return_record", "layer"):
         options.pop(key)
     options["layers"] = [] if layer is None else [str(layer)]
-    return _arrays_or_result(_run("wrt-input", model, x, target, options), return_record)
+    return _arrays_or_result(_run(_spec(wrt_input), model, x, target, options), return_record)
 
 
 def wrt_layer(
@@ -280,7 +310,7 @@ def wrt_layer(
         options.pop(key)
     chosen = [layers] if isinstance(layers, str | int) else list(layers)
     options["layers"] = [str(item) for item in chosen]
-    return _arrays_or_result(_run("wrt-layer", model, x, target, options), return_record)
+    return _arrays_or_result(_run(_spec(wrt_layer), model, x, target, options), return_record)
 
 
 def wrt_weights(
@@ -311,8 +341,7 @@ def wrt_weights(
     options = locals().copy()
     for key in ("model", "x", "target", "return_record"):
         options.pop(key)
-    options["per_sample"] = per_sample or per_sample_arrays or top is not None
-    return _arrays_or_result(_run("wrt-weights", model, x, target, options), return_record)
+    return _arrays_or_result(_run(_spec(wrt_weights), model, x, target, options), return_record)
 
 
 def jacobian(
@@ -331,7 +360,7 @@ def jacobian(
     options = locals().copy()
     for key in ("model", "x", "return_record"):
         options.pop(key)
-    return _arrays_or_result(_run("jacobian", model, x, None, options), return_record)
+    return _arrays_or_result(_run(_spec(jacobian), model, x, None, options), return_record)
 
 
 def check(
@@ -358,7 +387,7 @@ def check(
     options = locals().copy()
     for key in ("model", "x", "target"):
         options.pop(key)
-    result = _run("check", model, x, target, options)
+    result = _run(_spec(check), model, x, target, options)
     mismatched = any(t["status"] == "mismatch" for t in result.record["tensors"])
     if mismatched and "mismatch" not in result.record["gates"]:
         result.record["gates"] = [*result.record["gates"], "mismatch"]
@@ -377,7 +406,7 @@ def diff(
     """Compare two result .npz files key by key, B the reference (`gradcli diff`): a
     `Result` whose figures hold each key's cosine, rel_diff, ... and whose gates are the
     limits tripped."""
-    from .diffing import DiffGates, diff_files
+    from gradcli.jobs.diff import DiffGates, diff_files
 
     record = diff_files(a, b, DiffGates(min_cosine, max_rel_diff, min_rank_corr), top_percent)
     return Result({}, record)

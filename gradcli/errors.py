@@ -19,7 +19,7 @@ class GradcliError(Exception):
     """An error a user can act on; its message is printed as one line.
 
     Parameters in the message are marked with `param(...)`: `str(exc)` names them as a Python
-    caller knows them (`class_index=`), `render(exc, CLI_FLAGS)` as the CLI's flags.
+    caller knows them (`class_index=`), `render(exc, commands.cli_flags())` as the CLI's flags.
     """
 
     exit_code: ExitCode = ExitCode.GRADIENT
@@ -80,39 +80,9 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 #
 # The library speaks Python and the CLI speaks flags. A message names a parameter with
 # `param("class_index")`; `str(exc)` (what a Python caller sees) shows `class_index=`, and
-# the CLI's funnel shows the flag (`--class`) through `render(exc, CLI_FLAGS)`.
+# the CLI's funnel shows the flag (`--class`) through `render(exc, commands.cli_flags())`.
 
 _MARK = "\x1f"
-
-CLI_FLAGS: dict[str, str] = {
-    "class_index": "--class",
-    "output": "--output",
-    "loss": "--loss",
-    "from_logits": "--from-logits",
-    "target": "--target",
-    "training": "--training",
-    "batch_size": "--batch-size",
-    "method": "--method",
-    "layers": "--layer",
-    "baseline": "--baseline",
-    "samples": "--samples",
-    "noise": "--noise",
-    "seed": "--seed",
-    "steps": "--steps",
-    "png": "--png",
-    "out": "--out",
-    "top": "--top",
-    "max_elements": "--max-elements",
-    "wrt": "--wrt",
-    "directions": "--directions",
-    "eps": "--eps",
-    "rtol": "--rtol",
-    "shard": "--shard",
-    "fail_on": "--fail-on",
-    "unsafe": "--unsafe",
-    "imports": "--import",
-    "jit": "--jit",
-}
 
 
 def param(name: str, value: object = None) -> str:

@@ -20,6 +20,42 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SOURCE_DATE_EPOCH", "1767225600")
 
 
+# what starting a real process looks like in a test's source (or a helper's it calls)
+PROCESS_WORDS = ("run_process(", "subprocess.", "sys.executable", "Popen(", "os.fork(")
+
+
+def _starts_processes(fn, depth: int = 2) -> bool:
+    """Whether a test function (or a module-level helper it calls, two levels deep) starts a
+    real process: read from its source, so a new test is classified without a list."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
+    if any(word in source for word in PROCESS_WORDS):
+        return True
+    if depth == 0:
+        return False
+    tree = ast.parse(textwrap.dedent(source))
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    helpers = [getattr(inspect.getmodule(fn), n, None) for n in names]
+    return any(
+        inspect.isfunction(h) and h is not fn and _starts_processes(h, depth - 1) for h in helpers
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start real processes are `slow`: `make test-fast` (-m "not slow") skips
+    them, `make test` runs everything."""
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and _starts_processes(fn):
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class Result:
     code: int
@@ -65,14 +101,14 @@ def run_process(*args: str, env: dict | None = None, timeout: int = 180) -> Resu
 
 @pytest.fixture(scope="session")
 def tf():
-    from gradcli.backend import tf as tensorflow
+    from gradcli.load.backend import tf as tensorflow
 
     return tensorflow
 
 
 @pytest.fixture(scope="session")
 def keras():
-    from gradcli.backend import keras as k
+    from gradcli.load.backend import keras as k
 
     return k
 
@@ -189,7 +225,7 @@ def models(tmp_path_factory, keras):
 
 
 def load(path: Path):
-    from gradcli.backend import keras
+    from gradcli.load.backend import keras
 
     return keras.saving.load_model(path)
 

@@ -11,7 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from gradcli import context, writers
+from gradcli.io import outputs as writers
+from gradcli.jobs import context
 
 HOOK = os.environ.get("GRADCLI_TEST_HOOK", "")
 MARK = os.environ.get("GRADCLI_TEST_MARK", "")

@@ -266,15 +266,14 @@ def test_check_table_shows_the_error_estimate(cli, check_models):
 
 
 def test_check_reports_progress_per_direction(check_models):
-    from gradcli import supervisor
-    from gradcli.job import Job
+    from gradcli.commands import COMMANDS
+    from gradcli.process import supervisor
 
     d = check_models
     events: list[dict] = []
-    job = Job(
-        "check",
-        str(d / "cnn.keras"),
-        str(d / "cnn_x.npy"),
+    job = COMMANDS["check"].job(
+        model=str(d / "cnn.keras"),
+        input=str(d / "cnn_x.npy"),
         target=str(d / "cnn_y.npy"),
         wrt="weights",
         directions=2,

@@ -12,7 +12,8 @@ from junitparser import Error, Failure, JUnitXml
 from test_report import RECORD
 
 from conftest import run_process
-from gradcli.markdown import render_markdown
+from gradcli.commands.display import typed
+from gradcli.present.markdown import render_markdown
 
 
 def cases(path) -> dict[tuple[str, str], object]:
@@ -197,8 +198,8 @@ GOLDEN_MANY = """\
 
 
 def test_markdown_golden():
-    assert render_markdown([RECORD]) == GOLDEN_WEIGHTS
-    assert render_markdown([DIFF]) == GOLDEN_DIFF
+    assert render_markdown(typed([RECORD])) == GOLDEN_WEIGHTS
+    assert render_markdown(typed([DIFF])) == GOLDEN_DIFF
     error = {
         "command": "wrt-weights",
         "model": "bad.keras",
@@ -207,7 +208,7 @@ def test_markdown_golden():
         "tensors": [],
         "gates": [],
     }
-    assert render_markdown([copy.deepcopy(RECORD), error]) == GOLDEN_MANY
+    assert render_markdown(typed([copy.deepcopy(RECORD), error])) == GOLDEN_MANY
 
 
 @pytest.mark.parametrize("command", ["wrt-input", "info"])

@@ -94,7 +94,8 @@ def test_wrt_input_methods_per_sample_class(cli, three, tmp_path, tf, which, met
 
 @pytest.mark.parametrize("method", ["smoothgrad", "squaregrad", "vargrad"])
 def test_noise_tunnel_keeps_each_sample_class_on_its_copies(cli, three, tmp_path, tf, method):
-    from gradcli.methods import MethodOptions, smoothgrad_noise
+    from gradcli.methods.common import MethodOptions
+    from gradcli.methods.noise_tunnel import smoothgrad_noise
 
     x, classes = three["x"], three["labels"]
     got, _ = run(

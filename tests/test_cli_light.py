@@ -32,7 +32,7 @@ def test_help_and_version_do_not_import_tensorflow():
 
 
 def test_help_is_fast_and_version_matches():
-    from gradcli import __version__
+    from gradcli._version import __version__
 
     start = time.perf_counter()
     proc = subprocess.run(
@@ -101,7 +101,7 @@ def test_progress_bar_renders_worker_events_on_a_terminal():
 
     from rich.console import Console
 
-    from gradcli.session import ProgressBar
+    from gradcli.cli.progress import ProgressBar
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=80)

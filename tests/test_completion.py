@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from gradcli.completion import CONFIG_LIMIT, layer_names
-from gradcli.launch import COMPLETE_VAR
+from gradcli.cli.completion import CONFIG_LIMIT, layer_names
+from gradcli.cli.launch import COMPLETE_VAR
 
 BIN = Path(sys.executable).parent
 
 # runs the program as its console script does, then says what it imported
 PROBE = (
     "import sys\n"
-    "from gradcli.launch import main\n"
+    "from gradcli.cli.launch import main\n"
     "try:\n"
     "    main()\n"
     "except SystemExit:\n"
@@ -134,7 +134,8 @@ def test_the_bash_script_completes_in_bash(models):
 def test_completion_starts_no_worker(monkeypatch, capsys, models):
     """launch.main would start the TensorFlow worker for `wrt-input MODEL INPUT`; asked for
     completions it must not (control: the same argv without the variable does)."""
-    from gradcli import launch, supervisor
+    from gradcli.cli import launch
+    from gradcli.process import supervisor
 
     spawned = []
     monkeypatch.setattr(supervisor, "_spawn", lambda env, debug: spawned.append(env))

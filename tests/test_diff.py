@@ -72,7 +72,7 @@ def ref_figures(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def test_rank_average_matches_counting_reference():
-    from gradcli.diffstats import rank_average, spearman
+    from gradcli.present.diff_figures import rank_average, spearman
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 5, size=40).astype(float)  # many ties

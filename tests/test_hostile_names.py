@@ -32,7 +32,7 @@ from xml.sax.saxutils import escape as xml_escape
 import numpy as np
 import pytest
 
-from gradcli.escaping import markdown, markdown_code, printable
+from gradcli.present.escape import markdown, markdown_code, printable
 
 # Each hostile name is short enough that a table row fits in 120 columns (the CLI's width
 # when stdout is not a terminal), so no cell wraps.
@@ -260,7 +260,7 @@ def test_png_titles_and_labels_are_drawn_as_text(cli, twins, monkeypatch, tmp_pa
     which are mathtext)."""
     from matplotlib.text import Text
 
-    from gradcli import flowchart, pictures
+    from gradcli.present import flowchart, pictures
 
     base, hostile, _ = twins
     monkeypatch.chdir(base)

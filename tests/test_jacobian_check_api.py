@@ -190,7 +190,7 @@ def test_model_code_that_needs_autograph_still_works(tf):
     import tf_keras
 
     import gradcli
-    from gradcli.loading import KerasHandle
+    from gradcli.load.handles import KerasHandle
 
     class Doubler(tf_keras.layers.Layer):
         def call(self, x):

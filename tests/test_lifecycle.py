@@ -21,8 +21,8 @@ import pytest
 
 from conftest import ROOT, SAMPLES, npz, run_process
 from gradcli.errors import first_line
-from gradcli.paths import find_models, remove_stale_temps
-from gradcli.writers import Outputs
+from gradcli.io.outputs import Outputs
+from gradcli.io.paths import find_models, remove_stale_temps
 
 HOOKS = Path(__file__).with_name("lifecycle_hooks.py")
 MODEL = SAMPLES / "tabular_mlp.keras"
@@ -60,7 +60,7 @@ def _children(pid: int) -> list[int]:
 def _reference() -> np.ndarray:
     """d sum(model(x)) / dx for MODEL on X by a plain tape."""
     from conftest import load
-    from gradcli.backend import tf
+    from gradcli.load.backend import tf
 
     model = load(MODEL)
     x = tf.constant(np.load(X))
@@ -324,7 +324,7 @@ def test_stale_temps_are_removed_only_when_their_process_is_gone(tmp_path):
     out = tmp_path / "g.npz"
     dead = subprocess.Popen(["true"])
     dead.wait()
-    from gradcli.paths import _HOST
+    from gradcli.io.paths import _HOST
 
     stale = tmp_path / f".g.npz.{dead.pid}@{_HOST}.abcd1234.tmp"
     live = tmp_path / f".g.npz.{os.getppid()}@{_HOST}.abcd1234.part"
@@ -412,7 +412,7 @@ def test_stdin_as_input_equals_the_file(tmp_path):
 
 
 def test_stdin_npz_is_read_by_key(tmp_path):
-    from gradcli.arrays import read_arrays
+    from gradcli.io.arrays import read_arrays
 
     np.savez(tmp_path / "x.npz", a=np.ones((3, 2), np.float32), b=np.zeros((3, 4), np.int8))
     saved = os.dup(0)

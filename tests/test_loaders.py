@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcli.errors import CLI_FLAGS, ModelError, UsageError, render
-from gradcli.formats import Loader, ModelFormat, model_format
+from gradcli.commands import cli_flags
+from gradcli.errors import ModelError, UsageError, render
+from gradcli.io.modelfiles import Loader, ModelFormat, model_format
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +78,7 @@ def kinds(tmp_path_factory, keras, tf):
 
 
 def test_each_path_is_claimed_by_its_strategy_and_loaded_as_it_says(kinds):
-    from gradcli.loading import STRATEGIES, load_model, strategy_for
+    from gradcli.load.loaders import STRATEGIES, load_model, strategy_for
 
     for path, (fmt, name, loader, handle_class) in kinds["cases"].items():
         assert model_format(path) is fmt, path
@@ -108,9 +109,10 @@ def test_loader_and_format_names_are_the_documented_strings():
 def test_capabilities_of_each_handle_kind(kinds, tf):
     """has_layers / supports_training say what a handle can do, and the handles keep to it;
     the call of every kind gives the same gradient as the Keras model itself."""
-    from gradcli.engine import GradientEngine
-    from gradcli.loading import ModelHandle, load_model
-    from gradcli.objective import build_objective
+    from gradcli.engine.batched import GradientEngine
+    from gradcli.engine.objective import build_objective
+    from gradcli.load.handles import ModelHandle
+    from gradcli.load.loaders import load_model
 
     d = kinds["dir"]
     keras_handle = load_model(d / "m.keras")
@@ -150,8 +152,8 @@ def test_capabilities_of_each_handle_kind(kinds, tf):
 
 def test_the_format_is_decided_in_one_place(tmp_path, kinds):
     """check_model_path, find_models and load_model agree with formats.model_format."""
-    from gradcli.loading import load_model
-    from gradcli.paths import check_model_path, find_models
+    from gradcli.io.paths import check_model_path, find_models
+    from gradcli.load.loaders import load_model
 
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
@@ -192,7 +194,7 @@ def test_the_format_is_decided_in_one_place(tmp_path, kinds):
 
 def test_refusals_name_parameters_for_python_and_flags_for_the_cli(tmp_path, keras):
     """A safe-mode refusal says `unsafe=` to a Python caller and `--unsafe` on the CLI."""
-    from gradcli.loading import load_model
+    from gradcli.load.loaders import load_model
 
     inp = keras.Input((2,))
     model = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2.0, name="double")(inp))
@@ -200,14 +202,14 @@ def test_refusals_name_parameters_for_python_and_flags_for_the_cli(tmp_path, ker
     with pytest.raises(ModelError) as caught:
         load_model(tmp_path / "code.keras")
     assert "rerun with unsafe= if you trust this file" in str(caught.value)
-    assert "rerun with --unsafe if you trust this file" in render(caught.value, CLI_FLAGS)
+    assert "rerun with --unsafe if you trust this file" in render(caught.value, cli_flags())
     handle = load_model(tmp_path / "code.keras", unsafe=True)
     np.testing.assert_allclose(handle.call([np.ones((1, 2), np.float32)])[0], [[2.0, 2.0]])
 
 
 def test_light_modules_import_neither_tensorflow_nor_numpy():
     code = (
-        "import sys, gradcli.paths, gradcli.formats\n"
+        "import sys, gradcli.io.paths, gradcli.io.modelfiles\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules]\n"
         "print(heavy)\n"
     )
@@ -224,9 +226,9 @@ def test_light_modules_import_neither_tensorflow_nor_numpy():
 def test_the_table_covers_every_format_and_every_handle_states_its_capabilities():
     """Each format ends with a strategy that claims all its remaining paths (so a path of a
     known format always finds a loader), and every handle class says what it can do."""
-    from gradcli.handles import KerasHandle, ModelHandle
-    from gradcli.loading import STRATEGIES
-    from gradcli.savedmodels import SavedModelSummary, ServingHandle
+    from gradcli.load.handles import KerasHandle, ModelHandle
+    from gradcli.load.loaders import STRATEGIES
+    from gradcli.load.savedmodels import SavedModelSummary, ServingHandle
 
     for fmt in ModelFormat:
         mine = [s for s in STRATEGIES if s.format is fmt]

@@ -141,7 +141,8 @@ def test_vanishing_is_only_a_gate_when_asked(cli, probs):
 
 
 def test_sensitivity_gives_no_verdict_on_a_zero_tensor():
-    from gradcli.stats import Sensitivity, TensorStats
+    from gradcli.engine.sensitivity import Sensitivity
+    from gradcli.present.figures import TensorStats
 
     s = Sensitivity()
     s.add_objective(np.ones(4, np.float32))

@@ -100,7 +100,8 @@ def test_one_sample_no_noise_squaregrad_is_g2_and_vargrad_zero(cli, heads, tmp_p
 
 @pytest.mark.parametrize("batch", ["1", "3"])
 def test_squaregrad_vargrad_match_reference_with_smoothgrad_noise(cli, heads, tmp_path, tf, batch):
-    from gradcli.methods import MethodOptions, smoothgrad_noise
+    from gradcli.methods.common import MethodOptions
+    from gradcli.methods.noise_tunnel import smoothgrad_noise
 
     path = heads["dir"] / "x.npy"
     x = np.load(path)

@@ -76,7 +76,7 @@ def test_the_wheel_holds_every_file_of_the_package_and_nothing_else(built):
     in_wheel = {n for n in names if n.startswith("gradcli/")}
     assert sorted(expected - in_wheel) == []  # lost files
     assert sorted(in_wheel - expected) == []  # strays (bytecode, build leftovers)
-    assert "gradcli = gradcli.launch:main" in scripts
+    assert "gradcli = gradcli.cli.launch:main" in scripts
 
 
 def test_the_sdist_holds_every_file_of_the_package(built):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLES
-from gradcli import pictures
 from gradcli.methods import METHODS
+from gradcli.present import pictures
 
 CNN = SAMPLES / "shapes_cnn.keras"
 X = SAMPLES / "shapes_x.npy"

@@ -1,4 +1,4 @@
-"""Tests for gradcli.pictures: heatmap PNGs, the gradient-flow chart, and the saliency map."""
+"""Tests for the pictures: heatmap PNGs, the gradient-flow chart, and the saliency map."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from gradcli import pictures
-from gradcli.flowchart import write_flow_chart
-from gradcli.pictures import saliency_map, write_heatmaps
+from gradcli.present import pictures
+from gradcli.present.flowchart import write_flow_chart
+from gradcli.present.pictures import saliency_map, write_heatmaps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -241,10 +241,10 @@ def test_matplotlib_is_lazy_and_pyplot_and_tensorflow_are_never_imported(tmp_pat
     code = f"""
 import sys
 import numpy as np
-import gradcli.pictures as p
+import gradcli.present.pictures as p
 assert "matplotlib" not in sys.modules, "matplotlib imported at module level"
 p.write_heatmaps({str(tmp_path)!r}, "s", np.zeros((1, 8, 8)), np.ones((1, 8, 8)))
-import gradcli.flowchart as fc
+import gradcli.present.flowchart as fc
 fc.write_flow_chart({str(tmp_path / "f.png")!r}, ["a"], [1.0])
 bad = [m for m in ("matplotlib.pyplot", "tensorflow", "keras") if m in sys.modules]
 assert not bad, bad

@@ -263,7 +263,7 @@ def test_hashing_speed_is_reported(tmp_path):
     """Not a timing test: the figure the README quotes comes from this (printed with -s)."""
     import time
 
-    from gradcli.hashing import sha256_file
+    from gradcli.io.hashes import sha256_file
 
     f = tmp_path / "big.bin"
     f.write_bytes(np.random.default_rng(0).bytes(64 << 20))

@@ -90,7 +90,7 @@ FORMATS = [
 def _per_sample_loss(model, ids, labels):
     import tf_keras
 
-    from gradcli.backend import keras
+    from gradcli.load.backend import keras
 
     from_logits = model.layers[-1].get_config().get("activation") == "linear"
     api = tf_keras if isinstance(model, tf_keras.Model) else keras
@@ -99,8 +99,8 @@ def _per_sample_loss(model, ids, labels):
 
 def _reference_weight_grads(model, ids, labels) -> dict[str, np.ndarray]:
     """The dense full-batch mean gradient from one plain tape (IndexedSlices densified)."""
-    from gradcli.backend import tf
-    from gradcli.loading import _variable_path
+    from gradcli.load.backend import tf
+    from gradcli.load.handles import _variable_path
 
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
@@ -115,7 +115,7 @@ def _reference_weight_grads(model, ids, labels) -> dict[str, np.ndarray]:
 
 def _reference_embedding_grad(model, ids, labels) -> np.ndarray:
     """d loss_i / d (embedding output)_i, by capturing the Embedding's output in the tape."""
-    from gradcli.backend import tf
+    from gradcli.load.backend import tf
 
     emb = model.get_layer("emb")
     original = emb.call
@@ -212,7 +212,7 @@ def test_table_shows_sparse_rows(cli, text):
 
 
 def test_gradient_sum_scatters_rows_like_the_dense_sum():
-    from gradcli.engine import GradientSum, SparseGradient
+    from gradcli.engine.sparse import GradientSum, SparseGradient
 
     rng = np.random.default_rng(1)
     dense = GradientSum((9, 2))
@@ -254,6 +254,7 @@ def test_wrt_layer_cli_on_the_embedding(cli, text, tmp_path):
 
 TOKEN_MESSAGE = "holds token ids (it feeds Embedding layer 'emb')"
 HINT = "use `wrt-layer --layer emb` for the gradient at the embedded vectors"
+PY_HINT = HINT.replace("--layer ", "layers=")  # what a Python caller reads
 
 
 @pytest.mark.parametrize("case", FORMATS)
@@ -265,7 +266,7 @@ def test_token_inputs_have_no_input_gradient(handles, text, case, command):
     options = {"wrt": "input"} if command == "check" else {}
     with pytest.raises(GradientError) as info:
         api_run(handles, text, case, command, target=None, **options)
-    assert TOKEN_MESSAGE in str(info.value) and HINT in str(info.value)
+    assert TOKEN_MESSAGE in str(info.value) and PY_HINT in str(info.value)
 
 
 @pytest.mark.parametrize("case", ["lstm.keras", "bow.savedmodel"])
@@ -301,8 +302,8 @@ def test_check_wrt_weights_passes_an_embedding_model(cli, text):
 
 
 def test_token_uses_found_in_the_graph(text):
-    from gradcli.engine import token_uses
-    from gradcli.loading import load_model
+    from gradcli.engine.tokens import token_uses
+    from gradcli.load.loaders import load_model
 
     handle = load_model(text["models"]["lstm.keras"][0])
     assert handle.inputs[0].dtype == "float32"  # the declared dtype says nothing of ids
@@ -366,7 +367,7 @@ def test_class_on_a_sequence_output_sums_that_class_over_positions(cli, sequence
 
 
 def _load_keras(path):
-    from gradcli.backend import keras
+    from gradcli.load.backend import keras
 
     return keras.saving.load_model(path)
 
@@ -407,8 +408,8 @@ def test_sparse_labels_out_of_range_on_a_sequence_output(cli, sequence, tmp_path
 
 
 def test_label_scan_is_chunked_and_honours_ignore_class():
-    from gradcli.arrays import ArraySource
-    from gradcli.labels import _first_out_of_range
+    from gradcli.engine.labels import _first_out_of_range
+    from gradcli.io.arrays import ArraySource
 
     labels = np.zeros((1000, 3), np.int64)
     labels[777, 1] = 5

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from gradcli.report import render, to_json
+from gradcli.commands.display import typed
+from gradcli.present.json import line as to_json
+from gradcli.present.table import render
 
 RECORD = {
     "version": "0.1.0",
@@ -72,7 +74,7 @@ gates tripped: disconnected
 
 def test_weights_table_golden():
     console = Console(record=True, width=100, color_system=None)
-    render([RECORD], console)
+    render(typed([RECORD]), console)
     text = "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
     assert text == GOLDEN
 
@@ -93,7 +95,7 @@ def test_many_models_one_row_each_with_errors():
         "tensors": [],
         "gates": [],
     }
-    render([RECORD, broken], console)
+    render(typed([RECORD, broken]), console)
     text = console.export_text()
     assert text.splitlines()[0] == "wrt-weights: 2 models"
     assert "m.keras" in text and "gates tripped: disconnected" in text

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, npz
-from gradcli import batching, pipeline, supervisor
-from gradcli.writers import NpzStreamWriter
+from gradcli.engine import batching
+from gradcli.io import overlap as pipeline
+from gradcli.io.npzfile import NpzStreamWriter
+from gradcli.process import supervisor
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +45,7 @@ def speed_models(tmp_path_factory, keras):
 
 
 def _handle(path: Path):
-    from gradcli.loading import load_model
+    from gradcli.load.loaders import load_model
 
     return load_model(path)
 
@@ -97,9 +99,11 @@ def test_methods_prepare_their_rows_off_the_tape_with_the_same_result(speed_mode
     """SmoothGrad's noisy copies and IG's path points are made by Method.prepare (in the
     reader thread when run by a command); made there or inside `attribute`, the result is
     the same, and it matches a plain tape."""
-    from gradcli.engine import Batch, GradientEngine
-    from gradcli.methods import METHODS, MethodOptions, attribute, smoothgrad_noise
-    from gradcli.objective import build_objective
+    from gradcli.engine.batched import Batch, GradientEngine
+    from gradcli.engine.objective import build_objective
+    from gradcli.methods import METHODS, attribute
+    from gradcli.methods.common import MethodOptions
+    from gradcli.methods.noise_tunnel import smoothgrad_noise
 
     handle = _handle(speed_models["cnn"])
     engine = GradientEngine(handle, build_objective(handle, class_index=1), wrt_inputs=True)
@@ -115,7 +119,7 @@ def test_methods_prepare_their_rows_off_the_tape_with_the_same_result(speed_mode
     for name in ("smoothgrad", "integrated"):
         options = MethodOptions(name, samples=4, noise=0.2, seed=3, steps=5)
         plain = Batch(10, 13, [x], [])
-        made = Batch(10, 13, [x], [], prepared=METHODS[name].prepare(plain, options))
+        made = Batch(10, 13, [x], [], prepared=METHODS[name].prepare_function()(plain, options))
         got = attribute(engine, made, options, 8).values[0]
         np.testing.assert_array_equal(got, attribute(engine, plain, options, 8).values[0])
         if name == "smoothgrad":
@@ -179,8 +183,8 @@ def test_jit_pads_the_short_last_batch_and_masks_the_copies_out(cli, speed_model
     import keras
 
     from conftest import load
-    from gradcli.engine import GradientEngine
-    from gradcli.objective import build_objective
+    from gradcli.engine.batched import GradientEngine
+    from gradcli.engine.objective import build_objective
 
     model = load(speed_models["cnn"])
     x = np.load(speed_models["dir"] / "x.npy")  # 37 rows: calls of 16, 16 and 5 (+11 copies)
@@ -386,8 +390,8 @@ def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
 def test_the_early_worker_is_the_one_that_runs_the_job(speed_models, monkeypatch, capsys):
     """One worker per run: the one started before parsing gets the job (its environment,
     --onednn off included, matches what the parsed job wants)."""
-    from gradcli import launch
-    from gradcli.backend import keras, tf
+    from gradcli.cli import launch
+    from gradcli.load.backend import keras, tf
 
     monkeypatch.delenv("GRADCLI_INPROCESS", raising=False)
     spawned = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradcli.stats import Gates, TensorStats, layer_summary
+from gradcli.present.figures import TensorStats, layer_summary
+from gradcli.present.gates import Gates
 
 
 def test_streamed_figures_equal_whole_array_figures():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import load, npz
-from gradcli.writers import NpzStreamWriter
+from gradcli.io.npzfile import NpzStreamWriter
 
 
 def test_large_memory_mapped_input_equals_in_memory(cli, models, tmp_path):
@@ -70,7 +70,7 @@ def test_syncing_as_rows_come_writes_the_same_file(tmp_path, monkeypatch):
     to wait for); the file is byte for byte the one written without those syncs."""
     import os
 
-    from gradcli import writers
+    from gradcli.io import npzfile as writers
 
     synced: list[int] = []
     real = os.fdatasync

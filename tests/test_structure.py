@@ -64,15 +64,17 @@ def test_a_registered_method_runs_through_the_engine(models, keras):
     on the tape) is all the API needs; its attributions match the analytic gradient."""
     import gradcli
     from gradcli import methods
+    from gradcli.methods.common import Attribution, tape_in_chunks
+    from gradcli.methods.spec import MethodSpec
 
     def doubled(engine, batch, options, rows_per_call):
         stacked = [np.concatenate([x, x]) for x in batch.inputs]
         targets = [np.concatenate([t, t]) for t in batch.targets]
-        grads = methods._tape_in_chunks(engine, stacked, targets, rows_per_call)
+        grads = tape_in_chunks(engine, stacked, targets, rows_per_call)
         n = len(batch.inputs[0])
-        return methods.Attribution([g[:n] + g[n:] for g in grads])
+        return Attribution([g[:n] + g[n:] for g in grads])
 
-    methods.register(methods.Method("doubled", "2 d o / d x", doubled, expansion=lambda o: 2))
+    methods.register(MethodSpec("doubled", "2 d o / d x", doubled, expansion=2))
     try:
         x = np.load(models["dir"] / "x5.npy")
         g = gradcli.wrt_input(models["linear"], x, method="doubled", batch_size=4)["x"]
@@ -105,7 +107,7 @@ def test_records_round_trip_through_their_dataclasses(models, cli):
 
     from test_report import RECORD
 
-    from gradcli.records import Record
+    from gradcli.present.records import Record
 
     r = cli("check", models["linear"], models["dir"] / "x5.npy", "--json")
     real = json.loads(r.out)

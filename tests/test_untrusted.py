@@ -877,8 +877,8 @@ def test_tf1_savedmodel_loads_and_its_save_ops_stay_in_the_saver(cli, friendly, 
 
 def test_weight_bound_counts_layer_weights_not_optimizer_slots(keras, tmp_path):
     from gradcli.errors import ModelError
-    from gradcli.filechecks import check_keras_archive
-    from gradcli.weightbound import bounded_weights
+    from gradcli.load.filechecks import check_keras_archive
+    from gradcli.load.weightbound import bounded_weights
 
     inp = keras.Input((200,), name="x")
     model = keras.Model(inp, keras.layers.Dense(100, name="d")(inp))

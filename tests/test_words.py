@@ -113,7 +113,7 @@ def test_an_option_value_that_does_not_fit_is_2_a_file_is_3(cli, tmp_path, args,
     loss = ["--loss", "sparse_categorical_crossentropy"] if "--target" in args else []
     narrow = tmp_path / "narrow.keras"
     if "X" in args:  # a model with 2 classes, so class/label 2 is out of range
-        from gradcli.backend import keras
+        from gradcli.load.backend import keras
 
         x = keras.Input((28, 28, 1), name="image")
         h = keras.layers.GlobalAveragePooling2D()(x)
@@ -196,7 +196,7 @@ def test_option_errors_without_pydantic_words(cli, args, words):
 def test_progress_bar_names_the_model_not_model_1():
     from rich.console import Console
 
-    from gradcli.session import ProgressBar
+    from gradcli.cli.progress import ProgressBar
 
     console = Console(file=open("/dev/null", "w"), force_terminal=True)  # noqa: SIM115
     with ProgressBar(console, enabled=True) as update:
@@ -226,8 +226,8 @@ def test_several_integer_inputs_name_the_embedding_first(tmp_path, keras):
             fn(model, x)
         text = str(info.value)
         assert text.startswith("input 'token_ids' holds token ids (it feeds Embedding layer ")
-        assert "use `wrt-layer --layer token_embedding`" in text
+        assert "use `wrt-layer layers=token_embedding`" in text  # parameters as Python names them
         assert text.endswith("the integer input(s) 'padding_mask' have no gradient either")
     only_mask = keras.Model(mask, keras.layers.Dense(2)(keras.layers.Identity(name="m2")(mask)))
-    with pytest.raises(GradientError, match="`wrt-layer --layer m2` gives the gradient at"):
+    with pytest.raises(GradientError, match="`wrt-layer layers=m2` gives the gradient at"):
         gradcli.wrt_input(only_mask, x["padding_mask"])

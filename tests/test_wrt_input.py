@@ -350,7 +350,8 @@ def test_smoothgrad_degenerates_to_vanilla_and_is_repeatable(cli, models, tmp_pa
 
 
 def test_smoothgrad_matches_reference(cli, models, tmp_path, tf):
-    from gradcli.methods import MethodOptions, smoothgrad_noise
+    from gradcli.methods.common import MethodOptions
+    from gradcli.methods.noise_tunnel import smoothgrad_noise
 
     x = np.load(models["dir"] / "img.npy")
     g, _ = grads(

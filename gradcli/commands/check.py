@@ -1,65 +1,67 @@
-"""`check`: autodiff directional derivatives against central finite differences (the
-finite-difference math is checking.py's)."""
+"""`gradcli check MODEL INPUT`: autodiff against central finite differences."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-from gradcli.checking import MAX_WEIGHT_SAMPLES, check_rows, float64_handle
-from gradcli.context import Context
-from gradcli.engine import GradientEngine, default_batch_size, target_dtype
-from gradcli.errors import GradientError, UsageError, param
+from gradcli.commands.fields import ComputeJob
+from gradcli.commands.layouts import OBJECTIVE, RUN
+from gradcli.commands.spec import OWN, CommandSpec, opt
+from gradcli.errors import UsageError, param
+from gradcli.present.records import Kind
+
+NOT_CHECKED = ("jit", "out", "fail_on", "max_norm", "min_norm")  # options check has no use for
 
 
-def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
-    job = ctx.job
+@dataclass(kw_only=True)
+class CheckJob(ComputeJob):
+    wrt: str = opt(
+        "input",
+        "--wrt",
+        metavar="input|weights",
+        help="Check input or weight gradients.",
+        choices=("input", "weights"),
+    )
+    directions: int = opt(
+        3, "--directions", min=1, metavar="N", help="Random directions per tensor."
+    )
+    eps: float | None = opt(
+        None,
+        "--eps",
+        min=0.0,
+        metavar="X",
+        help="Finite-difference step (default 1e-5 in float64, 1e-2 in float32).",
+    )
+    rtol: float | None = opt(
+        None,
+        "--rtol",
+        min=0.0,
+        metavar="X",
+        help="Largest relative error that passes (default 1e-4 in float64, 5e-2 in float32).",
+    )
+    seed: int | None = opt(None, "--seed", metavar="N", help="Seed for the directions.")
+
+
+def check_values(job: CheckJob) -> None:
+    if job.eps is not None and job.eps <= 0:
+        raise UsageError(f"{param('eps')} must be positive")
     if job.wrt not in ("input", "weights"):
         raise UsageError(f"{param('wrt', job.wrt)}: expected input or weights")
     if job.directions < 1:
         raise UsageError(f"{param('directions')} must be at least 1")
-    handle, precision = float64_handle(ctx.handle, job.unsafe)
-    f64 = precision == "float64"
-    eps = job.eps or (1e-5 if f64 else 1e-2)
-    rtol = job.rtol or (1e-4 if f64 else 5e-2)
-    weights = job.wrt == "weights"
-    engine = GradientEngine(
-        handle, ctx.objective, wrt_inputs=not weights, wrt_weights=weights, training=job.training
-    )
-    n = min(ctx.n, MAX_WEIGHT_SAMPLES) if weights else ctx.n
-    xs = [
-        src.read(0, n, dt) for src, dt in zip(ctx.input_sources, engine.input_dtypes, strict=True)
-    ]
-    ys = [t.read(0, n, target_dtype(t)) for t in ctx.targets]
-    size = job.batch_size or default_batch_size(handle)
-    names = engine.variable_names if weights else [i.name for i in handle.inputs]
 
-    def progress(done: int, total: int) -> None:
-        ctx.emit("progress", **ctx.progress_fields(done, total))
 
-    rows = check_rows(
-        engine,
-        xs,
-        ys,
-        names=names,
-        weights=weights,
-        eps=eps,
-        rtol=rtol,
-        directions=job.directions,
-        batch_size=size,
-        seed=job.seed,
-        progress=progress,
-    )
-    if not rows:
-        raise GradientError("nothing to check: the model has no trainable variables")
-    extra: dict[str, Any] = {"samples": n} if n < ctx.n else {}
-    return ctx.record_rows(
-        rows,
-        method="finite differences",
-        wrt=job.wrt,
-        precision=precision,
-        eps=eps,
-        rtol=rtol,
-        directions=job.directions,
-        **extra,
-    )
+CHECK = CommandSpec(
+    name="check",
+    help="Compare autodiff with central finite differences along random directions.",
+    options=CheckJob,
+    layout=("model", "input", OWN, *OBJECTIVE, *(o for o in RUN if o not in NOT_CHECKED)),
+    impl="gradcli.jobs.check:run",
+    record_kind=Kind.CHECK,
+    api_name="check",
+    files=("input", "target"),
+    provenance_params=("wrt", "directions", "eps", "rtol", "seed"),
+    provenance_defaults={"seed": 0},  # the seed the directions use when none is given
+    compared_in_diff="ignore",
+    normalize=check_values,
+)

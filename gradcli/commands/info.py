@@ -1,38 +1,26 @@
-"""`info`: what a model is (format, inputs, outputs, compiled loss, layers)."""
+"""`gradcli info MODEL`: what the model is."""
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-from gradcli.context import base_record, provenance_of
-from gradcli.job import Job
-from gradcli.loading import ModelHandle
+from gradcli.commands.fields import JobBase
+from gradcli.commands.spec import CommandSpec
+from gradcli.present.records import Kind
 
 
-def describe(job: Job, handle: ModelHandle) -> dict:
-    """The model's description; needs no INPUT."""
-    rec = base_record(job, handle)
-    rec.update(
-        endpoint=handle.endpoint,
-        inputs=[{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in handle.inputs],
-        outputs=[
-            {"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in handle.outputs
-        ],
-        loss=handle.compiled_loss_text(),
-        loss_note=handle.loss_note,
-        layers=[
-            {
-                "index": r.index,
-                "name": r.path,
-                "class": r.class_name,
-                "output_shape": r.output_shape,
-                "params": r.params,
-                "depth": r.depth,
-            }
-            for r in handle.layers
-        ],
-        trainable_params=int(sum(int(np.prod(v.shape)) for _, v in handle.named_variables())),
-        exit_code=0,
-    )
-    rec["provenance"] = provenance_of(job, handle)
-    return rec
+@dataclass(kw_only=True)
+class InfoJob(JobBase):
+    """info takes only what loading a model takes."""
+
+
+INFO = CommandSpec(
+    name="info",
+    help="What the model is: format, inputs, outputs, compiled loss, layers (for --layer).",
+    options=InfoJob,
+    layout=("model", "output_format", "as_json", "unsafe", "imports", "shard", "debug"),
+    impl="gradcli.jobs.info:describe",
+    record_kind=Kind.MODEL,
+    api_name="info",
+    computes=False,
+)

@@ -1,332 +1,152 @@
-"""`wrt-input`: attributions d o_i / d x_i under a method of the methods table; the CAM
-methods' maps of a layer, resized to the input."""
+"""`gradcli wrt-input MODEL INPUT`: attributions under a method of the methods table."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from pathlib import Path
-from typing import TYPE_CHECKING
+import os
+from dataclasses import MISSING, dataclass
 
-import numpy as np
-
-from gradcli.arrays import check_samples, read_arrays
-from gradcli.cam import CamLayer, cam_layer, input_spatial
-from gradcli.context import Context, committed
-from gradcli.engine import GradientEngine
-from gradcli.errors import InputError, UsageError, param
-from gradcli.job import Job
-from gradcli.methods import METHODS, Method, MethodOptions, attribute
-from gradcli.objective import ObjectiveKind
-from gradcli.stats import TensorStats, TopFeatures
-from gradcli.writers import Outputs
-
-if TYPE_CHECKING:
-    from gradcli.pictures import MapStyle
+from gradcli.commands.fields import AgainstFields, ComputeJob
+from gradcli.commands.layouts import AGAINST, OBJECTIVE, RUN
+from gradcli.commands.spec import OWN, CommandSpec, opt
+from gradcli.errors import UsageError, param
+from gradcli.methods import METHODS, method_help
+from gradcli.present.records import Kind
 
 
-def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
-    job, handle = ctx.job, ctx.handle
-    method, options = _method(ctx)
-    if options.cam_layer is not None:
-        return _run_cam(ctx, method, options, out, png)
-    engine = GradientEngine(
-        handle, ctx.objective, wrt_inputs=True, training=job.training, jit=job.jit
+def _one_layer(value: str | None) -> list[str]:
+    return [] if value is None else [value]
+
+
+def _baseline(value: str) -> str | None:
+    return None if value == "zeros" else value
+
+
+@dataclass(kw_only=True)
+class WrtInputJob(AgainstFields, ComputeJob):
+    method: str = opt(
+        "vanilla",
+        "--method",
+        "-m",
+        metavar="METHOD",
+        help=method_help,
+        choices=lambda: tuple(METHODS),
     )
-    rows_per_call = ctx.batch_size()
-    names = [i.name for i in handle.inputs]
-    shapes = {name: (ctx.n, *ctx.inputs[name].shape[1:]) for name in names}
-    stats = {name: TensorStats(name, shapes[name]) for name in names}
-    top = {n: TopFeatures(int(np.prod(shapes[n][1:]))) for n in names} if job.top else {}
-    pictures = _Pictures(png, names, shapes, job.png_limit)
-    completeness: list[dict] = []
-    specs = {n: (shapes[n], engine.input_dtypes[k].str) for k, n in enumerate(names)}
-    # the noisy copies or path points of the next batch are made while this one is on the tape
-    prepare = functools.partial(method.prepare, options=options) if method.prepare else None
-    with ctx.sink(out, specs) as writer:
-        size = ctx.method_batch(method.expansion(options))
-        for batch in ctx.batches(engine, size, prepare):
-            att = attribute(engine, batch, options, rows_per_call)
-            for k, name in enumerate(names):
-                g = att.values[k]
-                stats[name].update(g)
-                if writer:
-                    writer.write(name, g)
-                if top:
-                    top[name].update(g)
-                pictures.keep(name, batch.inputs[k], g)
-            if att.completeness:
-                completeness.append(att.completeness)
-            ctx.progress(batch.stop)
-        for k, name in enumerate(names):
-            engine.sensitivity.apply(stats[name], engine.sensitivity.share(("input", k)))
-        faint = {n: stats[n].vanishing for n in names}
-        written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs, faint)
-        written = committed(writer)
-    extra = {"method": job.method, "out": written, **method.extras(options, completeness)}
-    for name, features in top.items():
-        stats[name].extra["top"] = _top_features(features, job.top, shapes[name][1:])
-    if png:
-        extra["png"] = written_png
-    return ctx.record([stats[n] for n in names], **extra)
+    layers: list[str] = opt(
+        MISSING,
+        "--layer",
+        "-l",
+        factory=list,
+        metavar="NAME|PATH|INDEX",
+        complete="gradcli.cli.completion:complete_layer",
+        help="CAM methods: the layer (default: the last layer whose output is more than 1x1).",
+        cli_type=str | None,
+        cli_default=None,
+        to_job=_one_layer,
+    )
+    samples: int = opt(
+        25, "--samples", min=1, metavar="N", help="SmoothGrad, SquareGrad, VarGrad: noisy copies."
+    )
+    noise: float = opt(
+        0.15,
+        "--noise",
+        min=0.0,
+        metavar="X",
+        help="SmoothGrad, SquareGrad, VarGrad: noise std as a fraction of each sample's range.",
+    )
+    seed: int | None = opt(
+        None, "--seed", metavar="N", help="SmoothGrad family: seed for repeatable noise."
+    )
+    steps: int = opt(50, "--steps", min=1, metavar="N", help="Integrated Gradients: path steps.")
+    baseline: str | None = opt(
+        None,
+        "--baseline",
+        metavar="zeros|PATH",
+        help="Integrated Gradients: zeros, or a .npy/.npz (one sample or N).",
+        cli_type=str,
+        cli_default="zeros",
+        to_job=_baseline,
+    )
+    top: int | None = opt(
+        None, "--top", min=1, metavar="K", help="List the K most salient features."
+    )
+    png: str | None = opt(
+        None,
+        "--png",
+        metavar="DIR",
+        help="Write a PNG per sample (input | map | overlay) into this directory, for image-like "
+        "inputs.",
+    )
+    png_limit: int = opt(
+        16, "--png-limit", min=0, metavar="N", help="At most this many PNGs per input."
+    )
+    png_style: str | None = opt(
+        None,
+        "--png-style",
+        metavar="signed|magnitude",
+        help="signed: a diverging colormap centred on zero (red +, blue -); magnitude: |value|. "
+        "Default: signed for integrated and gradxinput, magnitude for the others (CAMs, "
+        "squaregrad and vargrad are never negative).",
+        show_default=False,
+        choices=("signed", "magnitude"),
+    )
 
 
-def _method(ctx: Context) -> tuple[Method, MethodOptions]:
-    """The job's method and its options (Context drew a seed for a method that needs one)."""
-    job = ctx.job
-    method = METHODS.get(job.method)
-    if method is None:
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf", ".webp", ".tif", ".tiff")
+
+
+def check_png_directory(value: str) -> None:
+    """--png names a directory (a PNG per sample): a name like a picture file that is not an
+    existing directory is refused, rather than made into a directory q.png."""
+    if value.lower().endswith(_PICTURE_SUFFIXES) and not os.path.isdir(value):
+        stem = value[: value.rfind(".")]
+        raise UsageError(
+            f"{param('png', value)}: wrt-input writes one PNG per sample into a directory, and "
+            f"this looks like a file name; give a directory, e.g. {param('png', stem + '/')}"
+        )
+
+
+def normalize(job: WrtInputJob) -> None:
+    """The options that go with some methods only, and --png's directory."""
+    found = METHODS.get(job.method)
+    if found is None:
         raise UsageError(
             f"{param('method', repr(job.method))}: expected one of {', '.join(METHODS)}"
         )
-    options = MethodOptions(
-        job.method, job.samples, job.noise, job.seed if job.seed is not None else 0, job.steps
-    )
-    if method.needs_layer:
-        if len(job.layers) > 1:
-            raise UsageError(f"{param('layers')}: a CAM is computed on one layer")
-        options.cam_layer = cam_layer(ctx.handle, job.layers[0] if job.layers else None)
-        ctx.resolved["layer"] = options.cam_layer.info.path
-    elif job.layers:
+    if "baseline" not in found.options and job.baseline is not None:
+        raise UsageError(f"{param('baseline')} goes with {param('method', 'integrated')}")
+    if job.layers and not found.needs_layer:
+        cams = ", ".join(m.name for m in METHODS.values() if m.needs_layer)
         raise UsageError(
-            f"{param('layers')} goes with a CAM method ("
-            + ", ".join(m.name for m in METHODS.values() if m.needs_layer)
-            + "); for the gradient at a layer use `gradcli wrt-layer`"
+            f"{param('layers')} goes with a CAM method ({cams}); for the gradient at a layer "
+            "use `gradcli wrt-layer`"
         )
-    if "baseline" in method.options and job.baseline not in (None, "zeros"):
-        options.baseline = _read_baseline(ctx, job.baseline)
-        options.baseline_name = job.baseline
-    return method, options
-
-
-def _top_features(features: TopFeatures, k: int, shape: tuple[int, ...]) -> list[dict]:
-    """The K most salient features; an N-d input's also get their index in the sample."""
-    feats = features.top(k)
-    if len(shape) > 1:
-        for f in feats:
-            f["index"] = [int(i) for i in np.unravel_index(f["feature"], shape)]
-    return feats
-
-
-def _image_like(shape: tuple) -> bool:
-    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 2, 3, 4))
-
-
-class _Pictures:
-    """--png: the first `limit` samples (and their attributions) of each image-like input."""
-
-    def __init__(
-        self, png: Path | None, names: list[str], shapes: dict[str, tuple], limit: int
-    ) -> None:
-        self.png = png
-        self.limit = limit
-        self.kept: dict[str, list] = {n: [] for n in names if png and _image_like(shapes[n][1:])}
-        if png and not self.kept:
+    if len(job.layers) > 1:
+        raise UsageError(f"{param('layers')}: a CAM is computed on one layer")
+    if job.png_style is not None:
+        if job.png is None:
+            raise UsageError(f"{param('png_style')} goes with {param('png')}")
+        if job.png_style == "signed" and found.png_style == "own":
             raise UsageError(
-                f"{param('png')}: input shapes {', '.join(str(shapes[n][1:]) for n in names)} "
-                f"are not image-like (H, W) or (H, W, C)"
+                f"{param('png_style', 'signed')}: {job.method} is never negative; it is drawn "
+                "as it is"
             )
-
-    def keep(self, name: str, x: np.ndarray, g: np.ndarray) -> None:
-        if name not in self.kept:
-            return
-        have = sum(len(a) for a, _ in self.kept[name])
-        if have < self.limit:
-            take = self.limit - have
-            self.kept[name].append((x[:take], g[:take]))
-
-    def write(
-        self, job: Job, objective: str, outputs: Outputs | None, faint: dict[str, bool]
-    ) -> list[str]:
-        if self.png is None:
-            return []
-        return _write_heatmaps(self.png, self.kept, job, objective, outputs, faint)
+    if job.png is not None:
+        check_png_directory(job.png)
 
 
-def _read_baseline(ctx: Context, path: str) -> list[np.ndarray]:
-    handle = ctx.handle
-    names = [i.name for i in handle.inputs]
-    sources = read_arrays(path, names, "baseline")
-    out = []
-    for info in handle.inputs:
-        src = sources[info.name]
-        shape = src.shape
-        if shape == tuple(info.shape):  # one baseline for every sample
-            out.append(np.asarray(src.array, np.float32)[None])
-            continue
-        check_samples({info.name: src}, {info.name: info.shape}, "baseline")
-        if shape[0] not in (1, ctx.n):
-            raise InputError(f"{src.label}: has {shape[0]} samples; expected 1 or {ctx.n}")
-        out.append(np.asarray(src.array, np.float32))
-    return out
-
-
-def map_style(method: str, png_style: str | None) -> MapStyle:
-    """How --png draws a method's map: --png-style, else the method's own default."""
-    from gradcli.pictures import MapStyle
-
-    found = METHODS[method]
-    if found.png_style == "own":
-        if png_style == "signed":
-            raise UsageError(
-                f"{param('png_style', 'signed')}: {found.quantity} is never negative; it is "
-                "drawn as it is"
-            )
-        return MapStyle(found.quantity, absolute=False)
-    return MapStyle(found.quantity, signed=(png_style or found.png_style) == "signed")
-
-
-def _write_heatmaps(
-    png: Path,
-    keep: dict,
-    job: Job,
-    objective: str,
-    outputs: Outputs | None,
-    faint: dict[str, bool],
-) -> list[str]:
-    from gradcli.pictures import write_heatmaps
-
-    stage = outputs.stage_dir(png) if outputs is not None else png
-    style = map_style(job.method, job.png_style)
-    written = []
-    for name, parts in keep.items():
-        if not parts:
-            continue
-        x = np.concatenate([p[0] for p in parts])[: job.png_limit]
-        g = np.concatenate([p[1] for p in parts])[: job.png_limit]
-        prefix = name.replace("/", "_")
-        title = f"{Path(job.model).name}: {style.quantity} of {objective}, w.r.t. {name}"
-        paths = write_heatmaps(stage, prefix, x, g, title=title, style=style, faint=faint[name])
-        written += [str(png / p.name) for p in paths]
-    return written
-
-
-def _run_cam(
-    ctx: Context, method: Method, options: MethodOptions, out: Path | None, png: Path | None
-) -> dict:
-    """A CAM method: per sample, the map at the layer's resolution (key `cam@LAYER`) and
-    resized to each input with the layer's spatial axes (key: the input's name)."""
-    job, handle = ctx.job, ctx.handle
-    layer = options.cam_layer
-    assert layer is not None
-    if ctx.objective.kind == ObjectiveKind.LOSS:
-        ctx.notes.append(
-            f"with {param('target')} a CAM explains the loss: its ReLU keeps the regions that "
-            "raise the loss, not the evidence for the true class; for that, give the labels "
-            f"as {param('class_index', 'LABELS.npy')}"
-        )
-    names = [i.name for i in handle.inputs]
-    if layer.key in names:
-        raise UsageError(
-            f"the CAM key {layer.key!r} is also the name of a model input; the npz could not "
-            "tell them apart"
-        )
-    sizes = {n: input_spatial(tuple(ctx.inputs[n].shape[1:]), layer) for n in names}
-    resized = [n for n in names if sizes[n] is not None]
-    engine = GradientEngine(
-        handle,
-        ctx.objective,
-        layers=[layer.info],
-        training=job.training,
-        jit=job.jit,
-        activations=True,
-    )
-    keys = [*resized, layer.key]
-    stats = {k: TensorStats(k) for k in keys}
-    for n in resized:
-        stats[n].shape = (ctx.n, *sizes[n])
-    top = {n: TopFeatures(int(np.prod(sizes[n]))) for n in resized} if job.top else {}
-    pictures = _CamPictures(png, resized, ctx.inputs, layer, job.png_limit)
-    with contextlib.ExitStack() as stack:
-        writer = None
-        for batch in ctx.batches(engine, ctx.batch_size()):
-            att = attribute(engine, batch, options, ctx.batch_size())
-            layer_map = att.layer_map
-            assert layer_map is not None
-            if batch.start == 0:  # the layer's spatial size is known after the first batch
-                stats[layer.key].shape = (ctx.n, *layer_map.shape[1:])
-                specs = {k: (stats[k].shape, "<f4") for k in keys}
-                writer = stack.enter_context(ctx.sink(out, specs))
-            arrays = {n: att.values[names.index(n)] for n in resized}
-            arrays[layer.key] = layer_map
-            for k in keys:
-                stats[k].update(arrays[k])
-                if writer:
-                    writer.write(k, arrays[k])
-            for n in top:
-                top[n].update(arrays[n])
-            pictures.keep(batch.inputs, arrays)
-            ctx.progress(batch.stop)
-        for k in keys:  # both maps come from the layer's gradient
-            engine.sensitivity.apply(stats[k], engine.sensitivity.share(("layer", 0)))
-        faint = stats[layer.key].vanishing
-        written_png = pictures.write(job, ctx.objective.describe(), ctx.outputs, faint)
-        written = committed(writer)
-    for name, features in top.items():
-        stats[name].extra["top"] = _top_features(features, job.top, sizes[name])
-    extra = {
-        "method": job.method,
-        "out": written,
-        "cam": {
-            "layer": layer.info.path,
-            "class": layer.info.class_name,
-            "default": layer.default,
-            "map": layer.key,
-            "resized": resized,
-        },
-    }
-    if png:
-        extra["png"] = written_png
-    return ctx.record([stats[k] for k in keys], **extra)
-
-
-class _CamPictures:
-    """--png for a CAM: the first `limit` samples of each input the map is resized to, drawn
-    with the map over them (an image) or under them (a 1-D strip)."""
-
-    def __init__(
-        self, png: Path | None, resized: list[str], inputs: dict, layer: CamLayer, limit: int
-    ) -> None:
-        self.png = png
-        self.limit = limit
-        self.layer = layer
-        self.positions = {n: list(inputs).index(n) for n in resized}
-        self.kept: dict[str, list] = {n: [] for n in resized} if png else {}
-        if png and not resized:
-            shapes = ", ".join(str(tuple(s.shape[1:])) for s in inputs.values())
-            raise UsageError(
-                f"{param('png')}: no input has the spatial axes of layer "
-                f"{layer.info.path!r} (input shapes {shapes}), so there is nothing to overlay"
-            )
-
-    def keep(self, xs: list[np.ndarray], arrays: dict[str, np.ndarray]) -> None:
-        for name, parts in self.kept.items():
-            have = sum(len(a) for a, _ in parts)
-            if have < self.limit:
-                take = self.limit - have
-                parts.append((xs[self.positions[name]][:take], arrays[name][:take]))
-
-    def write(self, job: Job, objective: str, outputs: Outputs | None, faint: bool) -> list[str]:
-        if self.png is None:
-            return []
-        from gradcli.pictures import write_cam_pictures
-
-        stage = outputs.stage_dir(self.png) if outputs is not None else self.png
-        written = []
-        for name, parts in self.kept.items():
-            if not parts:
-                continue
-            x = np.concatenate([p[0] for p in parts])[: self.limit]
-            cam = np.concatenate([p[1] for p in parts])[: self.limit]
-            if x.ndim == cam.ndim + 1 and self.layer.channels_first:
-                x = np.moveaxis(x, 1, -1)  # pictures want channels last
-            quantity = METHODS[job.method].quantity
-            title = (
-                f"{Path(job.model).name}: {quantity} of {objective} on layer "
-                f"{self.layer.info.path}, over {name}"
-            )
-            paths = write_cam_pictures(
-                stage, name.replace("/", "_"), x, cam, title=title, quantity=quantity, faint=faint
-            )
-            written += [str(self.png / p.name) for p in paths]
-        return written
+WRT_INPUT = CommandSpec(
+    name="wrt-input",
+    help="Gradient of the objective with respect to the input: saliency and attributions.\n\n"
+    "With --target every method explains the loss (a CAM then shows what raises it); to\n"
+    "explain each sample's true class, give the labels as --class LABELS.npy.",
+    options=WrtInputJob,
+    layout=("model", "input", "method", "layers", *OBJECTIVE, "logits", OWN, *RUN, *AGAINST),
+    impl="gradcli.jobs.wrt_input:run",
+    record_kind=Kind.GRADIENTS,
+    api_name="wrt_input",
+    png_suffix="",
+    files=("input", "target", "baseline"),
+    uses_methods=True,
+    attribution=True,
+    normalize=normalize,
+)

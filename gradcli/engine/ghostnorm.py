@@ -1,0 +1,217 @@
+"""The fast path of per-sample gradients (persample.py): Dense, Conv1D/Conv2D and Embedding
+layers, whose per-sample kernel and bias gradients (or their squared norms) follow from the
+layer's input activation a and the gradient dz at its pre-activation output z, both captured
+while the model runs (Goodfellow 2015; the "ghost norm" of DP-SGD libraries):
+  Dense, a_i (d_in,):          ||a_i||^2 ||dz_i||^2
+  Dense, a_i (T, d_in):        sum_{t,s} (a_t . a_s)(dz_t . dz_s), or ||a_i^T dz_i||^2
+  Conv:                        the same on unfolded patches (tf.image.extract_patches)
+  Embedding:                   ||rows of dz summed per distinct id||^2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gradcli.engine.capture import Hook
+from gradcli.load.backend import keras, tf
+from gradcli.load.handles import LayerInfo
+
+# fast-path layer kinds
+DENSE, CONV, EMBEDDING = "dense", "conv", "embedding"
+
+
+def layer_kind(layer: Any) -> str | None:
+    """The fast-path kind of a Keras 3 layer whose `call` is Keras's own, else None."""
+    cls = type(layer)
+    quantized = getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False)
+    if quantized:
+        return None
+    if cls.call is keras.layers.Dense.call:
+        return DENSE
+    if cls.call in (keras.layers.Conv2D.call, keras.layers.Conv1D.call) and isinstance(
+        layer, keras.layers.Conv1D | keras.layers.Conv2D
+    ):
+        if layer.groups != 1 or layer.data_format != "channels_last":
+            return None
+        return CONV
+    if cls.call is keras.layers.Embedding.call and not getattr(layer, "sparse", False):
+        return EMBEDDING
+    return None
+
+
+def layer_weights(layer: Any, kind: str) -> list[tuple[str, Any]]:
+    """(role, keras variable) of a fast-path layer."""
+    if kind == EMBEDDING:
+        return [("kernel", layer.embeddings)]
+    out = [("kernel", layer.kernel)]
+    if getattr(layer, "bias", None) is not None:
+        out.append(("bias", layer.bias))
+    return out
+
+
+@dataclass
+class Slot:
+    """A fast-path layer: where its variables sit in the variable list, and what it saw."""
+
+    info: LayerInfo
+    kind: str
+    positions: dict[str, int]  # role -> index in the variable list
+    inputs: list = field(default_factory=list)
+    zs: list = field(default_factory=list)
+
+
+class Capture:
+    """Records each fast-path layer's input and pre-activation output in one model call (its
+    `call`, and the `activation` of a Dense or Conv, hooked: engine.capture)."""
+
+    def __init__(self, slots: Sequence[Slot]) -> None:
+        self.slots = list(slots)
+
+    def hooks(self, tape: Any) -> list[Hook]:
+        hooks = []
+        for slot in self.slots:
+            slot.inputs, slot.zs = [], []
+
+            def calling(original: Any, __slot: Slot = slot) -> Any:
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    __slot.inputs.append(args[0] if args else kwargs.get("inputs"))
+                    out = original(*args, **kwargs)
+                    if __slot.kind == EMBEDDING:
+                        tape.watch(out)
+                        __slot.zs.append(out)
+                    return out
+
+                return call
+
+            hooks.append(Hook(slot.info.layer, "call", calling))
+            if slot.kind != EMBEDDING:
+
+                def activating(act: Any, __slot: Slot = slot) -> Any:
+                    def activation(z: Any) -> Any:
+                        tape.watch(z)
+                        __slot.zs.append(z)
+                        return act(z) if act is not None else z
+
+                    return activation
+
+                hooks.append(Hook(slot.info.layer, "activation", activating))
+        return hooks
+
+
+def f32(x: Any) -> Any:
+    return tf.cast(x, tf.float32)
+
+
+def squared_norms(x: Any) -> Any:
+    """Per-sample sum of squares of a (B, ...) tensor."""
+    x = f32(x)
+    return tf.reduce_sum(tf.reshape(tf.square(x), [tf.shape(x)[0], -1]), axis=1)
+
+
+def _dense(slot: Slot, a: Any, dz: Any, arrays: bool) -> dict[str, tuple[Any, Any]]:
+    """role -> (squared norms (B,), per-sample gradients or None) of a Dense layer."""
+    a, dz = f32(a), f32(dz)
+    d_in, d_out = int(a.shape[-1]), int(dz.shape[-1])
+    b = tf.shape(a)[0]
+    out: dict[str, tuple[Any, Any]] = {}
+    if a.shape.rank == 2:
+        kernel = tf.einsum("bi,bj->bij", a, dz) if arrays else None
+        out["kernel"] = (tf.reduce_sum(a * a, 1) * tf.reduce_sum(dz * dz, 1), kernel)
+        out["bias"] = (tf.reduce_sum(dz * dz, 1), dz if arrays else None)
+        return out
+    a3 = tf.reshape(a, [b, -1, d_in])
+    dz3 = tf.reshape(dz, [b, -1, d_out])
+    return _summed_outer(a3, dz3, _positions(a.shape), arrays, d_in * d_out > 4096)
+
+
+def _positions(shape: Any) -> int | None:
+    """Positions a sample of `shape` (B, ..., channels) holds, or None when one is unknown."""
+    n = 1
+    for d in shape[1:-1]:
+        if d is None:
+            return None
+        n *= int(d)
+    return n
+
+
+def _summed_outer(
+    u: Any, dz3: Any, positions: int | None, arrays: bool, unknown_gram: bool
+) -> dict[str, tuple[Any, Any]]:
+    """Kernel and bias of a layer whose per-sample kernel gradient is sum_p u_p (x) dz_p over
+    its P positions (u: (B, P, d_in), dz3: (B, P, d_out)): role -> (squared norms, g or None).
+    The Gram form costs P^2 (d_in + d_out) a sample, the materialized one P d_in d_out;
+    `unknown_gram` decides when P is not known."""
+    d_in, d_out = int(u.shape[-1]), int(dz3.shape[-1])
+    gram = positions * (d_in + d_out) < d_in * d_out if positions else unknown_gram
+    g = None
+    if arrays or not gram:
+        g = tf.einsum("bpi,bpj->bij", u, dz3)
+        sq = squared_norms(g)
+    else:
+        sq = tf.reduce_sum(
+            tf.einsum("bpi,bqi->bpq", u, u) * tf.einsum("bpj,bqj->bpq", dz3, dz3), [1, 2]
+        )
+    bias = tf.reduce_sum(dz3, 1)
+    return {"kernel": (sq, g), "bias": (squared_norms(bias), bias if arrays else None)}
+
+
+def _conv(slot: Slot, a: Any, dz: Any, arrays: bool) -> dict[str, tuple[Any, Any]]:
+    """role -> (squared norms, per-sample gradients or None) of a Conv1D/Conv2D layer,
+    through the unfolded input patches."""
+    layer = slot.info.layer
+    a, dz = f32(a), f32(dz)
+    kernel_shape = tuple(int(d) for d in layer.kernel.shape)
+    padding = layer.padding.upper()
+    if len(kernel_shape) == 3:  # Conv1D: one image row
+        (k,), (s,), (d,) = layer.kernel_size, layer.strides, layer.dilation_rate
+        if padding == "CAUSAL":
+            a = tf.pad(a, [[0, 0], [d * (k - 1), 0], [0, 0]])
+            padding = "VALID"
+        a = a[:, None]
+        dz = dz[:, None]
+        sizes, strides, rates = [1, 1, k, 1], [1, 1, s, 1], [1, 1, d, 1]
+    else:
+        (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+        sizes, strides, rates = [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1]
+    patches = tf.image.extract_patches(a, sizes, strides, rates, padding)
+    b = tf.shape(a)[0]
+    depth, filters = int(np.prod(kernel_shape[:-1])), kernel_shape[-1]
+    u = tf.reshape(patches, [b, -1, depth])
+    dz3 = tf.reshape(dz, [b, -1, filters])
+    out = _summed_outer(u, dz3, _positions(dz.shape), arrays, False)
+    sq, g = out["kernel"]
+    if arrays:
+        out["kernel"] = (sq, tf.reshape(g, [b, *kernel_shape]))
+    return out
+
+
+def _embedding(slot: Slot, ids: Any, dz: Any, arrays: bool) -> dict[str, tuple[Any, Any]]:
+    """The table's per-sample gradient: dz rows added at their ids, repeated ids summed
+    before squaring."""
+    layer = slot.info.layer
+    vocab, dim = int(layer.embeddings.shape[0]), int(layer.embeddings.shape[1])
+    dz = f32(dz)
+    b = tf.shape(dz)[0]
+    ids = tf.reshape(tf.cast(ids, tf.int64), [b, -1])
+    ids = tf.where(ids < 0, ids + vocab, ids)  # as Keras's `take` maps negative ids
+    rows = tf.reshape(dz, [-1, dim])
+    keys = tf.reshape(tf.range(tf.cast(b, tf.int64), dtype=tf.int64)[:, None] * vocab + ids, [-1])
+    unique, where = tf.unique(keys)
+    summed = tf.math.unsorted_segment_sum(rows, where, tf.size(unique))
+    sq = tf.math.unsorted_segment_sum(
+        tf.reduce_sum(summed * summed, 1), unique // vocab, tf.cast(b, tf.int64)
+    )
+    g = None
+    if arrays:
+        g = tf.reshape(
+            tf.math.unsorted_segment_sum(rows, keys, tf.cast(b, tf.int64) * vocab),
+            [b, vocab, dim],
+        )
+    return {"kernel": (sq, g)}
+
+
+RULES = {DENSE: _dense, CONV: _conv, EMBEDDING: _embedding}
