@@ -1,0 +1,1 @@
+"""Presenting results: records, figures and gates, one renderer per output format."""
