@@ -143,6 +143,11 @@ def test_diff_and_error_records(cli, models, tmp_path):
     assert [r.split("(")[0] for r in page.rows[0]] == ["0x"]  # one key: the input, x
     assert "B (the reference)" in page.text
 
+    (rec,) = _records(cli, "wrt-input", models["linear"], x, "--against", models["linear_export"])
+    _, page = page_of([rec])
+    assert f"gradcli wrt-input --against: {models['linear']}" in page.text
+    assert len(page.rows[0]) == 1 and "the two runs" in page.text
+
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     (zoo / "a.keras").write_bytes(models["linear"].read_bytes())
@@ -152,6 +157,25 @@ def test_diff_and_error_records(cli, models, tmp_path):
     summary = page.rows[0]
     assert len(summary) == 2 and "error: " in summary[1] and "not a .keras archive" in summary[1]
     assert any(attrs.get("class") == "error" for tag, attrs in page.tags if tag == "tr")
+
+
+def test_an_embedding_table_says_how_many_rows_it_touched(cli, keras, tmp_path):
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    emb = keras.layers.Embedding(20, 3, name="emb")(ids)
+    out = keras.layers.Dense(1, name="out")(keras.layers.Flatten()(emb))
+    keras.Model(ids, out).save(tmp_path / "text.keras")
+    np.save(tmp_path / "ids.npy", np.array([[1, 2, 3, 2, 1], [4, 4, 4, 1, 2]], np.int32))
+    (rec,) = _records(cli, "wrt-weights", tmp_path / "text.keras", tmp_path / "ids.npy")
+    _, page = page_of([rec])
+    assert "emb/embeddings" in "".join(page.text)
+    assert ": sparse gradient, 4 of 20 rows touched (the others are zero)" in "".join(page.text)
+
+
+def test_typed_records_render_as_their_json(cli, models):
+    from gradcli.records import Record
+
+    records = _records(cli, "wrt-weights", models["seqni"], models["dir"] / "x5.npy")
+    assert render_file([Record.from_json(r) for r in records]) == render_file(records)
 
 
 def test_policy_admits_only_the_page_own_style_and_script(cli, models):

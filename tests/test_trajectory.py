@@ -176,6 +176,21 @@ def test_ratios_only_where_the_rows_add_up(training):
     assert all(v is not None for v in layer_ratios(rec).values())
     renamed = {**rec, "tensors": [{**t, "name": "z" + t["name"]} for t in rec["tensors"]]}
     assert set(layer_ratios(renamed).values()) == {None}
+    # --per-sample records say which layer each variable belongs to: used over the names
+    owners = [{"name": "z" + t["name"], "layer": t["name"].split("/")[0]} for t in rec["tensors"]]
+    told = {**renamed, "per_sample": {"per_variable": owners}}
+    assert layer_ratios(told) == layer_ratios(rec)
     # a summary that carries each layer's parameter norm is used as it is
     exact = [{**s, "param_l2": 2.0 * s["l2"]} for s in rec["layer_summary"]]
     assert set(layer_ratios({**rec, "layer_summary": exact}).values()) == {0.5}
+
+
+def test_other_commands_trace_each_tensor(training):
+    """A directory run of wrt-input: one line per input, its gradient norm per checkpoint."""
+    paths, _, _ = training
+    code, records, err = json_run("wrt-input", paths["dir"], paths["x"], "--json")
+    assert code == 0, err
+    t = trajectory(records)
+    assert not t.per_layer and not t.has_ratios
+    assert [s.name for s in t.series] == ["features"]
+    assert list(t.series[0].norms) == [r["tensors"][0]["l2"] for r in records]

@@ -41,12 +41,23 @@ def kind_of(rec: dict) -> str:
 def render_file(records: Iterable[object], locate: Locate | None = None) -> bytes:
     """The page for a run's records, UTF-8. `locate(path)`: where a picture a record names is
     now (its staged file, before the run's outputs are committed); default: that path."""
-    recs = [r.to_json() if hasattr(r, "to_json") else dict(r) for r in records]  # type: ignore[union-attr]
-    return page(recs, locate).encode("utf-8")
+    return page([_as_dict(r) for r in records], locate).encode("utf-8")
+
+
+def _as_dict(record: object) -> dict:
+    """A record's JSON form; a typed record's kind (issue 25's Record.kind) is kept with it."""
+    if not hasattr(record, "to_json"):
+        return dict(record)  # type: ignore[call-overload]
+    data = record.to_json()
+    kind = getattr(record, "kind", None)
+    return {**data, "kind": kind} if kind else data
 
 
 def page(recs: list[dict], locate: Locate | None = None) -> str:
     command = str(recs[0].get("command", "")) if recs else ""
+    runs = recs[0].get("runs") if recs and recs[0].get("against") else None
+    if runs:  # --against: the diff of two runs of one command
+        command = f"{runs[0].get('command', '')} --against"
     many = len(recs) > 1
     if not recs:
         title, main = f"gradcli {command}", '<p class="note">no results</p>'

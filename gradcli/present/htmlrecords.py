@@ -45,7 +45,8 @@ def _gradients(rec: dict, locate: Locate | None) -> str:
         if sparse:
             parts.append(
                 f'<p class="note">{code(t["name"])}: sparse gradient, '
-                f"{sparse['rows_touched']:,} of {sparse['rows']:,} rows touched "
+                f"{_thousands(sparse.get('rows_touched'))} of {_thousands(sparse.get('rows'))} "
+                "rows touched "
                 "(the others are zero)</p>"
             )
     parts += [_top_features(rec, t) for t in rec.get("tensors") or [] if t.get("top")]
@@ -162,7 +163,8 @@ def _per_sample(ps: dict) -> str:
             ("max \u2016g_i\u2016", True),
         ]
     )
-    for name, row in [*((r["layer"], r) for r in ps.get("layers") or []), ("(model)", ps["model"])]:
+    rows = [(r.get("layer"), r) for r in ps.get("layers") or []]
+    for name, row in [*rows, ("(model)", ps.get("model") or {})]:
         norms = row.get("sample_norm") or {}
         table.row(
             [cell(name, mono=True)]
@@ -228,6 +230,10 @@ def outputs(rec: dict) -> str:
 
 
 # ------------------------------------------------------------------ check, diff, info
+
+
+def _thousands(x: object) -> str:
+    return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else number(x)
 
 
 def _check(rec: dict, locate: Locate | None) -> str:
@@ -299,7 +305,7 @@ def _info(rec: dict, locate: Locate | None) -> str:
     pairs = [
         ("serving endpoint", code(rec["endpoint"]) if rec.get("endpoint") else ""),
         ("compiled loss", loss),
-        ("trainable parameters", f"{rec.get('trainable_params', 0):,}"),
+        ("trainable parameters", _thousands(rec.get("trainable_params"))),
     ]
     io_table = Table([("", False), ("name", False), ("shape", False), ("dtype", False)], False)
     for kind in ("input", "output"):
@@ -327,6 +333,6 @@ def _info(rec: dict, locate: Locate | None) -> str:
         table.row(
             [num_cell(layer.get("index")), cell(indent + str(layer.get("name")), mono=True)]
             + [cell(layer.get("class")), cell(layer.get("output_shape"))]
-            + [num_cell(layer.get("params"), shown=f"{layer.get('params', 0):,}")]
+            + [num_cell(layer.get("params"), shown=_thousands(layer.get("params")))]
         )
     return facts(pairs) + io_table.html() + table.html()

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 
 from .htmlkit import esc
-from .trajectory import VERDICT_ERROR, VERDICT_TRIPPED, Trajectory, line_style
+from .trajectory import VERDICT_ERROR, VERDICT_TRIPPED, Trajectory, finite, line_style
 
 WIDTH = 760
 OK_COLOR = "#1f77b4"
@@ -83,7 +83,7 @@ def flow_chart(summary: Sequence[dict]) -> str:
     label_w, row_h, top = 210, 18, 8
     x0, x1 = label_w + 8, WIDTH - 110  # room for the value text after the longest bar
     height = top + n * row_h + 40
-    axis = LogAxis([s.get("l2") for s in summary], x0, x1)
+    axis = LogAxis([finite(s.get("l2")) for s in summary], x0, x1)
     body = []
     bottom = top + n * row_h
     for k in axis.decades():
@@ -95,7 +95,7 @@ def flow_chart(summary: Sequence[dict]) -> str:
     for i, s in enumerate(summary):
         y = top + i * row_h
         mid = y + row_h / 2
-        name, l2, status = str(s.get("layer", "")), s.get("l2"), str(s.get("status", ""))
+        name, l2, status = str(s.get("layer", "")), finite(s.get("l2")), str(s.get("status", ""))
         good = status == "ok"
         figure = "-" if l2 is None else f"{l2:.3g}"
         tip = esc(f"{name}: L2 {figure}" + ("" if good else f" ({status})"))

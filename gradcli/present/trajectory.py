@@ -134,11 +134,11 @@ def _figures(rec: dict, per_layer: bool) -> dict[str, Figure]:
         summary = rec.get("layer_summary") or []
         ratios = layer_ratios(rec)
         return {
-            str(s["layer"]): (_finite(s.get("l2")), s.get("status"), ratios.get(str(s["layer"])))
+            str(s["layer"]): (finite(s.get("l2")), s.get("status"), ratios.get(str(s["layer"])))
             for s in summary
         }
     return {
-        str(t["name"]): (_finite(t.get("l2")), t.get("status"), None)
+        str(t["name"]): (finite(t.get("l2")), t.get("status"), None)
         for t in rec.get("tensors") or []
         if "l2" in t
     }
@@ -166,7 +166,7 @@ def layer_ratios(rec: dict) -> dict[str, float | None]:
             param2[layer] = param2.get(layer, 0.0) + float(t["param_l2"]) ** 2
     out: dict[str, float | None] = {}
     for s in summary:
-        layer, l2 = str(s["layer"]), _finite(s.get("l2"))
+        layer, l2 = str(s["layer"]), finite(s.get("l2"))
         adds_up = l2 is not None and math.isclose(math.sqrt(grad2[layer]), l2, rel_tol=_SUM_RTOL)
         if not adds_up or layer not in param2:
             out[layer] = None
@@ -207,13 +207,14 @@ def owner_of(variable: str, layers: Sequence[str]) -> str | None:
 
 
 def _ratio(l2: object, param_l2: object, status: object) -> float | None:
-    g, p = _finite(l2), _finite(param_l2)
+    g, p = finite(l2), finite(param_l2)
     if g is None or p is None or p == 0 or status not in (None, "ok"):
         return None
     return g / p
 
 
-def _finite(x: object) -> float | None:
+def finite(x: object) -> float | None:
+    """A figure as a float, None when it is none, not a number, NaN or infinite."""
     if isinstance(x, bool) or not isinstance(x, int | float):
         return None
     return float(x) if math.isfinite(x) else None
