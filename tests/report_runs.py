@@ -1,6 +1,6 @@
 """Real runs for the HTML report tests: small models saved to disk (one with hostile names,
-checkpoints of a real short training run, a 100-layer model, noisy pictures), and the CLI run
-in this process for its `--json` records."""
+checkpoints of a real short training run, a 100-layer model, noisy pictures), the CLI run
+in this process for its `--json` records, and the page of some records."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def json_run(*args: object) -> tuple[int, list[dict], str]:
             os.environ["GRADCLI_INPROCESS"] = before
     records = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
     return (code if isinstance(code, int) else 0), records, err.getvalue()
+
+
+def render(records: list[dict], locate=None) -> bytes:
+    """The HTML page of `--json` records, as `--html` writes it (typed as the CLI types them)."""
+    from gradcli.commands.display import typed
+    from gradcli.present.html import render_file
+
+    return render_file(typed(records), locate)
 
 
 def hostile_zoo(keras, root: Path) -> dict[str, Path]:

@@ -1,12 +1,14 @@
-"""The HTML report in a real headless browser: Debian's Chromium, started by the test and
-driven through the Chrome DevTools Protocol by Playwright (its Python package only: the
-system browser, never a downloaded one). Each page must load with no console error, no CSP
-violation and no request but its own file; tables sort on a click; pictures decode; names
-from files (script tags, event handlers, quotes, control characters) stay text.
+"""The HTML report in a real headless browser: Debian's Chromium, started once per test
+session and driven through the Chrome DevTools Protocol by Playwright (its Python package
+only: the system browser, never a downloaded one). Each page must load with no console error,
+no CSP violation and no request but its own file; tables sort on a click; pictures decode;
+names from files (script tags, event handlers, quotes, control characters) stay text, which
+the parsed page shows too (those checks need no browser and run everywhere).
 
 Skipped, with the reason, only where no browser can be installed: `scripts/install_browser.sh`
-installs Chromium (apt-get) and Playwright; with GRADCLI_BROWSER_REQUIRED=1 (CI) a missing
-browser fails instead. GRADCLI_SCREENSHOTS=DIR keeps the screenshots.
+installs Chromium (apt-get); Playwright comes with the dev extras. With
+GRADCLI_BROWSER_REQUIRED=1 (CI) a missing browser fails instead. GRADCLI_SCREENSHOTS=DIR keeps
+the screenshots.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from report_runs import HOSTILE_RUNS, hostile_records
+from report_runs import HOSTILE_RUNS, hostile_records, render
+from test_html_report import Page
 
-from gradcli.escaping import printable
-from gradcli.present.html import render_file
+from gradcli.present.escape import html, printable
 from gradcli.present.trajectory import trajectory
 
 CHROMIUM_FLAGS = [
@@ -56,7 +57,7 @@ def chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(tmp_path_factory):
     try:
         from playwright.sync_api import sync_playwright
@@ -113,7 +114,7 @@ class Opened:
 
 def _write(tmp_path: Path, name: str, records: list[dict]) -> Path:
     path = tmp_path / f"{name}.html"
-    path.write_bytes(render_file(records))
+    path.write_bytes(render(records))
     return path
 
 
@@ -130,33 +131,38 @@ def _column(page, header: str) -> list[float]:
 
 
 def test_report_loads_sorts_and_shows_its_pictures(browser, cli, models, tmp_path):
-    import json
-
+    """Pages `--html` wrote: saliency pictures that decode; a per-sample weights table that
+    sorts by a click; and the same page with a script and an image the policy does not admit
+    put into it, which are refused (seen as violations: the check above can fail)."""
+    page_file = tmp_path / "wrt-input.html"
     result = cli(
         "wrt-input", models["cnn"], models["dir"] / "img.npy", "--class", "pred",
-        "--png", tmp_path / "pictures", "--json",
+        "--png", tmp_path / "pictures", "--html", page_file,
     )  # fmt: skip
     assert result.code == 0, result.err
-    records = [json.loads(line) for line in result.out.splitlines()]
-    opened = Opened(browser, _write(tmp_path, "wrt-input", records))
+    opened = Opened(browser, page_file)
     opened.assert_clean()
     page = opened.page
     sizes = page.evaluate(
         "Promise.all(Array.from(document.images, (i) => i.decode().then("
         "() => [i.naturalWidth, i.naturalHeight])))"
     )
-    assert len(sizes) == len(records[0]["png"]) == 5
+    assert len(sizes) == len(list((tmp_path / "pictures").iterdir())) == 5
     assert all(w > 0 and h > 0 for w, h in sizes)
     png = opened.screenshot(tmp_path / "wrt-input.png")
     assert len(png) > 10_000
 
     # a table with several rows to sort: per-sample weight gradients, every kind of column
+    import json
+
+    page_file = tmp_path / "wrt-weights.html"
     result = cli(
         "wrt-weights", models["seqni"], models["dir"] / "x5.npy", "--target",
         models["dir"] / "labels4.npy", "--per-sample", "--max-norm", "0.3", "--json",
+        "--html", page_file,
     )  # fmt: skip
     records = [json.loads(line) for line in result.out.splitlines()]
-    opened = Opened(browser, _write(tmp_path, "wrt-weights", records))
+    opened = Opened(browser, page_file)
     opened.assert_clean()
     page = opened.page
     tensors = records[0]["tensors"]
@@ -176,15 +182,7 @@ def test_report_loads_sorts_and_shows_its_pictures(browser, cli, models, tmp_pat
     assert names.all_inner_texts() == [t["name"] for t in by_l2]
     opened.screenshot(tmp_path / "wrt-weights.png")
 
-
-def test_the_policy_is_enforced(browser, tmp_path, models, cli):
-    """The check above can fail: a script and an image the policy does not admit, put into
-    a real page, are refused, seen as violations, and run or load nothing."""
-    import json
-
-    result = cli("wrt-weights", models["seqni"], models["dir"] / "x5.npy", "--json")
-    page = render_file([json.loads(result.out)]).decode()
-    tampered = page.replace(
+    tampered = page_file.read_text().replace(
         "<main>",
         '<main><script>document.title = "ran"</script><img src="http://127.0.0.1:9/x.png">',
     )
@@ -199,9 +197,35 @@ def test_the_policy_is_enforced(browser, tmp_path, models, cli):
 
 @pytest.fixture(scope="module")
 def hostile_pages(tmp_path_factory, keras):
-    root = tmp_path_factory.mktemp("hostile-browser")
+    root = tmp_path_factory.mktemp("hostile")
     runs = hostile_records(keras, root)
     return {name: (records, _write(root, name, records)) for name, records in runs.items()}
+
+
+@pytest.mark.parametrize("run", list(HOSTILE_RUNS))
+def test_hostile_names_are_text_in_the_page(hostile_pages, run):
+    """Every hostile name is on the page as escaped text (control characters as escapes),
+    never as markup: the parsed page has only the page's own elements and attributes."""
+    records, path = hostile_pages[run]
+    data = path.read_bytes()
+    page = Page(data)
+    text = data.decode()
+    for name in HOSTILE_RUNS[run]:
+        assert html(name) in text
+        assert printable(name) in "".join(page.text)
+        assert name not in text  # raw: never
+    own = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h4", "p"}
+    own |= {"span", "main", "footer", "script", "dl", "dt", "dd", "code", "details", "summary"}
+    own |= {"div", "table", "thead", "tbody", "tr", "th", "td", "button", "figure", "img", "a"}
+    own |= {"figcaption", "section", "ul", "li", "svg", "g", "text", "rect", "line", "path"}
+    own |= {"circle", "polyline"}
+    assert {tag for tag, _ in page.tags} <= own
+    assert not [attrs for _, attrs in page.tags if any(k.startswith("on") for k in attrs)]
+    assert page.count("script") == 1
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    if run == "directory":  # the broken model is a row of its own, marked as an error
+        errors = [r for r in page.rows[0] if "error: " in r]
+        assert len(errors) == 1 and "not a .keras archive" in errors[0]
 
 
 @pytest.mark.parametrize("run", list(HOSTILE_RUNS))
@@ -225,7 +249,8 @@ def test_hostile_names_render_as_text(browser, hostile_pages, run, tmp_path):
     )
     pictures = sum(len(r["png"]) for r in records if isinstance(r.get("png"), list))
     charts = sum(1 for r in records if r.get("layer_summary"))  # a flow chart each
-    charts += trajectory(records) is not None
+    charts += len(records) > 1 and trajectory(records) is not None
+    charts += sum(1 for r in records if r.get("command") == "diff")  # its figures
     assert found == {
         "scripts": 1,
         "images": pictures,
@@ -234,4 +259,4 @@ def test_hostile_names_render_as_text(browser, hostile_pages, run, tmp_path):
         "injected": 0,
     }
     png = opened.screenshot(tmp_path / f"hostile-{run}.png")
-    assert np.frombuffer(png, np.uint8).size > 1000
+    assert len(png) > 1000

@@ -1,9 +1,10 @@
-"""The HTML report (gradcli/present/html.py) on records of real runs: every record kind
-renders its rows, the page loads nothing and its policy admits only its own style and script,
-names from files stay text, pictures are inlined within the page's size budget.
+"""The HTML report (`--html FILE`, gradcli/present/html.py) on records of real runs: every
+record kind renders its rows, a kind the page does not know renders generically, the page
+loads nothing and its policy admits only its own style and script, the file is written with
+the run's other outputs (all or nothing), pictures are inlined within the page's size budget.
 
-The page is checked here by parsing it (stdlib html.parser); test_html_browser.py opens the
-same pages in a real headless Chromium.
+The page is checked here by parsing it (stdlib html.parser); test_html_browser.py opens
+pages in a real headless Chromium (and holds the hostile-names tests, which share its runs).
 """
 
 from __future__ import annotations
@@ -11,23 +12,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-from report_runs import (
-    HOSTILE_RUNS,
-    deep_checkpoints,
-    hostile_records,
-    json_run,
-    noisy_pictures_model,
-)
+from report_runs import deep_checkpoints, json_run, noisy_pictures_model, render
 
-from gradcli.escaping import printable
 from gradcli.present import thumbnails
+from gradcli.present.escape import printable
 from gradcli.present.html import render_file
-from gradcli.present.htmlkit import esc
+from gradcli.present.records import Record
 
 BUDGET = 2_000_000  # bytes: a page with 16 pictures, or over 100 layers
 
@@ -67,9 +63,12 @@ class Page(HTMLParser):
     def raw(self, tag: str) -> str:
         return self._raw.get(tag, "")
 
+    def count(self, tag: str) -> int:
+        return sum(1 for t, _ in self.tags if t == tag)
+
 
 def page_of(records: list[dict], **kw) -> tuple[bytes, Page]:
-    data = render_file(records, **kw)
+    data = render(records, **kw)
     return data, Page(data)
 
 
@@ -108,12 +107,23 @@ KINDS = {
 }  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def kinds(models, tmp_path_factory):
+    """One real run of each kind of record (shared by the tests of this module)."""
+    tmp = tmp_path_factory.mktemp("kinds")
+    found = {}
+    for kind, args in KINDS.items():
+        code, records, err = json_run(*[a.format(tmp=tmp, **models) for a in args], "--json")
+        assert code in (0, 1) and len(records) == 1, err
+        found[kind] = records[0]
+    return found
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_each_record_kind_renders_its_rows(cli, models, tmp_path, kind):
+def test_each_record_kind_renders_its_rows(kinds, kind, tmp_path):
     """Every kind of record becomes a page whose first sortable table has a row per tensor
     (info: per layer), each named as the record names it; tripped rows are marked."""
-    args = [a.format(tmp=tmp_path, **models) for a in KINDS[kind]]
-    (rec,) = _records(cli, *args)
+    rec = kinds[kind]
     data, page = page_of([rec])
     expected = rec.get("layers") if rec["command"] == "info" else rec["tensors"]
     table = page.rows[1] if rec["command"] == "info" else page.rows[0]  # info: io table first
@@ -123,43 +133,125 @@ def test_each_record_kind_renders_its_rows(cli, models, tmp_path, kind):
     tripped = [t for t in rec.get("tensors") or [] if t.get("tripped")]
     marked = [attrs for tag, attrs in page.tags if tag == "tr" and attrs.get("class") == "tripped"]
     assert len(marked) == len(tripped)
+    text = "".join(page.text)
     if kind == "per-sample":
         assert tripped, "--max-norm 0.3 trips the larger tensors"
-        assert "gates tripped: too-large" in "".join(page.text)
+        assert "gates tripped: too-large" in text
+        assert page.count("svg") == 2  # the gradient flow and the per-sample spread
+        assert "per-sample spread" in text
     pictures = rec.get("png") if isinstance(rec.get("png"), list) else []
-    assert sum(1 for tag, _ in page.tags if tag == "img") == len(pictures)
+    assert page.count("img") == len(pictures)
     if kind == "flow --png":  # the page draws its own chart (SVG); the PNG is named
-        assert sum(1 for tag, _ in page.tags if tag == "svg") == 1
-        assert str(tmp_path / "flow.png") in "".join(page.text)
+        assert page.count("svg") == 1
+        assert rec["png"] in text
 
 
-def test_diff_and_error_records(cli, models, tmp_path):
+def test_the_spread_chart_draws_the_per_sample_figures(kinds):
+    """Each layer's bar runs from its median per-sample norm to its max, with ticks at p90,
+    p99 and ‖G‖, read back through the chart's log axis."""
+    import xml.etree.ElementTree as ET
+
+    from gradcli.present.svgfigures import LABEL_WIDTH, spread_chart
+    from gradcli.present.svgkit import WIDTH, LogAxis
+
+    ps = kinds["per-sample"]["per_sample"]
+    rows = [*ps["layers"], ps["model"]]
+    svg = ET.fromstring(spread_chart(ps))
+    ns = "{http://www.w3.org/2000/svg}"
+    values = [
+        v
+        for r in rows
+        for v in (*(r["sample_norm"][k] for k in ("median", "p90", "p99", "max")), r["g_norm"])
+    ]
+    axis = LogAxis(values, LABEL_WIDTH + 8, WIDTH - 110)
+
+    def back(x: float) -> float:  # the figure at x on the chart's log axis
+        return 10 ** (axis.lo + (x - axis.start) / (axis.end - axis.start) * (axis.hi - axis.lo))
+
+    bars = [g for g in svg.findall(f"{ns}g") if g.find(f"{ns}rect") is not None]
+    assert len(bars) == len(rows)
+    for g, r in zip(bars, rows, strict=True):
+        rect = g.find(f"{ns}rect")
+        x, w = float(rect.get("x")), float(rect.get("width"))
+        dist = r["sample_norm"]
+        assert back(x) == pytest.approx(dist["median"], rel=0.01)
+        assert back(x + w) == pytest.approx(dist["max"], rel=0.01)
+        ticks = sorted(back(float(line.get("x1"))) for line in g.findall(f"{ns}line"))
+        wanted = sorted([dist["p90"], dist["p99"], r["g_norm"]])
+        assert ticks == pytest.approx(wanted, rel=0.01)
+
+
+def test_a_kind_the_page_does_not_know_renders_generically():
+    """A record of a kind added after the report (its figures unknown to it): header, gates,
+    a table of its tensors with every scalar column, its other lists of rows as tables, its
+    scalar figures as facts; names from files escaped."""
+    data = {
+        "version": "0",
+        "command": "new-command",
+        "model": "m<odel>.keras",
+        "n": 4,
+        "objective": "mean loss",
+        "gates": ["too-large"],
+        "exit_code": 1,
+        "trace": 12.5,
+        "settings": {"iterations": 20, "seed": 0},
+        "eigenvalues": [3.0, 2.0, 1.0],
+        "tensors": [
+            {"name": "<b>d</b>/kernel", "shape": [3, 2], "status": "too-large", "tripped": True,
+             "top_eigenvalue": 3.0, "trace": 7.5, "density": [1, 2]},
+            {"name": "d/bias", "shape": [2], "status": "ok", "tripped": False, "trace": 5.0},
+        ],
+        "influence": [{"train_index": 7, "score": -0.5, "label": "<i>cat</i>"}],
+    }  # fmt: skip
+    page_bytes = render_file([Record.from_json(data, kind="novel")])
+    page = Page(page_bytes)
+    text = "".join(page.text)
+    assert "new-command" in text and "m<odel>.keras" in text and "<b>" not in page_bytes.decode()
+    assert "gates tripped: too-large" in text
+    for fact in ("trace", "12.5", "settings.iterations", "20", "eigenvalues", "[3, 2, 1]"):
+        assert fact in text
+    tensors, influence = page.rows[0], page.rows[1]
+    assert len(tensors) == 2 and "<b>d</b>/kernel" in tensors[0] and "too-large" in tensors[0]
+    assert "7.5" in tensors[0] and "5" in tensors[1]
+    heads = [a for t, a in page.tags if t == "th"]
+    assert len(heads) == 6 + 4  # #, name, shape, top_eigenvalue, trace, status; #, 3 columns
+    assert influence == ["07-0.5<i>cat</i>"]
+    assert page.count("tr") - 2 == 3 and page.count("b") == 0
+
+
+def test_html_is_written_with_the_run_outputs(cli, models, tmp_path):
+    """`--html` through the CLI: the page is committed with the run's pictures and arrays,
+    and reads the pictures from where they are staged before that; `diff` and `--against`
+    write theirs too."""
+    report, png, out = tmp_path / "r.html", tmp_path / "cam", tmp_path / "g.npz"
+    result = cli(
+        "wrt-input", models["cnn"], models["dir"] / "img.npy", "--class", "0", "-m", "gradcam",
+        "--png", png, "-o", out, "--html", report,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    page = Page(report.read_bytes())
+    shown = [base64.b64decode(a["src"].split(",", 1)[1]) for t, a in page.tags if t == "img"]
+    assert shown == [p.read_bytes() for p in sorted(png.iterdir())]  # small: inlined as they are
+    assert str(out) in "".join(page.text)
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    x = models["dir"] / "x5.npy"
-    _records(cli, "wrt-input", models["linear"], x, "-o", a)
-    _records(cli, "wrt-input", models["linear_export"], x, "-o", b)
-    (rec,) = _records(cli, "diff", a, b, "--min-cosine", "0.5")
-    _, page = page_of([rec])
-    assert [r.split("(")[0] for r in page.rows[0]] == ["0x"]  # one key: the input, x
+    np.savez(a, x=np.arange(6.0), y=np.ones(3))
+    np.savez(b, x=np.arange(6.0) + 1, y=np.ones(3))
+    result = cli("diff", a, b, "--min-cosine", "0.999", "--html", tmp_path / "diff.html")
+    assert result.code == 1
+    page = Page((tmp_path / "diff.html").read_bytes())
+    assert [r[:2] for r in page.rows[0]] == ["0x", "1y"] and page.count("svg") == 1
     assert "B (the reference)" in page.text
-
-    (rec,) = _records(cli, "wrt-input", models["linear"], x, "--against", models["linear_export"])
-    _, page = page_of([rec])
+    x = models["dir"] / "x5.npy"
+    result = cli("wrt-input", models["linear"], x, "--against", models["linear_export"],
+                 "--html", tmp_path / "against.html")  # fmt: skip
+    assert result.code == 0, result.err
+    page = Page((tmp_path / "against.html").read_bytes())
     assert f"gradcli wrt-input --against: {models['linear']}" in page.text
     assert len(page.rows[0]) == 1 and "the two runs" in page.text
 
-    zoo = tmp_path / "zoo"
-    zoo.mkdir()
-    (zoo / "a.keras").write_bytes(models["linear"].read_bytes())
-    (zoo / "b.keras").write_bytes(b"junk")
-    recs = _records(cli, "wrt-weights", zoo, x, "--target", models["dir"] / "y3.npy", codes=(3,))
-    _, page = page_of(recs)
-    summary = page.rows[0]
-    assert len(summary) == 2 and "error: " in summary[1] and "not a .keras archive" in summary[1]
-    assert any(attrs.get("class") == "error" for tag, attrs in page.tags if tag == "tr")
-
 
 def test_an_embedding_table_says_how_many_rows_it_touched(cli, keras, tmp_path):
+    """...and a run that fails writes no page (nor any other output)."""
     ids = keras.Input((5,), dtype="int32", name="ids")
     emb = keras.layers.Embedding(20, 3, name="emb")(ids)
     out = keras.layers.Dense(1, name="out")(keras.layers.Flatten()(emb))
@@ -169,18 +261,15 @@ def test_an_embedding_table_says_how_many_rows_it_touched(cli, keras, tmp_path):
     _, page = page_of([rec])
     assert "emb/embeddings" in "".join(page.text)
     assert ": sparse gradient, 4 of 20 rows touched (the others are zero)" in "".join(page.text)
+    before = sorted(tmp_path.iterdir())
+    result = cli("wrt-input", tmp_path / "text.keras", tmp_path / "ids.npy", "--html",
+                 tmp_path / "no.html", "-o", tmp_path / "no.npz")  # fmt: skip
+    assert result.code == 4 and result.err.startswith("error: ")
+    assert sorted(tmp_path.iterdir()) == before
 
 
-def test_typed_records_render_as_their_json(cli, models):
-    from gradcli.records import Record
-
-    records = _records(cli, "wrt-weights", models["seqni"], models["dir"] / "x5.npy")
-    assert render_file([Record.from_json(r) for r in records]) == render_file(records)
-
-
-def test_policy_admits_only_the_page_own_style_and_script(cli, models):
-    (rec,) = _records(cli, "wrt-weights", models["seqni"], models["dir"] / "x5.npy")
-    data, page = page_of([rec])
+def test_policy_admits_only_the_page_own_style_and_script(kinds):
+    data, page = page_of([kinds["per-sample"]])
     policy = next(
         a["content"] for t, a in page.tags if a.get("http-equiv") == "Content-Security-Policy"
     )
@@ -189,8 +278,7 @@ def test_policy_admits_only_the_page_own_style_and_script(cli, models):
     assert directives["style-src"] == f"'{_sha(page.raw('style'))}'"
     assert directives["script-src"] == f"'{_sha(page.raw('script'))}'"
     assert "unsafe" not in policy
-    assert [t for t, _ in page.tags].count("script") == 1
-    assert [t for t, _ in page.tags].count("style") == 1
+    assert page.count("script") == 1 and page.count("style") == 1
     # nothing else the policy would refuse or that loads from elsewhere
     for tag, attrs in page.tags:
         assert "style" not in attrs and not any(k.startswith("on") for k in attrs), tag
@@ -199,61 +287,26 @@ def test_policy_admits_only_the_page_own_style_and_script(cli, models):
                 assert attrs[key].startswith(("data:image/", "#")), attrs[key]
 
 
-# ------------------------------------------------------------------ hostile names
+# ------------------------------------------------------------------ pictures, size budget
 
 
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory, keras):
-    runs = hostile_records(keras, tmp_path_factory.mktemp("hostile"))
-    return {name: (records, render_file(records)) for name, records in runs.items()}
-
-
-@pytest.mark.parametrize("run", list(HOSTILE_RUNS))
-def test_hostile_names_are_text(hostile, run):
-    """Every hostile name is on the page as escaped text (control characters as escapes),
-    never as markup: the parsed page has only the page's own elements and attributes."""
-    records, data = hostile[run]
-    page = Page(data)
-    text = data.decode()
-    for name in HOSTILE_RUNS[run]:
-        assert esc(name) in text
-        assert printable(name) in "".join(page.text)
-        assert name not in text  # raw: never
-    own = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h4", "p"}
-    own |= {"span", "main", "footer", "script", "dl", "dt", "dd", "code", "details", "summary"}
-    own |= {"div", "table", "thead", "tbody", "tr", "th", "td", "button", "figure", "img", "a"}
-    own |= {"figcaption", "section", "ul", "li", "svg", "g", "text", "rect", "line", "path"}
-    own |= {"circle", "polyline"}
-    assert {tag for tag, _ in page.tags} <= own
-    assert not [attrs for _, attrs in page.tags if any(k.startswith("on") for k in attrs)]
-    assert [t for t, _ in page.tags].count("script") == 1
-    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
-
-
-def test_pictures_that_cannot_be_read_are_named_not_inlined(cli, models, tmp_path):
-    (rec,) = _records(
-        cli, "wrt-input", models["cnn"], models["dir"] / "img.npy", "--png", tmp_path / "p"
-    )
+def test_pictures_that_cannot_be_read_are_named_not_inlined(kinds, tmp_path):
+    """Pictures are read from where `locate` says they are (staged, before the commit); one
+    that is not a PNG or is gone is named on the page, not inlined."""
+    rec = kinds["gradcam --png"]
     pictures = rec["png"]
-    Path(pictures[0]).write_bytes(b"<svg onload=alert(1)>")  # not a PNG
-    Path(pictures[1]).unlink()
-    _, page = page_of([rec])
+    staged = tmp_path / "staged"
+    shutil.copytree(Path(pictures[0]).parent, staged)
+    (staged / Path(pictures[0]).name).write_bytes(b"<svg onload=alert(1)>")  # not a PNG
+    (staged / Path(pictures[1]).name).unlink()
+    _, page = page_of([rec], locate=lambda p: staged / Path(p).name)
     text = "".join(page.text)
     assert "not a PNG file" in text and "cannot be read" in text
-    assert sum(1 for tag, _ in page.tags if tag == "img") == len(pictures) - 2
-
-
-def test_locate_reads_pictures_from_where_they_are_staged(cli, models, tmp_path):
-    (rec,) = _records(
-        cli, "wrt-input", models["cnn"], models["dir"] / "img.npy", "--png", tmp_path / "p"
-    )
-    staged = tmp_path / "staged"
-    (tmp_path / "p").rename(staged)
-    _, page = page_of([rec], locate=lambda p: staged / Path(p).name)
-    assert sum(1 for tag, _ in page.tags if tag == "img") == len(rec["png"])
-
-
-# ------------------------------------------------------------------ pictures, size budget
+    assert page.count("img") == len(pictures) - 2
+    path = Path(pictures[2])  # a picture that fits is inlined byte for byte
+    thumb = thumbnails.thumbnail(path)
+    assert base64.b64decode(thumb.uri.split(",", 1)[1]) == path.read_bytes()
+    assert (thumb.width, thumb.height) == thumbnails.png_size(path.read_bytes()[:24])
 
 
 def test_downscale_is_the_area_average():
@@ -272,18 +325,10 @@ def test_downscale_is_the_area_average():
     assert np.allclose(left, [1, 0, 0, 1]) and right[3] == 0.0
 
 
-def test_a_picture_that_fits_is_inlined_byte_for_byte(cli, models, tmp_path):
-    (rec,) = _records(
-        cli, "wrt-input", models["cnn"], models["dir"] / "img.npy", "--png", tmp_path / "p"
-    )
-    path = Path(rec["png"][0])
-    thumb = thumbnails.thumbnail(path)
-    assert base64.b64decode(thumb.uri.split(",", 1)[1]) == path.read_bytes()
-    assert (thumb.width, thumb.height) == thumbnails.png_size(path.read_bytes()[:24])
-
-
-@pytest.fixture(scope="module")
-def budget_pages(tmp_path_factory, keras):
+def test_page_size_budget(tmp_path_factory, keras):
+    """16 pictures of noise (the worst to compress: 900x300 PNGs of about 480 KB each) on one
+    page, a directory of 100-layer models (trajectory, flow charts, tables) on another: the
+    two pages together within 2 MB."""
     root = tmp_path_factory.mktemp("budget")
     noisy = noisy_pictures_model(keras, root)
     deep = deep_checkpoints(keras, root)
@@ -295,23 +340,14 @@ def budget_pages(tmp_path_factory, keras):
         "wrt-weights", deep["dir"], deep["x"], "--target", deep["y"], "--json"
     )
     assert code == 0, err
-    return pictures, layers
-
-
-@pytest.mark.slow
-def test_page_size_budget(budget_pages):
-    """16 pictures of noise (the worst to compress: 900x300 PNGs of about 480 KB each) on one
-    page, a directory of 100-layer models (trajectory, flow charts, tables) on another: the
-    two pages together within 2 MB."""
-    pictures, layers = budget_pages
     assert len(pictures[0]["png"]) == 16
     sources = sum(Path(p).stat().st_size for p in pictures[0]["png"])
     assert sources > 2 * BUDGET  # inlined as they are, they would not fit
     assert all(len(r["layer_summary"]) == 100 for r in layers) and len(layers) > 1
     data, page = page_of(pictures)
-    deep, deep_page = page_of(layers)
-    assert len(data) + len(deep) <= BUDGET, (len(data), len(deep))
-    assert [t for t, _ in deep_page.tags].count("polyline") >= 100  # the trajectory's lines
+    deep_data, deep_page = page_of(layers)
+    assert len(data) + len(deep_data) <= BUDGET, (len(data), len(deep_data))
+    assert deep_page.count("polyline") >= 100  # the trajectory's lines
     images = [a for t, a in page.tags if t == "img"]
     assert len(images) == 16
     for attrs in images:

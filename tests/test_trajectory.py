@@ -1,7 +1,7 @@
 """The trajectory over a directory of checkpoints, saved during a real short training run:
 each layer's gradient norm and |g|/|θ| per checkpoint, against the per-checkpoint JSON
 figures and a plain tf.GradientTape on each checkpoint; the gate verdicts per checkpoint; the
-same figures drawn as SVG (the HTML page) and as PNG (`wrt-weights DIR --png`)."""
+same figures drawn as SVG (the `--html` page) and as PNG (`wrt-weights DIR --png`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from report_runs import json_run, training_checkpoints
+from report_runs import json_run, render, training_checkpoints
 
-from gradcli.present.html import render_file
 from gradcli.present.svgcharts import (
     PANEL_GAP,
     PANEL_HEIGHT,
@@ -25,8 +24,6 @@ from gradcli.present.trajectory import (
     VERDICT_OK,
     VERDICT_TRIPPED,
     checkpoint_labels,
-    layer_ratios,
-    owner_of,
     trajectory,
 )
 
@@ -36,15 +33,21 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 @pytest.fixture(scope="module")
 def training(tmp_path_factory, keras):
-    """Checkpoints of a real run, wrt-weights over them without and with a norm bound that
-    the first checkpoints trip and the last ones do not."""
-    paths = training_checkpoints(keras, tmp_path_factory.mktemp("training"))
+    """Checkpoints of a real run, wrt-weights over them without (a chart per model and the
+    trajectory in a directory) and with a norm bound that the first checkpoints trip and the
+    last ones do not (the trajectory alone, and the HTML page)."""
+    root = tmp_path_factory.mktemp("training")
+    paths = training_checkpoints(keras, root)
     args = ("wrt-weights", paths["dir"], paths["x"], "--target", paths["y"], "--json")
-    code, free, err = json_run(*args)
+    paths["charts"] = root / "charts"
+    code, free, err = json_run(*args, "--png", paths["charts"])
     assert code == 0, err
     largest = [max(t["l2"] for t in r["tensors"]) for r in free]
     bound = float(np.median(largest))
-    code, gated, err = json_run(*args, "--max-norm", repr(bound))
+    paths["png"], paths["html"] = root / "trajectory-gated.png", root / "run.html"
+    code, gated, err = json_run(
+        *args, "--max-norm", repr(bound), "--png", paths["png"], "--html", paths["html"]
+    )
     assert code == 1, err
     return paths, free, gated
 
@@ -132,26 +135,32 @@ def test_the_svg_points_are_the_figures(training):
 
 
 def test_the_page_opens_with_the_trajectory(training):
-    _, _, gated = training
-    page = render_file(gated).decode()
+    paths, _, gated = training
+    page = paths["html"].read_text()
+    assert page.encode() == render(gated)  # --html wrote the page of the records --json gave
     assert page.index("<h2>trajectory</h2>") < page.index("<h2>models</h2>")
     assert page.count("<section id=") == len(gated)
     assert page.count('<g class="verdict">') == len(gated)
 
 
-def test_trajectory_png(training, tmp_path):
+def test_trajectory_png(training):
+    """`--png FILE.png` of a directory run is the trajectory alone, each layer's line in its
+    colour; `--png DIR` keeps a flow chart per model and adds DIR/trajectory.png."""
     import matplotlib.image
 
-    from gradcli.trajectory_png import write_trajectory_chart
-
-    _, _, gated = training
+    paths, free, gated = training
     t = trajectory(gated)
-    path = write_trajectory_chart(tmp_path / "sub" / "trajectory.png", t, "training run")
-    pixels = matplotlib.image.imread(path)[..., :3]
+    pixels = matplotlib.image.imread(paths["png"])[..., :3]
     assert pixels.shape[1] == 900 and pixels.shape[0] > 600
     for k in range(len(t.series)):  # each layer's line is drawn in its colour
         rgb = np.array([int(PALETTE[k][i : i + 2], 16) / 255 for i in (1, 3, 5)])
         assert (np.abs(pixels - rgb).max(axis=-1) < 0.03).sum() > 100
+    assert all(r["png"] is None for r in gated)
+    charts = sorted(p.name for p in paths["charts"].iterdir())
+    assert charts == ["epoch_00.png", "epoch_01.png", "epoch_02.png", "epoch_03.png"] + [
+        "trajectory.png"
+    ]
+    assert [r["png"] for r in free] == [str(paths["charts"] / c) for c in charts[:-1]]
 
 
 def test_checkpoint_labels_are_the_paths_below_the_shared_directory():
@@ -160,29 +169,16 @@ def test_checkpoint_labels_are_the_paths_below_the_shared_directory():
     assert checkpoint_labels(["x.keras", "y.keras"]) == ["x.keras", "y.keras"]
 
 
-def test_owner_of_a_variable_path():
-    layers = ["pre", "block/a", "block/b", "head"]
-    assert owner_of("a/kernel", layers) == "block/a"
-    assert owner_of("block/a/kernel", layers) == "block/a"
-    assert owner_of("seqni/head/bias", layers) == "head"
-    assert owner_of("lstm/lstm_cell/kernel", ["emb", "lstm"]) == "lstm"
-    assert owner_of("a/kernel", ["x/a", "y/a"]) is None  # two layers fit equally
-    assert owner_of("kernel", layers) is None
-
-
-def test_ratios_only_where_the_rows_add_up(training):
-    _, free, _ = training
-    rec = free[0]
-    assert all(v is not None for v in layer_ratios(rec).values())
-    renamed = {**rec, "tensors": [{**t, "name": "z" + t["name"]} for t in rec["tensors"]]}
-    assert set(layer_ratios(renamed).values()) == {None}
-    # --per-sample records say which layer each variable belongs to: used over the names
-    owners = [{"name": "z" + t["name"], "layer": t["name"].split("/")[0]} for t in rec["tensors"]]
-    told = {**renamed, "per_sample": {"per_variable": owners}}
-    assert layer_ratios(told) == layer_ratios(rec)
-    # a summary that carries each layer's parameter norm is used as it is
-    exact = [{**s, "param_l2": 2.0 * s["l2"]} for s in rec["layer_summary"]]
-    assert set(layer_ratios({**rec, "layer_summary": exact}).values()) == {0.5}
+def test_json_lines_carry_each_layer_parameter_norm(training, keras):
+    """What the chart needs is in the --json lines: each layer_summary entry's param_l2 is
+    ‖θ‖ over the layer's trainable variables, read from the checkpoint file."""
+    paths, free, _ = training
+    for rec in free:
+        model = keras.saving.load_model(rec["model"])
+        for entry in rec["layer_summary"]:
+            weights = model.get_layer(entry["layer"]).trainable_weights
+            theta = math.sqrt(sum(float(np.sum(np.square(w.numpy()))) for w in weights))
+            assert entry["param_l2"] == pytest.approx(theta, rel=1e-6)
 
 
 def test_other_commands_trace_each_tensor(training):

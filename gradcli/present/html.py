@@ -1,25 +1,39 @@
 """`--html FILE`: a run's records as one self-contained HTML page, for people (a CI artifact,
 a mail attachment): the run's header (model, input, objective, method, provenance, gates and
 verdict), a sortable table per model with tripped gates highlighted, its pictures inlined and
-its gradient-flow chart; for a directory of models, first the trajectory of every layer's
-gradient norm over the checkpoints, then a summary table and one section per model.
+its charts drawn as inline SVG; for a directory of models, first the trajectory of every
+layer's gradient norm over the checkpoints, then a summary table and one section per model.
 
 The page loads nothing (no network; a Content-Security-Policy admits only its own style
 element, its one script and data: images) and shows every text from a file escaped.
-`render_file(records) -> bytes` is the output-format entry; records are the dicts `--json`
-prints (or objects with `to_json()`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
-from gradcli.status import worst
-
-from .htmlkit import CSP, SCRIPT, STYLE, Table, cell, esc, facts, num_cell, number, status_cell
-from .htmlrecords import Locate, body, code, row_class
-from .svgcharts import trajectory_chart
-from .trajectory import checkpoint_labels, trajectory
+from gradcli.present.gates import worst
+from gradcli.present.htmlkit import (
+    CSP,
+    SCRIPT,
+    STYLE,
+    Locate,
+    Table,
+    cell,
+    code,
+    esc,
+    facts,
+    num_cell,
+    number,
+    row_class,
+    status_cell,
+)
+from gradcli.present.htmlrecords import body
+from gradcli.present.records import Kind, Record
+from gradcli.present.svgcharts import trajectory_chart
+from gradcli.present.trajectory import checkpoint_labels, trajectory
 
 _BOUNDS = {
     "too-large": "L2 above",
@@ -28,32 +42,22 @@ _BOUNDS = {
     "high-rel-diff": "rel diff above",
     "low-rank-corr": "lowest sample's rank correlation below",
 }
-# record kind by command; with issue 25 the kind arrives with the record (commands.kind_of)
-_KIND = {"info": "info", "check": "check", "diff": "diff", "wrt-weights": "weights"}
 
 
-def kind_of(rec: dict) -> str:
-    if rec.get("error"):
-        return "error"
-    return str(rec.get("kind") or _KIND.get(str(rec.get("command")), "gradients"))
+def write_file(
+    records: list[Record], path: str | os.PathLike, locate: Locate | None = None
+) -> None:
+    """The page, written to `path` (present.reports stages it with the run's outputs)."""
+    Path(path).write_bytes(render_file(records, locate))
 
 
-def render_file(records: Iterable[object], locate: Locate | None = None) -> bytes:
+def render_file(records: Iterable[Record], locate: Locate | None = None) -> bytes:
     """The page for a run's records, UTF-8. `locate(path)`: where a picture a record names is
     now (its staged file, before the run's outputs are committed); default: that path."""
-    return page([_as_dict(r) for r in records], locate).encode("utf-8")
+    return page(list(records), locate).encode("utf-8")
 
 
-def _as_dict(record: object) -> dict:
-    """A record's JSON form; a typed record's kind (issue 25's Record.kind) is kept with it."""
-    if not hasattr(record, "to_json"):
-        return dict(record)  # type: ignore[call-overload]
-    data = record.to_json()
-    kind = getattr(record, "kind", None)
-    return {**data, "kind": kind} if kind else data
-
-
-def page(recs: list[dict], locate: Locate | None = None) -> str:
+def page(recs: list[Record], locate: Locate | None = None) -> str:
     command = str(recs[0].get("command", "")) if recs else ""
     runs = recs[0].get("runs") if recs and recs[0].get("against") else None
     if runs:  # --against: the diff of two runs of one command
@@ -81,7 +85,7 @@ def page(recs: list[dict], locate: Locate | None = None) -> str:
     )
 
 
-def _verdict(recs: list[dict]) -> str:
+def _verdict(recs: list[Record]) -> str:
     errors = sum(1 for r in recs if r.get("error"))
     tripped = sorted({str(g) for r in recs for g in r.get("gates") or []})
     code_ = max([int(r.get("exit_code", 0) or 0) for r in recs], default=0)
@@ -100,16 +104,11 @@ def _verdict(recs: list[dict]) -> str:
 # ------------------------------------------------------------------ one model
 
 
-def _one(rec: dict, locate: Locate | None) -> str:
-    return (
-        facts(_run_facts(rec))
-        + _provenance(rec)
-        + "<h2>results</h2>"
-        + body(rec, kind_of(rec), locate)
-    )
+def _one(rec: Record, locate: Locate | None) -> str:
+    return facts(_run_facts(rec)) + _provenance(rec) + "<h2>results</h2>" + body(rec, locate)
 
 
-def _run_facts(rec: dict) -> list[tuple[str, str]]:
+def _run_facts(rec: Record) -> list[tuple[str, str]]:
     """What the run was: the model, input and target with their hashes, and the gates."""
     prov = rec.get("provenance") or {}
     model = prov.get("model") or {}
@@ -122,13 +121,13 @@ def _run_facts(rec: dict) -> list[tuple[str, str]]:
         if isinstance(item, dict) and item.get("path"):
             sha = f" · sha256 {code(item['sha256'])}" if item.get("sha256") else ""
             pairs.append((key, code(item["path"]) + sha))
-    if "gates" in rec and not rec.get("error"):  # info has none
+    if rec.kind != Kind.MODEL and not rec.get("error"):  # what a model is: no gates
         pairs.append(("gates", _gates(rec)))
         pairs.append(("exit code", number(rec.get("exit_code"))))
     return pairs
 
 
-def _gates(rec: dict) -> str:
+def _gates(rec: Record) -> str:
     limits = rec.get("limits") or {}
     given = [f"{esc(k)}: {_BOUNDS.get(k, 'limit')} {number(v)}" for k, v in limits.items()]
     tripped = rec.get("gates") or []
@@ -138,7 +137,7 @@ def _gates(rec: dict) -> str:
     return text + " · none tripped"
 
 
-def _provenance(rec: dict) -> str:
+def _provenance(rec: Record) -> str:
     prov = rec.get("provenance")
     if not isinstance(prov, dict):
         return ""
@@ -165,7 +164,7 @@ def _flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:
 # ------------------------------------------------------------------ a directory of models
 
 
-def _many(recs: list[dict], locate: Locate | None) -> str:
+def _many(recs: list[Record], locate: Locate | None) -> str:
     labels = checkpoint_labels([str(r.get("model", "")) for r in recs])
     parts = [facts(_shared_facts(recs))]
     traj = trajectory(recs)
@@ -185,13 +184,13 @@ def _many(recs: list[dict], locate: Locate | None) -> str:
             f'<section id="model-{i}"><h2>{i}. {code(label)}</h2>'
             + facts(_run_facts(rec))
             + _provenance(rec)
-            + body(rec, kind_of(rec), locate)
+            + body(rec, locate)
             + "</section>"
         )
     return "".join(parts)
 
 
-def _shared_facts(recs: list[dict]) -> list[tuple[str, str]]:
+def _shared_facts(recs: list[Record]) -> list[tuple[str, str]]:
     """What every model of the run shares: the input, target, objective, method, versions."""
     ok = [r for r in recs if not r.get("error")]
     failed = f" ({len(recs) - len(ok)} failed)" if len(ok) < len(recs) else ""
@@ -215,7 +214,7 @@ def _shared_facts(recs: list[dict]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _summary(recs: list[dict], labels: list[str]) -> str:
+def _summary(recs: list[Record], labels: list[str]) -> str:
     table = Table(
         [("#", True), ("model", False), ("format", False), ("N", True), ("tensors", True)]
         + [("largest L2", True), ("worst", False), ("result", False)]
@@ -230,7 +229,7 @@ def _summary(recs: list[dict], labels: list[str]) -> str:
             )
             continue
         tensors = rec.get("tensors") or []
-        norms = [t["l2"] for t in tensors if isinstance(t.get("l2"), int | float)]
+        norms = [t.get("l2") for t in tensors if isinstance(t.get("l2"), int | float)]
         gates = rec.get("gates") or []
         result = f"gates tripped: {', '.join(gates)}" if gates else "ok"
         statuses = [str(t.get("status")) for t in tensors]

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import math
+import os
+from collections.abc import Callable
 
-from gradcli.escaping import printable  # moves to present/escape.py with issue 25
-from gradcli.report import fmt  # the table's number format (present/cells.py with issue 25)
+from gradcli.present.escape import html
+from gradcli.present.table import fmt
 
 STYLE = """
 :root { color-scheme: light; --ok: #1a7f37; --bad: #c62828; --warn: #9a6700; --dim: #57606a; }
@@ -107,10 +108,9 @@ CSP = (
 )
 
 
-def esc(text: object) -> str:
-    """Text from a file (or anything) as HTML text or a quoted attribute value: printable
-    (control characters shown as escapes), then `& < > " '` escaped."""
-    return html.escape(printable(text), quote=True)
+# where a picture a record names is now (its staged file, before the run's outputs commit)
+Locate = Callable[[str], str | os.PathLike[str]]
+esc = html  # text from a file (or anything) as HTML text or a quoted attribute value
 
 
 def number(x: object, digits: int = 4) -> str:
@@ -187,3 +187,13 @@ def facts(pairs: list[tuple[str, str]]) -> str:
     """A definition list; labels are gradcli's words, values already HTML."""
     items = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in pairs if value)
     return f'<dl class="facts">{items}</dl>' if items else ""
+
+
+def code(text: object) -> str:
+    """Text from a file as inline code."""
+    return f"<code>{esc(text)}</code>"
+
+
+def row_class(row: object) -> str:
+    """A table row's class: `tripped` for a row whose status tripped a gate."""
+    return "tripped" if row.get("tripped") else ""  # type: ignore[attr-defined]

@@ -1,43 +1,53 @@
-"""The body of one record on the HTML page, per record kind: gradients (wrt-input, wrt-layer,
-jacobian), weights (wrt-weights, with per-sample spread and gradient flow), check, diff, info
-and error. Every value from a file is escaped (htmlkit.esc); figures are the table's."""
+"""The body of one record on the HTML page, per record kind (present.records.Kind): gradients,
+weights (with the per-sample spread and the gradient flow), finite differences, comparison,
+what a model is, and an error; a kind it does not know gets the generic body (htmlgeneric.py).
+Every value from a file is escaped (htmlkit.esc); figures are the table's."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
-from gradcli.methods import value_label  # light at import (the method table)
-from gradcli.report import figure
-
-from .htmlkit import Table, cell, esc, facts, num_cell, number, shape_text, status_cell
-from .svgcharts import flow_chart
-from .thumbnails import PictureError, thumbnail
+from gradcli.present.htmlgeneric import generic
+from gradcli.present.htmlkit import (
+    Locate,
+    Table,
+    cell,
+    code,
+    esc,
+    facts,
+    num_cell,
+    number,
+    row_class,
+    shape_text,
+    status_cell,
+)
+from gradcli.present.records import Kind, Record
+from gradcli.present.svgcharts import flow_chart
+from gradcli.present.svgfigures import diff_chart, spread_chart
+from gradcli.present.table import figure
+from gradcli.present.thumbnails import PictureError, thumbnail
 
 PAGE_PICTURES = 16  # pictures inlined per model; the others are listed by path
-Locate = Callable[[str], str | os.PathLike[str]]
 
 
-def code(text: object) -> str:
-    return f"<code>{esc(text)}</code>"
-
-
-def row_class(row: dict) -> str:
-    return "tripped" if row.get("tripped") else ""
-
-
-def body(rec: dict, kind: str, locate: Locate | None) -> str:
+def body(rec: Record, locate: Locate | None) -> str:
     """The HTML of one record (without its heading)."""
-    if kind == "error":
+    if rec.get("error"):
         return f'<p class="errtext">error: {esc(rec.get("error"))}</p>'
-    render = {"info": _info, "check": _check, "diff": _diff}.get(kind, _gradients)
-    return render(rec, locate)
+    render = {
+        Kind.MODEL: _info,
+        Kind.GRADIENTS: _gradients,
+        Kind.WEIGHTS: _gradients,
+        Kind.CHECK: _check,
+        Kind.DIFF: _diff,
+    }.get(rec.kind)
+    return render(rec, locate) if render else generic(rec) + outputs(rec)
 
 
 # ------------------------------------------------------------------ gradients, weights
 
 
-def _gradients(rec: dict, locate: Locate | None) -> str:
+def _gradients(rec: Record, locate: Locate | None) -> str:
     parts = [facts(_gradient_facts(rec))]
     parts.append(_tensor_table(rec))
     for t in rec.get("tensors") or []:
@@ -52,6 +62,15 @@ def _gradients(rec: dict, locate: Locate | None) -> str:
     parts += [_top_features(rec, t) for t in rec.get("tensors") or [] if t.get("top")]
     if rec.get("per_sample"):
         parts.append(_per_sample(rec["per_sample"]))
+        chart = spread_chart(rec["per_sample"])
+        if chart:
+            parts.append(
+                f"<figure>{chart}<figcaption>per-sample spread: each layer's per-sample gradient "
+                "norms \u2016g_i\u2016 (bar: median to max; ticks: p90, p99) and the norm of "
+                "their mean \u2016G\u2016 (its own tick, value at the right). \u2016G\u2016 far "
+                "below the bar: the samples' gradients mostly cancel (a noisy mean)"
+                "</figcaption></figure>"
+            )
     if rec.get("layer_summary"):
         parts.append(
             "<figure>" + flow_chart(rec["layer_summary"]) + "<figcaption>gradient flow: the L2 "
@@ -65,7 +84,7 @@ def _gradients(rec: dict, locate: Locate | None) -> str:
     return "".join(parts)
 
 
-def _gradient_facts(rec: dict) -> list[tuple[str, str]]:
+def _gradient_facts(rec: Record) -> list[tuple[str, str]]:
     pairs = [("objective", esc(rec.get("objective") or ""))]
     if rec.get("output") and not rec.get("objective"):
         pairs.append(("differentiated", f"d {code(rec['output'])} / d input"))
@@ -100,10 +119,10 @@ def _gradient_facts(rec: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def _tensor_table(rec: dict) -> str:
+def _tensor_table(rec: Record) -> str:
     tensors = rec.get("tensors") or []
     weights = any("param_l2" in t for t in tensors)
-    values = value_label(rec.get("method") if not weights else None)
+    values = rec.value_label
     sensitivity = any("sensitivity" in t for t in tensors)
     columns = [("#", True), ("variable" if weights else "tensor", False), ("shape", False)]
     columns.append(("L2", True))
@@ -131,8 +150,8 @@ def _tensor_table(rec: dict) -> str:
     return table.html()
 
 
-def _top_features(rec: dict, t: dict) -> str:
-    values = esc(value_label(rec.get("method")))
+def _top_features(rec: Record, t: dict) -> str:
+    values = esc(rec.value_label)
     table = Table([("rank", True), ("feature", False), (f"mean {values}", True)])
     for rank, f in enumerate(t["top"], 1):
         where = f["feature"] if "index" not in f else tuple(f["index"])
@@ -217,7 +236,7 @@ def pictures(paths: list, locate: Locate | None) -> str:
     return f"<h4>pictures ({len(paths)})</h4>" + "".join(figures) + more
 
 
-def outputs(rec: dict) -> str:
+def outputs(rec: Record) -> str:
     lines = []
     if rec.get("out"):
         lines.append(f"arrays written to {code(rec['out'])}")
@@ -236,7 +255,7 @@ def _thousands(x: object) -> str:
     return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else number(x)
 
 
-def _check(rec: dict, locate: Locate | None) -> str:
+def _check(rec: Record, locate: Locate | None) -> str:
     subset = ""
     if rec.get("samples"):
         subset = f"; the first {number(rec['samples'])} of {number(rec.get('n'))} samples"
@@ -270,7 +289,7 @@ def _check(rec: dict, locate: Locate | None) -> str:
     return facts(pairs) + table.html() + rule + outputs(rec)
 
 
-def _diff(rec: dict, locate: Locate | None) -> str:
+def _diff(rec: Record, locate: Locate | None) -> str:
     per_sample = bool(rec.get("per_sample"))
     pairs = [("A", code(rec.get("a"))), ("B (the reference)", code(rec.get("b")))]
     columns = [("#", True), ("tensor", False), ("shape", False), ("cosine", True)]
@@ -297,10 +316,17 @@ def _diff(rec: dict, locate: Locate | None) -> str:
         runs += (f"; wrote {code(run['out'])}" if run.get("out") else "") + "</li>"
     if runs:
         runs = f"<h4>the two runs</h4><ul>{runs}</ul>"
-    return facts(pairs) + table.html() + said + runs + outputs(rec)
+    chart = diff_chart(rec)
+    if chart:
+        chart = (
+            f"<figure>{chart}<figcaption>each tensor's cosine between A and B and its relative "
+            "L2 difference from B, the reference (dashed red: a gate's limit; red bars: tripped)"
+            "</figcaption></figure>"
+        )
+    return facts(pairs) + table.html() + (chart or "") + said + runs + outputs(rec)
 
 
-def _info(rec: dict, locate: Locate | None) -> str:
+def _info(rec: Record, locate: Locate | None) -> str:
     loss = esc(rec.get("loss")) + (f" ({esc(rec['loss_note'])})" if rec.get("loss_note") else "")
     pairs = [
         ("serving endpoint", code(rec["endpoint"]) if rec.get("endpoint") else ""),

@@ -8,68 +8,36 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .htmlkit import esc
-from .trajectory import VERDICT_ERROR, VERDICT_TRIPPED, Trajectory, finite, line_style
+from gradcli.present.htmlkit import esc
+from gradcli.present.svgkit import (
+    BAD_COLOR,
+    ERROR_COLOR,
+    WIDTH,
+    Bar,
+    LogAxis,
+    bar_panel,
+    cross,
+    decade_text,
+    drawable,
+    name_column,
+    panel_height,
+    short,
+    svg,
+)
+from gradcli.present.trajectory import (
+    VERDICT_ERROR,
+    VERDICT_TRIPPED,
+    Trajectory,
+    finite,
+    line_style,
+)
 
-WIDTH = 760
-OK_COLOR = "#1f77b4"
-BAD_COLOR = "#c62828"
-ERROR_COLOR = "#6e7781"
-LABEL_CHARS = 30
-MAX_TICKS = 8
 STRIP = 44  # px above the first panel: the verdict markers and the panel's title
 PANEL_HEIGHT = 210
 PANEL_GAP = 36
 POINT_TOOLTIPS = 2500  # series x checkpoints above this: points without their own tooltip
 MAX_POINTS = 6000  # above this: lines only
-
-
-def _drawable(v: float | None) -> bool:
-    return v is not None and math.isfinite(v) and v > 0
-
-
-class LogAxis:
-    """A log10 axis over whole decades from the values' smallest to their largest."""
-
-    def __init__(self, values: Sequence[float | None], start: float, end: float) -> None:
-        logs = [math.log10(v) for v in values if _drawable(v)]  # type: ignore[arg-type]
-        self.lo = math.floor(min(logs)) if logs else -1
-        self.hi = max(math.ceil(max(logs)) if logs else 0, self.lo + 1)
-        self.start, self.end = start, end
-
-    def __call__(self, v: float) -> float:
-        frac = (math.log10(v) - self.lo) / (self.hi - self.lo)
-        return self.start + frac * (self.end - self.start)
-
-    def decades(self) -> list[int]:
-        step = max(1, math.ceil((self.hi - self.lo) / MAX_TICKS))
-        return list(range(self.lo, self.hi + 1, step))
-
-
-def decade_text(k: int) -> str:
-    return {-2: "0.01", -1: "0.1", 0: "1", 1: "10", 2: "100"}.get(k, f"1e{k}")
-
-
-def _short(name: str, chars: int = LABEL_CHARS) -> str:
-    """The end of a long name (the end of a nested path names the layer)."""
-    return name if len(name) <= chars else "\u2026" + name[-(chars - 1) :]
-
-
-def _svg(width: float, height: float, label: str, body: list[str]) -> str:
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-        f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="{esc(label)}">'
-        + "".join(body)
-        + "</svg>"
-    )
-
-
-def _cross(x: float, y: float, color: str, size: float = 4.0) -> str:
-    return (
-        f'<path d="M{x - size:.1f} {y - size:.1f}L{x + size:.1f} {y + size:.1f}'
-        f'M{x - size:.1f} {y + size:.1f}L{x + size:.1f} {y - size:.1f}" stroke="{color}" '
-        'stroke-width="2" fill="none"/>'
-    )
+LABEL_WIDTH = 210  # px: the names' column of the bar charts
 
 
 # ------------------------------------------------------------------ gradient flow
@@ -79,52 +47,20 @@ def flow_chart(summary: Sequence[dict]) -> str:
     """One model's `layer_summary`: a bar per layer (model order, top to bottom), the log10
     of its weight-gradient L2 norm; layers not ok in red with their status; a layer with no
     bar (zero, non-finite, disconnected) gets a cross and its status."""
-    n = len(summary)
-    label_w, row_h, top = 210, 18, 8
-    x0, x1 = label_w + 8, WIDTH - 110  # room for the value text after the longest bar
-    height = top + n * row_h + 40
-    axis = LogAxis([finite(s.get("l2")) for s in summary], x0, x1)
-    body = []
-    bottom = top + n * row_h
-    for k in axis.decades():
-        x = axis(10.0**k)
-        body.append(f'<line class="grid" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}"/>')
-        body.append(
-            f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle">{decade_text(k)}</text>'
-        )
-    for i, s in enumerate(summary):
-        y = top + i * row_h
-        mid = y + row_h / 2
+    top = 8
+    bars = []
+    for s in summary:
         name, l2, status = str(s.get("layer", "")), finite(s.get("l2")), str(s.get("status", ""))
         good = status == "ok"
         figure = "-" if l2 is None else f"{l2:.3g}"
-        tip = esc(f"{name}: L2 {figure}" + ("" if good else f" ({status})"))
-        body.append(f"<g><title>{tip}</title>")
-        body.append(
-            f'<text x="{label_w}" y="{mid + 4:.1f}" text-anchor="end">{esc(_short(name))}</text>'
-        )
-        if _drawable(l2):
-            end = axis(l2)
-            color = OK_COLOR if good else BAD_COLOR
-            body.append(
-                f'<rect x="{x0}" y="{y + 3}" width="{max(end - x0, 1):.1f}" height="{row_h - 6}" '
-                f'fill="{color}"/>'
-            )
-            text = f"{l2:.2e}" if good else f"{l2:.2e} {esc(status)}"
-            body.append(f'<text x="{end + 4:.1f}" y="{mid + 4:.1f}">{text}</text>')
-        else:
-            body.append(_cross(x0 + 6, mid, BAD_COLOR))
-            shown = status if not good else figure
-            body.append(
-                f'<text x="{x0 + 16}" y="{mid + 4:.1f}" fill="{BAD_COLOR}">{esc(shown)}</text>'
-            )
-        body.append("</g>")
-    body.append(f'<line class="axis" x1="{x0}" y1="{bottom}" x2="{x1}" y2="{bottom}"/>')
-    body.append(
-        f'<text x="{(x0 + x1) / 2:.0f}" y="{bottom + 32}" text-anchor="middle">'
-        "L2 norm of the weight gradient (log scale)</text>"
-    )
-    return _svg(WIDTH, height, "gradient flow: weight-gradient L2 norm per layer", body)
+        text = "" if l2 is None else f"{l2:.2e}" + ("" if good else f" {esc(status)}")
+        tip = f"{name}: L2 {figure}" + ("" if good else f" ({status})")
+        bars.append(Bar(l2, text, tip, bad=not good, missing=status if not good else figure))
+    axis = LogAxis([b.end for b in bars], LABEL_WIDTH + 8, WIDTH - 110)
+    body = name_column([str(s.get("layer", "")) for s in summary], LABEL_WIDTH, top)
+    body += bar_panel(bars, axis, top, "L2 norm of the weight gradient (log scale)")
+    height = panel_height(len(bars), top)
+    return svg(WIDTH, height, "gradient flow: weight-gradient L2 norm per layer", body)
 
 
 # ------------------------------------------------------------------ trajectory
@@ -142,7 +78,7 @@ def trajectory_chart(t: Trajectory) -> str:
         panels.append(("ratios", "|g|/|\u03b8| per layer"))
     tops = [STRIP + k * (PANEL_HEIGHT + PANEL_GAP) for k in range(len(panels))]
     bottom = tops[-1] + PANEL_HEIGHT
-    longest = max(len(_short(c.label, 24)) for c in t.checkpoints)
+    longest = max(len(short(c.label, 24)) for c in t.checkpoints)
     label_h = 20 + 5.5 * longest
     columns = 3
     legend_top = bottom + label_h + 10
@@ -160,7 +96,7 @@ def trajectory_chart(t: Trajectory) -> str:
             continue
         body.append(
             f'<text transform="translate({x(i):.1f},{bottom + 12}) rotate(-35)" '
-            f'text-anchor="end"><title>{esc(c.model)}</title>{esc(_short(c.label, 24))}</text>'
+            f'text-anchor="end"><title>{esc(c.model)}</title>{esc(short(c.label, 24))}</text>'
         )
     width = (right - left) / columns
     for k, s in enumerate(t.series):
@@ -170,9 +106,9 @@ def trajectory_chart(t: Trajectory) -> str:
         body.append(
             f'<g><title>{esc(s.name)}</title><line x1="{lx:.1f}" y1="{ly - 4}" x2="{lx + 22:.1f}" '
             f'y2="{ly - 4}" stroke="{color}" stroke-width="2"{_dash(dash)}/>'
-            f'<text x="{lx + 28:.1f}" y="{ly}">{esc(_short(s.name, 34))}</text></g>'
+            f'<text x="{lx + 28:.1f}" y="{ly}">{esc(short(s.name, 34))}</text></g>'
         )
-    return _svg(WIDTH, height, f"trajectory: {t.quantity} over {n} checkpoints", body)
+    return svg(WIDTH, height, f"trajectory: {t.quantity} over {n} checkpoints", body)
 
 
 def _dash(dash: tuple[int, ...]) -> str:
@@ -188,7 +124,7 @@ def _verdicts(t: Trajectory, x, slot: float, bottom: float) -> str:
             mark = f'<rect x="{cx - 5:.1f}" y="6" width="10" height="10" fill="{color}"/>'
         elif c.verdict == VERDICT_TRIPPED:
             tip, color = f"{c.label}: gates tripped: {', '.join(c.gates)}", BAD_COLOR
-            mark = _cross(cx, 11, color, 5)
+            mark = cross(cx, 11, color, 5)
         else:
             tip, color = f"{c.label}: ok", ""
             mark = f'<circle cx="{cx:.1f}" cy="11" r="4.5" fill="#1a7f37"/>'
@@ -229,7 +165,7 @@ def _panel(t: Trajectory, attr: str, title: str, x, left, right, top, height) ->
             )
         for i, v in enumerate(figures):
             status = s.statuses[i]
-            if _drawable(v) and points <= MAX_POINTS:
+            if drawable(v) and points <= MAX_POINTS:
                 tip = ""
                 if points <= POINT_TOOLTIPS:
                     tip = f"<title>{esc(f'{s.name} @ {t.checkpoints[i].label}: {v:.3g}')}</title>"
@@ -240,7 +176,7 @@ def _panel(t: Trajectory, attr: str, title: str, x, left, right, top, height) ->
             elif attr == "norms" and status not in (None, "ok"):
                 tip = esc(f"{s.name} @ {t.checkpoints[i].label}: {status}")
                 out.append(
-                    f"<g><title>{tip}</title>{_cross(x(i), top + height - 6, BAD_COLOR, 3.5)}</g>"
+                    f"<g><title>{tip}</title>{cross(x(i), top + height - 6, BAD_COLOR, 3.5)}</g>"
                 )
     return "".join(out)
 
@@ -250,7 +186,7 @@ def _runs(figures: Sequence[float | None]) -> list[list[int]]:
     runs: list[list[int]] = []
     current: list[int] = []
     for i, v in enumerate(figures):
-        if _drawable(v):
+        if drawable(v):
             current.append(i)
         elif current:
             runs.append(current)

@@ -2,17 +2,14 @@
 checkpoint, in directory order, with each checkpoint's gate verdict.
 
 Pure: it reads the records in their JSON form (what `--json` prints, one dict per model) and
-draws nothing. The HTML page (present/svgcharts.py) and `wrt-weights DIR --png FILE`
+draws nothing. The HTML page (svgcharts.py) and `wrt-weights DIR --png FILE`
 (trajectory_png.py) draw the same figures from it.
 
 Where the figures come from:
-- a record with a `layer_summary` (wrt-weights): each layer's L2 norm, as in its flow chart.
-  |g|/|θ| of a layer is ‖g‖ / ‖θ‖ over its variables: the summary's `param_l2` when the
-  record carries it; else the variables' own rows (`l2`, `param_l2`), each variable given to
-  the layer its path names (`hidden1/kernel` to `hidden1`, `a/kernel` to `block/a`, from
-  `per_sample.per_variable` when the record has it). A layer's |g|/|θ| is kept only where its
-  variables' norms add up to the summary's norm, so a path read wrongly leaves a gap.
-- any other gradient record (wrt-input, wrt-layer, jacobian): each tensor's L2 norm.
+- a record with a `layer_summary` (wrt-weights): each layer's L2 norm, as in its flow chart,
+  and |g|/|θ| = ‖g‖ / ‖θ‖ over its variables (the summary's `l2` and `param_l2`).
+- any other record with tensors (gradients of inputs or layer activations, and the rows of
+  other kinds): each tensor's L2 norm.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ DASHES = ((), (6, 3), (2, 2))
 VERDICT_OK = "ok"
 VERDICT_TRIPPED = "tripped"
 VERDICT_ERROR = "error"
-_SUM_RTOL = 1e-9  # float64 sums of the same squares in the same order agree far closer
 
 
 @dataclass(frozen=True)
@@ -73,10 +69,8 @@ class Trajectory:
 
 def trajectory(records: Iterable[dict]) -> Trajectory | None:
     """The trajectory over a directory run's records (directory order), or None when there
-    is nothing to draw: fewer than two models, or no model with gradient norms."""
+    is nothing to draw: no model with gradient norms."""
     recs = list(records)
-    if len(recs) < 2:
-        return None
     per_layer = any(r.get("layer_summary") for r in recs)
     rows = [_figures(r, per_layer) for r in recs]
     names = _ordered(name for row in rows for name in row)
@@ -145,65 +139,12 @@ def _figures(rec: dict, per_layer: bool) -> dict[str, Figure]:
 
 
 def layer_ratios(rec: dict) -> dict[str, float | None]:
-    """|g|/|θ| of each layer of a record's `layer_summary` (None where it is not known)."""
-    summary = rec.get("layer_summary") or []
-    layers = [str(s["layer"]) for s in summary]
-    if summary and all("param_l2" in s for s in summary):
-        return {
-            str(s["layer"]): _ratio(s.get("l2"), s.get("param_l2"), s.get("status"))
-            for s in summary
-        }
-    owners = _owners(rec, layers)
-    grad2 = dict.fromkeys(layers, 0.0)
-    param2: dict[str, float] = {}
-    for t in rec.get("tensors") or []:
-        layer = owners.get(str(t.get("name")))
-        if layer is None:
-            continue
-        if t.get("status") != "disconnected" and t.get("l2") is not None:
-            grad2[layer] += float(t["l2"]) ** 2
-        if t.get("param_l2") is not None:
-            param2[layer] = param2.get(layer, 0.0) + float(t["param_l2"]) ** 2
-    out: dict[str, float | None] = {}
-    for s in summary:
-        layer, l2 = str(s["layer"]), finite(s.get("l2"))
-        adds_up = l2 is not None and math.isclose(math.sqrt(grad2[layer]), l2, rel_tol=_SUM_RTOL)
-        if not adds_up or layer not in param2:
-            out[layer] = None
-        else:
-            out[layer] = _ratio(l2, math.sqrt(param2[layer]), s.get("status"))
-    return out
-
-
-def _owners(rec: dict, layers: list[str]) -> dict[str, str]:
-    """Variable name -> layer: as --per-sample recorded it, else by the variable's path."""
-    per_variable = (rec.get("per_sample") or {}).get("per_variable") or []
-    known = {str(v["name"]): str(v["layer"]) for v in per_variable if "layer" in v}
-    if known:
-        return known
-    owners = {}
-    for t in rec.get("tensors") or []:
-        owner = owner_of(str(t.get("name", "")), layers)
-        if owner is not None:
-            owners[str(t["name"])] = owner
-    return owners
-
-
-def owner_of(variable: str, layers: Sequence[str]) -> str | None:
-    """The layer a variable path names: the layer whose own name is the deepest folder of
-    the path (`seqni/d1/kernel` -> `d1`, `lstm/lstm_cell/kernel` -> `lstm`, `a/kernel` ->
-    `block/a`); None when no layer or two layers fit equally."""
-    folders = variable.split("/")[:-1]
-    best: str | None = None
-    depth, tie = -1, False
-    for layer in layers:
-        own = layer.rsplit("/", 1)[-1]
-        where = max((i for i, f in enumerate(folders) if f == own), default=-1)
-        if where < 0 or where < depth:
-            continue
-        tie = where == depth
-        best, depth = layer, where
-    return None if tie else best
+    """|g|/|θ| of each layer of a record's `layer_summary`: its `l2` over its `param_l2`
+    (None where either is missing, θ is zero, or the layer is not ok)."""
+    return {
+        str(s["layer"]): _ratio(s.get("l2"), s.get("param_l2"), s.get("status"))
+        for s in rec.get("layer_summary") or []
+    }
 
 
 def _ratio(l2: object, param_l2: object, status: object) -> float | None:

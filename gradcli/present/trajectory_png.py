@@ -1,6 +1,6 @@
-"""The trajectory chart as a PNG (`wrt-weights DIR --png FILE`): each layer's weight-gradient
-norm (and |g|/|θ| below it) over a directory's checkpoints, the same figure the HTML report
-draws in SVG (present/svgcharts.py), from the same data (present/trajectory.py). matplotlib
+"""The trajectory chart as a PNG (`wrt-weights DIR --png FILE.png`): each layer's
+weight-gradient norm (and |g|/|θ| below it) over a directory's checkpoints, the same figure
+the HTML report draws in SVG (svgcharts.py), from the same data (trajectory.py). matplotlib
 is imported lazily; the figure and its atomic save are pictures.py's.
 """
 
@@ -9,11 +9,19 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .escaping import plot
-from .pictures import fit_title, new_figure, save_atomic
-from .present.trajectory import VERDICT_ERROR, VERDICT_TRIPPED, Trajectory, line_style
+from gradcli.io.outputs import Outputs
+from gradcli.present.escape import plot
+from gradcli.present.pictures import fit_title, new_figure, save_atomic
+from gradcli.present.trajectory import (
+    VERDICT_ERROR,
+    VERDICT_TRIPPED,
+    Trajectory,
+    line_style,
+    trajectory,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -26,6 +34,18 @@ BAD_COLOR = "#c62828"
 ERROR_COLOR = "#6e7781"
 LABEL_CHARS = 28
 MAX_TICK_LABELS = 30
+
+
+def write_trajectory_report(records: list[dict], dest: Path, directory: str) -> None:
+    """The trajectory over a directory run's records to `dest`, staged and committed in an
+    output transaction of its own (nothing when no model gave figures)."""
+    drawn = trajectory(records)
+    if drawn is None:
+        return
+    title = f"{directory}: {drawn.quantity} over {len(records)} models"
+    with Outputs() as outputs:
+        write_trajectory_chart(outputs.stage_file(dest), drawn, title)
+        outputs.commit()
 
 
 def write_trajectory_chart(
