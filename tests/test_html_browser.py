@@ -46,7 +46,7 @@ document.addEventListener("securitypolicyviolation", function (e) {
 def _unavailable(reason: str):
     if os.environ.get("GRADCLI_BROWSER_REQUIRED") == "1":
         pytest.fail(f"{reason} (GRADCLI_BROWSER_REQUIRED=1)")
-    pytest.skip(f"{reason}; scripts/install_browser.sh installs it")
+    pytest.skip(f"{reason}; scripts/install_browser.sh and make install set it up")
 
 
 def chromium() -> str | None:
@@ -62,7 +62,7 @@ def browser(tmp_path_factory):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("the playwright package is not installed")
+        _unavailable("the playwright package is not installed (a dev extra: make install)")
     executable = chromium()
     if executable is None:
         _unavailable("no Chromium on PATH (Debian: apt-get install chromium)")

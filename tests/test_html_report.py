@@ -147,8 +147,8 @@ def test_each_record_kind_renders_its_rows(kinds, kind, tmp_path):
 
 
 def test_the_spread_chart_draws_the_per_sample_figures(kinds):
-    """Each layer's bar runs from its median per-sample norm to its max, with ticks at p90,
-    p99 and ‖G‖, read back through the chart's log axis."""
+    """Each layer's bar runs from its median per-sample norm to its max, with ticks at p90 and
+    p99 and a diamond at ‖G‖, read back through the chart's log axis."""
     import xml.etree.ElementTree as ET
 
     from gradcli.present.svgfigures import LABEL_WIDTH, spread_chart
@@ -177,8 +177,9 @@ def test_the_spread_chart_draws_the_per_sample_figures(kinds):
         assert back(x) == pytest.approx(dist["median"], rel=0.01)
         assert back(x + w) == pytest.approx(dist["max"], rel=0.01)
         ticks = sorted(back(float(line.get("x1"))) for line in g.findall(f"{ns}line"))
-        wanted = sorted([dist["p90"], dist["p99"], r["g_norm"]])
-        assert ticks == pytest.approx(wanted, rel=0.01)
+        assert ticks == pytest.approx(sorted([dist["p90"], dist["p99"]]), rel=0.01)
+        diamond = g.find(f"{ns}path[@class='point']").get("d")
+        assert back(float(diamond[1:].split()[0])) == pytest.approx(r["g_norm"], rel=0.01)
 
 
 def test_a_kind_the_page_does_not_know_renders_generically():

@@ -190,3 +190,20 @@ def test_other_commands_trace_each_tensor(training):
     assert not t.per_layer and not t.has_ratios
     assert [s.name for s in t.series] == ["features"]
     assert list(t.series[0].norms) == [r["tensors"][0]["l2"] for r in records]
+
+
+def test_a_model_named_like_the_trajectory_chart_is_refused_before_work(cli, models, tmp_path):
+    """`--png DIR` writes DIR/trajectory.png beside the models' charts: a model whose chart
+    would be that file is refused (exit 3) before anything is computed or written."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    for name in ("a.keras", "trajectory.keras"):
+        (zoo / name).write_bytes(models["linear"].read_bytes())
+    charts = tmp_path / "charts"
+    result = cli("wrt-weights", zoo, models["dir"] / "x5.npy", "--png", charts)
+    assert result.code == 3 and result.err.count("\n") == 1
+    assert "trajectory.png" in result.err and "give each output its own path" in result.err
+    assert not charts.exists()
+    result = cli("wrt-weights", zoo, models["dir"] / "x5.npy", "--png", tmp_path / "t.png")
+    assert result.code == 0, result.err
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG" and not charts.exists()

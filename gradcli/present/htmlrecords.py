@@ -67,7 +67,7 @@ def _gradients(rec: Record, locate: Locate | None) -> str:
             parts.append(
                 f"<figure>{chart}<figcaption>per-sample spread: each layer's per-sample gradient "
                 "norms \u2016g_i\u2016 (bar: median to max; ticks: p90, p99) and the norm of "
-                "their mean \u2016G\u2016 (its own tick, value at the right). \u2016G\u2016 far "
+                "their mean \u2016G\u2016 (diamond, value at the right). \u2016G\u2016 far "
                 "below the bar: the samples' gradients mostly cancel (a noisy mean)"
                 "</figcaption></figure>"
             )

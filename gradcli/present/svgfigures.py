@@ -27,8 +27,8 @@ TOP = 8
 
 def spread_chart(per_sample: dict) -> str | None:
     """Per layer (and the model), a bar over the per-sample gradient norms ‖g_i‖ from their
-    median to their max, ticks at p90 and p99, and the mean gradient's norm ‖G‖ as a tick of
-    its own; on a log scale. None when there is nothing to draw."""
+    median to their max, ticks at p90 and p99, and the mean gradient's norm ‖G‖ as a diamond;
+    on a log scale. None when there is nothing to draw."""
     rows = [(str(r.get("layer", "")), r) for r in per_sample.get("layers") or []]
     rows.append(("(model)", per_sample.get("model") or {}))
     bars, names = [], []
@@ -36,26 +36,28 @@ def spread_chart(per_sample: dict) -> str | None:
         dist = row.get("sample_norm") or {}
         median, top = finite(dist.get("median")), finite(dist.get("max"))
         g = finite(row.get("g_norm"))
-        marks = tuple(v for v in (finite(dist.get("p90")), finite(dist.get("p99")), g) if v)
+        marks = tuple(v for v in (finite(dist.get("p90")), finite(dist.get("p99"))) if v)
         ratio = f" · \u2016G\u2016/median {g / median:.2g}" if g and median else ""
         tip = (
             f"{name}: \u2016g_i\u2016 median {_g(median)}, p90 {_g(dist.get('p90'))}, "
             f"p99 {_g(dist.get('p99'))}, max {_g(top)}; \u2016G\u2016 {_g(g)}{ratio}"
         )
         text = f"\u2016G\u2016 {_g(g)}" if g is not None else ""
-        bars.append(Bar(top, esc(text), tip, start=median, marks=marks, missing="no figures"))
+        bars.append(
+            Bar(top, esc(text), tip, start=median, marks=marks, point=g, missing="no figures")
+        )
         names.append(name)
     if not any(b.end for b in bars):
         return None
-    values = [v for b in bars for v in (b.start, b.end, *b.marks)]
+    values = [v for b in bars for v in (b.start, b.end, b.point, *b.marks)]
     axis = LogAxis(values, LABEL_WIDTH + 8, WIDTH - 110)
     body = name_column(names, LABEL_WIDTH, TOP)
     body += bar_panel(
         bars,
         axis,
         TOP,
-        "per-sample gradient norm \u2016g_i\u2016: bar from median to max, ticks at p90, p99 "
-        "and \u2016G\u2016 (log scale)",
+        "per-sample gradient norm \u2016g_i\u2016: bar from median to max, ticks at p90 and "
+        "p99; \u25c6 \u2016G\u2016 (log scale)",
     )
     return svg(WIDTH, panel_height(len(bars), TOP), "per-sample gradient spread per layer", body)
 

@@ -100,7 +100,8 @@ def cross(x: float, y: float, color: str, size: float = 4.0) -> str:
 @dataclass(frozen=True)
 class Bar:
     """One row of a bar panel: a bar from `start` (None: the axis start) to `end`, its text
-    after it, and ticks at `marks`; `missing` is shown with a cross when `end` has no place."""
+    after it, ticks at `marks` and a diamond at `point`; `missing` is shown with a cross when
+    `end` has no place."""
 
     end: float | None
     text: str  # HTML (escaped by the caller)
@@ -108,6 +109,7 @@ class Bar:
     bad: bool = False
     start: float | None = None
     marks: tuple[float, ...] = ()
+    point: float | None = None
     missing: str = ""
 
 
@@ -160,7 +162,14 @@ def bar_panel(
                         f'<line x1="{mx:.1f}" y1="{y + 1}" x2="{mx:.1f}" y2="{y + ROW_HEIGHT - 1}" '
                         'stroke="#1f2328" stroke-width="1.5"/>'
                     )
-            out.append(f'<text x="{max(begin, end) + 4:.1f}" y="{mid + 4:.1f}">{bar.text}</text>')
+            if axis.places(bar.point):
+                px = axis(bar.point)  # type: ignore[arg-type]
+                out.append(
+                    f'<path class="point" d="M{px:.1f} {mid - 5:.1f}L{px + 5:.1f} {mid:.1f}'
+                    f'L{px:.1f} {mid + 5:.1f}L{px - 5:.1f} {mid:.1f}Z" fill="#1f2328"/>'
+                )
+            right = max(begin, end, axis(bar.point) if axis.places(bar.point) else x0)
+            out.append(f'<text x="{right + 7:.1f}" y="{mid + 4:.1f}">{bar.text}</text>')
         else:
             out.append(cross(x0 + 6, mid, BAD_COLOR))
             out.append(
