@@ -203,6 +203,8 @@ def test_a_kind_the_page_does_not_know_renders_generically():
             {"name": "d/bias", "shape": [2], "status": "ok", "tripped": False, "trace": 5.0},
         ],
         "influence": [{"train_index": 7, "score": -0.5, "label": "<i>cat</i>"}],
+        "self_influence": {"median": 0.25, "top": [{"row": 3, "score": 2.5}, {"row": 9}]},
+        "test": [{"index": 0, "proponents": [{"row": 3, "score": 0.5}, {"row": "<b>9</b>"}]}],
     }  # fmt: skip
     page_bytes = render_file([Record.from_json(data, kind="novel")])
     page = Page(page_bytes)
@@ -211,13 +213,32 @@ def test_a_kind_the_page_does_not_know_renders_generically():
     assert "gates tripped: too-large" in text
     for fact in ("trace", "12.5", "settings.iterations", "20", "eigenvalues", "[3, 2, 1]"):
         assert fact in text
-    tensors, influence = page.rows[0], page.rows[1]
+    tensors, influence, top, tests = page.rows
     assert len(tensors) == 2 and "<b>d</b>/kernel" in tensors[0] and "too-large" in tensors[0]
-    assert "7.5" in tensors[0] and "5" in tensors[1]
+    assert "7.5" in tensors[0] and "[1, 2]" in tensors[0] and "5" in tensors[1]
     heads = [a for t, a in page.tags if t == "th"]
-    assert len(heads) == 6 + 4  # #, name, shape, top_eigenvalue, trace, status; #, 3 columns
+    # #, name, shape, top_eigenvalue, trace, density, status; #, 3 columns; #, 2; #, 2
+    assert len(heads) == 7 + 4 + 3 + 3
     assert influence == ["07-0.5<i>cat</i>"]
-    assert page.count("tr") - 2 == 3 and page.count("b") == 0
+    assert "self_influence.median" in text and "self_influence.top" in text
+    assert top == ["032.5", "19-"]  # a list of rows within a dict is a table of its own
+    assert tests == ["00row 3, score 0.5; row <b>9</b>"]  # rows within a row: its cell's text
+    assert page.count("tr") - 4 == 6 and page.count("b") == 0
+
+
+def test_a_kind_the_page_does_not_know_shows_its_pictures(kinds):
+    """The pictures a record of an unknown kind names are inlined like a gradient record's:
+    a list of PNGs, or one PNG chart; a directory is only named."""
+    pictures = kinds["gradcam --png"]["png"]
+    base = {"version": "0", "command": "new-command", "model": "m.keras", "tensors": []}
+
+    def images(png: object) -> int:
+        rec = Record.from_json({**base, "png": png}, kind="novel")
+        return Page(render_file([rec])).count("img")
+
+    assert images(pictures[:2]) == 2
+    assert images(pictures[0]) == 1
+    assert images(str(Path(pictures[0]).parent)) == 0
 
 
 def test_html_is_written_with_the_run_outputs(cli, models, tmp_path):

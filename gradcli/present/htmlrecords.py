@@ -41,7 +41,17 @@ def body(rec: Record, locate: Locate | None) -> str:
         Kind.CHECK: _check,
         Kind.DIFF: _diff,
     }.get(rec.kind)
-    return render(rec, locate) if render else generic(rec) + outputs(rec)
+    return render(rec, locate) if render else _other(rec, locate)
+
+
+def _other(rec: Record, locate: Locate | None) -> str:
+    """A kind without a layout of its own: the generic body, then the pictures it names (a
+    list of PNG paths, or one PNG chart), inlined like a gradient record's."""
+    png = rec.get("png")
+    if isinstance(png, str) and png.lower().endswith(".png"):
+        png = [png]
+    shown = [p for p in png if isinstance(p, str)] if isinstance(png, list) else []
+    return generic(rec) + (pictures(shown, locate) if shown else "") + outputs(rec)
 
 
 # ------------------------------------------------------------------ gradients, weights
