@@ -137,8 +137,9 @@ def training_checkpoints(keras, root: Path, epochs: int = 3) -> dict[str, Path]:
     return paths
 
 
-def deep_checkpoints(keras, root: Path, layers: int = 100, copies: int = 2) -> dict[str, Path]:
-    """A directory of `copies` models of `layers` Dense layers each (the page's size budget)."""
+def deep_checkpoints(keras, root: Path, layers: int = 100, copies: int = 1) -> dict[str, Path]:
+    """A directory of `copies` models of `layers` Dense layers each (the page's size budget;
+    one by default: loading a 100-layer model takes seconds)."""
     d = root / "deep"
     d.mkdir(parents=True)
     for k in range(copies):

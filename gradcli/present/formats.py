@@ -59,7 +59,7 @@ OUTPUT_FORMATS: dict[str, OutputFormat] = {
             stdout=False,
             file_option="--html",
             file_help="Also write an HTML report: one self-contained page (header, gates, "
-            "sortable tables, charts, pictures; a directory of models: its trajectory first).",
+            "sortable tables, charts, pictures; over a directory, the trajectory first).",
         ),
     )
 }
