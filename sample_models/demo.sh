@@ -38,10 +38,12 @@ step $G wrt-layer $S/nested.keras $S/legacy_x.npy --layer block/a --layer pre
 # A legacy .h5 (Sequential without Input, loss only in its training_config): weight gradients
 step $G wrt-weights $S/legacy_mlp.h5 $S/legacy_x.npy --target $S/legacy_y.npy --png $OUT/legacy_flow.png
 
-# A directory of checkpoints as a CI gate: fail on NaN or disconnected gradients
-step $G wrt-weights $S/checkpoints $S/tabular_x.npy --target $S/tabular_y.npy --fail-on nonfinite,disconnected
+# A directory of checkpoints as a CI gate: fail on NaN or disconnected gradients. One HTML
+# report of the run (first the trajectory: each layer's gradient norm over the checkpoints),
+# and the trajectory as a PNG
+step $G wrt-weights $S/checkpoints $S/tabular_x.npy --target $S/tabular_y.npy --fail-on nonfinite,disconnected --html $OUT/report.html --png $OUT/trajectory.png
 
 # Autodiff against finite differences
 step $G check $S/two_io.keras $S/two_io_x.npz --target $S/two_io_y.npz --wrt weights
 
-printf '\nPictures and arrays are in %s/ (saliency/*.png, gradcam/*.png, ig/*.png, legacy_flow.png).\n' "$OUT"
+printf '\nPictures and arrays are in %s/ (saliency/*.png, gradcam/*.png, ig/*.png, legacy_flow.png,\ntrajectory.png); open %s/report.html in a browser.\n' "$OUT" "$OUT"

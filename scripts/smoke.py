@@ -7,7 +7,7 @@
 2. From an empty temporary directory, with the installed `gradcli` first on PATH: every
    command once on a copy of sample_models/ with the wheel's install (a few with the
    others), checking exit codes and that each output exists and loads (.npz with
-   allow_pickle=False, PNG signature, JUnit XML, JSON, Markdown), then that nothing else
+   allow_pickle=False, PNG signature, JUnit XML, HTML, JSON, Markdown), then that nothing else
    was left there.
 3. The CI recipes' install line (pip from a git URL, pinned to a commit) builds a wheel
    holding every file of the package at that commit.

@@ -7,6 +7,7 @@ the exit code, a traceback, or an output that is missing or does not load.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import xml.etree.ElementTree as ET
 import zipfile
@@ -93,6 +94,19 @@ def junit(path: str, failures: int = 0) -> Verify:
         failed = root.findall(".//testcase/failure")
         ok = root.tag in ("testsuites", "testsuite") and cases and len(failed) == failures
         return None if ok else f"{path}: {len(cases)} testcases, {len(failed)} failures"
+
+    return verify
+
+
+def html(path: str, sections: int) -> Verify:
+    """An HTML report: one page, its policy in it, a section per model, nothing from outside."""
+
+    def verify(proc, cwd):
+        page = (cwd / path).read_text(encoding="utf-8")
+        found = page.count("<section id=")
+        ok = page.startswith("<!DOCTYPE html>") and "Content-Security-Policy" in page
+        ok = ok and found == sections and not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+        return None if ok else f"{path}: not a self-contained page of {sections} sections"
 
     return verify
 
@@ -226,7 +240,7 @@ def command_checks(m: Path, version: str, full: bool, python: Path) -> list[Chec
             verify=[npz("weights.npz", "seqni/d1/kernel", (6, 16)), png("flow.png")],
         ),
         Check(
-            "wrt-weights on a directory of models --json -o DIR",
+            "wrt-weights on a directory of models --json -o DIR --png FILE.png --html",
             [
                 "wrt-weights",
                 m / "checkpoints",
@@ -238,10 +252,16 @@ def command_checks(m: Path, version: str, full: bool, python: Path) -> list[Chec
                 "--json",
                 "-o",
                 "ckpt",
+                "--png",
+                "trajectory.png",
+                "--html",
+                "ckpt.html",
             ],
             verify=[
                 json_lines(3, command="wrt-weights"),
                 files("ckpt", ["epoch_00.npz", "epoch_02.npz", "epoch_10.npz"]),
+                png("trajectory.png"),
+                html("ckpt.html", 3),
             ],
         ),
         Check(

@@ -41,12 +41,12 @@ def test_nonfinite_zero_and_bounds_statuses():
 
 def test_layer_summary_sums_squares_per_layer():
     records = [
-        {"status": "ok", "l2": 3.0},
-        {"status": "ok", "l2": 4.0},
-        {"status": "disconnected", "l2": None},
+        {"status": "ok", "l2": 3.0, "param_l2": 6.0},
+        {"status": "ok", "l2": 4.0, "param_l2": 8.0},
+        {"status": "disconnected", "l2": None, "param_l2": 2.0},
     ]
     summary = layer_summary(records, ["a", "a", "b"])
     assert summary == [
-        {"layer": "a", "l2": 5.0, "status": "ok"},
-        {"layer": "b", "l2": 0.0, "status": "disconnected"},
+        {"layer": "a", "l2": 5.0, "status": "ok", "param_l2": 10.0},
+        {"layer": "b", "l2": 0.0, "status": "disconnected", "param_l2": 2.0},
     ]

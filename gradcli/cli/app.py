@@ -11,7 +11,9 @@ import functools
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +29,7 @@ from gradcli.cli.preflight import check_paths, is_directory_run
 from gradcli.commands import COMMANDS
 from gradcli.commands.spec import CommandSpec
 from gradcli.errors import ExitCode, GradcliError
+from gradcli.io.paths import trajectory_outputs
 from gradcli.present.formats import file_formats
 
 HELP = """Gradients of saved Keras models, from the shell.
@@ -220,7 +223,23 @@ def execute(
         quiet=quiet,
         debug=debug,
         reports=reports if many else None,
+        finish=_trajectory_chart(job) if many and spec.trajectory else None,
     )
+
+
+def _trajectory_chart(job: Any) -> Callable[[list[dict]], None] | None:
+    """A directory run's --png trajectory chart, drawn from every model's record (those of a
+    first attempt that crashed included), in a transaction of its own."""
+    if getattr(job, "png", None) is None:
+        return None
+    _, chart = trajectory_outputs(job.png)
+
+    def draw(records: list[dict]) -> None:
+        from gradcli.present.trajectory_png import write_trajectory_report
+
+        write_trajectory_report(records, chart, Path(job.model).name)
+
+    return draw
 
 
 for _spec in COMMANDS.values():

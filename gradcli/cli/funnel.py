@@ -30,10 +30,12 @@ def present(
     debug: bool = False,
     reports: dict[str, str] | None = None,
     reads: list[tuple[str, str]] = (),
+    finish: Callable[[list[dict]], None] | None = None,
 ) -> None:
     """Show what `produce(on_record, on_progress)` computes (its records, in the format asked,
     and the report files of `reports`, format -> path, which must not be any of the files it
-    `reads`) and exit with the worst code."""
+    `reads`; then `finish(records)` writes what covers them all) and exit with the worst
+    code."""
     from gradcli.process import supervisor
 
     fmt = OUTPUT_FORMATS[output_format or "table"]
@@ -72,6 +74,8 @@ def present(
 
             for name, path in reports.items():
                 write_report(name, typed(records), path)
+        if finish is not None:
+            finish(records)
         code = max([worst] + [int(r.get("exit_code", 0)) for r in records])
     except KeyboardInterrupt as exc:
         code = interrupted(exc)

@@ -20,6 +20,7 @@ from gradcli.io.paths import (
     output_file,
     remove_stale_temps,
     stdin_kind,
+    trajectory_outputs,
     walk_models,
 )
 
@@ -70,9 +71,16 @@ def check_paths(spec: CommandSpec, job: Any, note: Any) -> None:
 
             outputs.append(("--out (B's result)", str(against_file(out)), ".npz", False, None))
     if png is not None:
-        # --png: one file per model, or a directory of PNGs per model ("")
+        # --png: one file per model, or a directory of PNGs per model (""); a directory run
+        # of a command that draws a trajectory: its chart, and a chart per model beside it
         each = spec.png_suffix or ""
-        outputs.append(("--png", png, ".png", many or each == "", each))
+        if many and spec.trajectory:
+            per_model, chart = trajectory_outputs(png)
+            if per_model is not None:
+                outputs.append(("--png", per_model, ".png", True, each))
+            outputs.append(("--png (the trajectory chart)", str(chart), ".png", False, None))
+        else:
+            outputs.append(("--png", png, ".png", many or each == "", each))
     for name, path in job.reports.items():
         outputs.append((f"--{name}", path, "", False, None))
     for label, value, suffix, directory, each in outputs:

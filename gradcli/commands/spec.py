@@ -91,6 +91,8 @@ class CommandSpec:
     computes: bool = True  # False: describes the model (no INPUT; loaded for description)
     objective: bool = True  # False: differentiates an output itself (no objective recorded)
     png_suffix: str | None = None  # --png: one file with this suffix, "" a directory of PNGs
+    # a directory run's --png also draws the trajectory over its models (io.paths has where)
+    trajectory: bool = False
     files: tuple[str, ...] = ()  # fields naming files it reads (checked, hashed; "-" = stdin)
     provenance_params: tuple[str, ...] = ()  # fields recorded as its parameters
     provenance_defaults: Mapping[str, Any] = field(default_factory=dict)  # recorded when unset

@@ -13,7 +13,13 @@ from gradcli.present.records import Kind
 @dataclass(kw_only=True)
 class WrtWeightsJob(AgainstFields, ComputeJob):
     png: str | None = opt(
-        None, "--png", metavar="FILE", help="Draw the per-layer gradient-flow chart to a PNG."
+        None,
+        "--png",
+        metavar="FILE",
+        help="Draw the per-layer gradient-flow chart to a PNG. With a directory of models: "
+        "FILE.png draws the trajectory (each layer's gradient norm and |g|/|θ| over the "
+        "models, in directory order); a directory gets one chart per model and "
+        "trajectory.png.",
     )
     per_sample: bool = opt(
         False,
@@ -50,6 +56,7 @@ WRT_WEIGHTS = CommandSpec(
     record_kind=Kind.WEIGHTS,
     api_name="wrt_weights",
     png_suffix=".png",
+    trajectory=True,
     files=("input", "target"),
     provenance_params=("per_sample", "per_sample_arrays", "top"),
     normalize=imply_per_sample,

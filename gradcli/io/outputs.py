@@ -89,6 +89,18 @@ class Outputs:
         self.staged.append((temp, dest))
         return temp
 
+    def locate(self, dest: str | os.PathLike) -> Path:
+        """Where the content of output `dest` is now: its temp file (or its file in a staged
+        directory) until the commit, then `dest` itself."""
+        want = Path(dest)
+        if not self.done:
+            for temp, staged in self.staged:
+                if staged == want:
+                    return temp
+                if temp.is_dir() and want.parent == staged:
+                    return temp / want.name
+        return want
+
     def commit(self) -> None:
         """Rename every staged output into place: all of them, or (on an error) none."""
         if self.done:

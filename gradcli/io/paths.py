@@ -209,6 +209,19 @@ def output_file(path: str | Path, suffix: str) -> Path:
     return p.with_name(p.name + suffix)
 
 
+TRAJECTORY_PNG = "trajectory.png"
+
+
+def trajectory_outputs(png: str) -> tuple[str | None, Path]:
+    """A directory run's --png when the command draws a trajectory over the models: a name
+    ending in .png (not an existing directory) is that chart alone; otherwise a directory
+    holding one chart per model and the trajectory as TRAJECTORY_PNG. Returns (the per-model
+    directory or None, the trajectory's file)."""
+    if png.lower().endswith(".png") and not os.path.isdir(png):
+        return None, Path(png)
+    return png, Path(png) / TRAJECTORY_PNG
+
+
 def against_file(out: str | Path) -> Path:
     """Where -o puts --against's B result: beside A's, `<stem>.against.npz`."""
     a = output_file(out, ".npz")

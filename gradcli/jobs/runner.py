@@ -19,7 +19,13 @@ from gradcli.errors import InputError, exit_code, marked
 from gradcli.io.hashes import check_unchanged, stamp
 from gradcli.io.modelfiles import EXPECTED, is_savedmodel
 from gradcli.io.outputs import Outputs
-from gradcli.io.paths import check_model_path, check_output, find_models, model_output
+from gradcli.io.paths import (
+    check_model_path,
+    check_output,
+    find_models,
+    model_output,
+    trajectory_outputs,
+)
 from gradcli.jobs.context import Context, Emit
 from gradcli.load.loaders import load_model
 from gradcli.load.plugins import import_custom_code
@@ -60,6 +66,8 @@ def run_job(job: Any, emit: Emit) -> int:
     report = _report_stager(job.reports) if job.reports and not many else None
     spec = spec_of(job.command)
     base_out, base_png = getattr(job, "out", None), getattr(job, "png", None)
+    if many and spec.trajectory and base_png:  # the CLI draws the trajectory once all are in
+        base_png, _ = trajectory_outputs(base_png)
     for index, path in enumerate(models):
         if index in job.skip:
             continue

@@ -16,6 +16,8 @@ XML or matplotlib mathtext. Every renderer passes such text through the function
 - `markdown_code`: a code span (nothing inside is interpreted) with a fence longer than any
   run of backticks in the text; in a table, `|` is escaped as GFM tables require.
 - `xml`: `printable` leaves nothing XML 1.0 forbids; the XML writer escapes `&`, `<`, `>`, `"`.
+- `html`: `printable`, then `& < > " '` escaped: HTML text or a quoted attribute value (the
+  `--html` report, its inline SVG).
 - `plot`: `printable`, and `$` escaped, so matplotlib draws it as text, never as mathtext.
 
 JSON needs nothing here: `json.dumps` escapes every control character and stays valid.
@@ -23,6 +25,7 @@ JSON needs nothing here: `json.dumps` escapes every control character and stays 
 
 from __future__ import annotations
 
+import html as _html
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -71,6 +74,12 @@ def markdown_code(text: object, *, table: bool = False) -> str:
 def xml(text: object) -> str:
     """Text for an XML attribute or element: nothing XML 1.0 forbids is left in it."""
     return printable(text)
+
+
+def html(text: object) -> str:
+    """Text for an HTML page, as element text or a quoted attribute value: `printable(text)`
+    with `& < > " '` escaped."""
+    return _html.escape(printable(text), quote=True)
 
 
 def plot(text: object, fit: Callable[[str], str] | None = None) -> str:

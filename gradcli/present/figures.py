@@ -123,15 +123,20 @@ class TopFeatures:
 
 
 def layer_summary(records: list[dict], variable_layers: list[str]) -> list[dict]:
-    """Sum of squares over each layer's variables, in model order, for the flow chart."""
+    """Per layer, in model order: the L2 norm of its weight gradient over its variables (for
+    the flow chart), its status, and the L2 norm of its parameters `param_l2` over the same
+    variables (so |g|/|theta| of the layer is l2 / param_l2)."""
     order: list[str] = []
     sums: dict[str, float] = {}
+    params: dict[str, float] = {}
     statuses: dict[str, str] = {}
     for rec, layer in zip(records, variable_layers, strict=True):
         if layer not in sums:
             order.append(layer)
-            sums[layer] = 0.0
+            sums[layer] = params[layer] = 0.0
             statuses[layer] = "ok"
+        if rec.get("param_l2") is not None:
+            params[layer] += rec["param_l2"] ** 2
         if rec["status"] == "disconnected" or rec["l2"] is None:
             if statuses[layer] == "ok":
                 statuses[layer] = rec["status"]
@@ -145,5 +150,7 @@ def layer_summary(records: list[dict], variable_layers: list[str]) -> list[dict]
         norm = math.sqrt(sums[layer])
         if status == "ok" and norm == 0:
             status = "zero"
-        out.append({"layer": layer, "l2": norm, "status": status})
+        out.append(
+            {"layer": layer, "l2": norm, "status": status, "param_l2": math.sqrt(params[layer])}
+        )
     return out

@@ -1,8 +1,10 @@
 """Output formats, as one table (light: the CLI reads it for --format's choices and the report
 file options). A format shows a run's records on stdout (`--format NAME`), as each arrives
 (`streams`: `line(record)`) or all at the end (`render(records, console)`), or writes them to a
-file (`--NAME FILE` on every command: `write_file(records, path)`). Its renderer module is
-imported only when it is used. A new format is one entry here and its module.
+file (`--NAME FILE` on every command: `write_file(records, path, locate)`, where `locate(p)`
+says where an output file p a record names is now: staged, before the run's outputs commit).
+Its renderer module is imported only when it is used. A new format is one entry here and its
+module.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class OutputFormat:
     module: str  # the renderer, imported when used
     stdout: bool = True  # a --format choice
     streams: bool = False  # `line(record: dict) -> str`, printed as each record arrives
-    file_option: str | None = None  # a report file: `--junit FILE` (`write_file(records, path)`)
+    file_option: str | None = None  # a report file: `--junit FILE` (`write_file(...)`)
     file_help: str = ""
 
     def renderer(self) -> ModuleType:
@@ -49,6 +51,15 @@ OUTPUT_FORMATS: dict[str, OutputFormat] = {
             file_option="--junit",
             file_help="Also write a JUnit XML report: a testcase per tensor, failures for tripped "
             "gates.",
+        ),
+        OutputFormat(
+            "html",
+            "one self-contained HTML page for people",
+            "gradcli.present.html",
+            stdout=False,
+            file_option="--html",
+            file_help="Also write an HTML report: one self-contained page (header, gates, "
+            "sortable tables, charts, pictures; over a directory, the trajectory first).",
         ),
     )
 }

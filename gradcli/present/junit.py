@@ -73,6 +73,7 @@ def build_junit(records: list[Record]):
     return doc
 
 
-def write_file(records: list[Record], path: str | os.PathLike) -> None:
-    """The report, written to `path` (present.reports stages it with the run's outputs)."""
+def write_file(records: list[Record], path: str | os.PathLike, locate=None) -> None:
+    """The report, written to `path` (present.reports stages it with the run's outputs; it
+    names no output file, so `locate` is not needed)."""
     build_junit(records).write(str(path), pretty=True)

@@ -23,7 +23,7 @@ def write_report(
     transaction = Outputs() if own else outputs
     tmp = transaction.temp_file(dest)
     try:
-        OUTPUT_FORMATS[fmt].renderer().write_file(records, tmp)
+        OUTPUT_FORMATS[fmt].renderer().write_file(records, tmp, transaction.locate)
         os.chmod(tmp, default_mode())
     except OSError as exc:
         transaction.abort()
