@@ -158,7 +158,37 @@ class ShardResult:
         if missing:
             raise InputError(f"{source}: not a TracIn result: no {', '.join(missing)}")
         fields = {n: np.asarray(arrays[n]) for n in cls.ARRAYS if n in arrays}
+        _check_arrays(fields, k, source)
         return cls(run=run, shard=shard, k=k, source=source, **fields)
+
+
+def _check_arrays(fields: dict[str, np.ndarray], k: int, source: str) -> None:
+    """Shapes and dtypes of a saved result agree with each other (a file is data: refuse what
+    does not, with one line, before anything indexes with it)."""
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{source}: not a TracIn result: {why}")
+
+    rows, own = fields["rows"], fields["self_influence"]
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or own.shape != rows.shape:
+        raise bad("rows and self_influence must be integers and numbers of one length")
+    if own.dtype.kind != "f":
+        raise bad("self_influence must be floating point")
+    shape = fields["proponent_scores"].shape
+    if len(shape) != 2 or shape[1] > min(k, rows.size):
+        raise bad(f"proponent_scores has shape {shape}, expected (test samples, <= {k})")
+    for name in ("proponent_rows", "opponent_scores", "opponent_rows"):
+        if fields[name].shape != shape:
+            raise bad(f"{name} has shape {fields[name].shape}, not {shape}")
+    for name in ("proponent_rows", "opponent_rows"):
+        if fields[name].dtype.kind not in "iu" or not np.isin(fields[name], rows).all():
+            raise bad(f"{name} names train rows the result does not cover")
+    for name in ("proponent_scores", "opponent_scores"):
+        if fields[name].dtype.kind != "f":
+            raise bad(f"{name} must be floating point")
+    matrix = fields.get("matrix")
+    if matrix is not None and matrix.shape != (shape[0], rows.size):
+        raise bad(f"matrix has shape {matrix.shape}, expected {(shape[0], rows.size)}")
 
 
 class Accumulator:

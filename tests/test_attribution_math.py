@@ -165,6 +165,36 @@ def test_merge_refuses_what_is_not_one_run():
         at.merge(shards, n_train=40)
 
 
+def test_saved_results_that_do_not_hold_together_are_refused():
+    train, test, etas, _, _ = tracin_problem()
+    good = run_tracin(train, test, etas, 3, 5, (0, 2), keep_matrix=True)
+    arrays = good.arrays()
+    broken = [
+        ({"rows": arrays["rows"].astype(float)}, "must be integers"),
+        ({"self_influence": arrays["self_influence"][:-1]}, "one length"),
+        ({"proponent_scores": arrays["proponent_scores"][:, :2]}, "proponent_rows has shape"),
+        ({"opponent_rows": arrays["opponent_rows"] + 10_000}, "does not cover"),
+        ({"matrix": arrays["matrix"][:, 1:]}, "matrix has shape"),
+        ({"proponent_scores": arrays["proponent_scores"].astype("U8")}, "floating point"),
+    ]
+    for change, message in broken:
+        with pytest.raises(InputError, match=f"^s0.npz: not a TracIn result: .*{message}"):
+            at.ShardResult.from_arrays({**arrays, **change}, good.run, (0, 2), 3, "s0.npz")
+    with pytest.raises(InputError, match="no rows, proponent_rows"):
+        at.ShardResult.from_arrays(
+            {
+                "self_influence": arrays["self_influence"],
+                "proponent_scores": arrays["proponent_scores"],
+                "opponent_scores": arrays["opponent_scores"],
+                "opponent_rows": arrays["opponent_rows"],
+            },
+            good.run,
+            (0, 2),
+            3,
+            "s0.npz",
+        )
+
+
 def test_a_score_matrix_that_does_not_fit_is_refused_pointing_to_top():
     at.check_matrix(100, 1000, limit=10**6)
     with pytest.raises(UsageError) as info:
