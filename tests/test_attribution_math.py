@@ -11,11 +11,16 @@ import h5py
 import numpy as np
 import pytest
 
-from gradcli import attribution as at
-from gradcli import checkpoints as ck
-from gradcli import projection as pj
-from gradcli.errors import CLI_FLAGS, ExitCode, InputError, ModelError, UsageError, render
-from gradcli.shardenv import shard_from_env
+from gradcli.commands import cli_flags
+from gradcli.commands import values as option_values
+from gradcli.commands.shardenv import shard_from_env
+from gradcli.engine import projection as pj
+from gradcli.engine import tracin as at
+from gradcli.errors import ExitCode, InputError, ModelError, UsageError, render
+from gradcli.io import checkpoints as order
+from gradcli.load import learning_rates as ck
+
+CLI_FLAGS = cli_flags()
 
 # ------------------------------------------------------------------ brute-force references
 
@@ -172,6 +177,7 @@ def test_saved_results_that_do_not_hold_together_are_refused():
     broken = [
         ({"rows": arrays["rows"].astype(float)}, "must be integers"),
         ({"self_influence": arrays["self_influence"][:-1]}, "one length"),
+        ({"loss": arrays["loss"][:-1]}, "one length"),
         ({"proponent_scores": arrays["proponent_scores"][:, :2]}, "proponent_rows has shape"),
         ({"opponent_rows": arrays["opponent_rows"] + 10_000}, "does not cover"),
         ({"matrix": arrays["matrix"][:, 1:]}, "matrix has shape"),
@@ -180,7 +186,7 @@ def test_saved_results_that_do_not_hold_together_are_refused():
     for change, message in broken:
         with pytest.raises(InputError, match=f"^s0.npz: not a TracIn result: .*{message}"):
             at.ShardResult.from_arrays({**arrays, **change}, good.run, (0, 2), 3, "s0.npz")
-    with pytest.raises(InputError, match="no rows, proponent_rows"):
+    with pytest.raises(InputError, match="no rows, loss, proponent_rows"):
         at.ShardResult.from_arrays(
             {
                 "self_influence": arrays["self_influence"],
@@ -425,7 +431,7 @@ def test_shard_auto_refuses_a_missing_or_inconsistent_environment(env, names):
 
 def test_checkpoints_sort_naturally():
     names = ["ckpt-10.keras", "ckpt-2.keras", "CKPT-3.keras", "ckpt-02.keras", "ckpt-1.keras"]
-    assert ck.order_checkpoints(names) == [
+    assert order.order_checkpoints(names) == [
         "ckpt-1.keras",
         "ckpt-02.keras",
         "ckpt-2.keras",
@@ -433,26 +439,31 @@ def test_checkpoints_sort_naturally():
         "ckpt-10.keras",
     ]
     keras_names = ["model.10-0.31.keras", "model.02-0.90.keras", "model.09-0.35.keras"]
-    assert ck.order_checkpoints(keras_names) == sorted(keras_names, key=lambda n: int(n[6:8]))
-    assert ck.order_checkpoints(["b/epoch_10", "a/epoch_9", "epoch_1"]) == [
+    assert order.order_checkpoints(keras_names) == sorted(keras_names, key=lambda n: int(n[6:8]))
+    assert order.order_checkpoints(["b/epoch_10", "a/epoch_9", "epoch_1"]) == [
         "a/epoch_9",
         "b/epoch_10",
         "epoch_1",  # the directory part decides first
     ]
 
 
+def learning_rates(text: str, n: int) -> list[float] | None:
+    values = option_values.lr_value(text)
+    return None if values is None else option_values.learning_rates(values, n)
+
+
 def test_learning_rate_option():
-    assert ck.learning_rates("0.01", 3) == [0.01] * 3
-    assert ck.learning_rates("0.1, 0.05,0.01", 3) == [0.1, 0.05, 0.01]
-    assert ck.learning_rates("saved", 3) is None and ck.learning_rates(" Saved ", 1) is None
+    assert learning_rates("0.01", 3) == [0.01] * 3
+    assert learning_rates("0.1, 0.05,0.01", 3) == [0.1, 0.05, 0.01]
+    assert learning_rates("saved", 3) is None and learning_rates(" Saved ", 1) is None
     for text, message in [
-        ("0.1,0.2", "2 learning rates for 3 checkpoints"),
+        ("0.1,0.2", "2 learning rates for 3 checkpoint(s)"),
         ("fast", "expected a learning rate"),
         ("0.1,-1,2", "positive"),
         ("nan", "positive"),
     ]:
         with pytest.raises(UsageError) as info:
-            ck.learning_rates(text, 3)
+            learning_rates(text, 3)
         text = render(info.value, CLI_FLAGS)
         assert message in text and text.startswith("--lr ")
         assert info.value.exit_code == ExitCode.USAGE

@@ -1,7 +1,7 @@
-"""TracIn over per-sample gradients, the NumPy side: stream train blocks, keep top-K, shard, merge.
+"""TracIn over per-sample gradients, the NumPy side: stream train blocks, keep top-K, shard, merge
+(no TensorFlow: `gradcli merge` runs it in the CLI's own process).
 
-Pre-work for issue 29; moves to `gradcli/engine/attribution.py` with the reorganisation (issue
-25). Nothing here knows how the per-sample gradients are produced (full vectors, projected
+Nothing here knows how the per-sample gradients are produced (full vectors, projected
 vectors, ghost-norm squared norms): the caller hands over numbers per train block.
 
 TracInCP(z, z') = sum_c eta_c <g_c(z), g_c(z')>; self-influence(z) = sum_c eta_c |g_c(z)|^2.
@@ -22,8 +22,9 @@ Shards. `--shard K/N` splits the train rows by batches: the rows are cut into ba
 directory of models). Every row is therefore computed in the same batch, with the same shapes,
 as in an unsharded run with the same batch size, so sharded + merged is bit-identical to
 unsharded on the same kind of machine. A shard's result holds exactly what the merge needs:
-its rows with their self-influence, and per test sample its top-K candidates with row indices
-and scores (`ShardResult.arrays`); `merge` checks that the shards are the N parts of one run.
+its rows with their self-influence (and their loss at the last checkpoint, for reference),
+and per test sample its top-K candidates with row indices and scores (`ShardResult.arrays`);
+`merge` checks that the shards are the N parts of one run.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, UsageError, param
+from gradcli.errors import InputError, UsageError, param
 
 _FLOAT = np.float64
 
@@ -117,8 +118,9 @@ def check_matrix(n_test: int, n_train: int, limit: int) -> None:
 class ShardResult:
     """What one run (or one shard of a run) found; `merge` combines shards exactly.
 
-    rows (n,) and self_influence (n,): the train rows covered, ascending, and their
-    self-influence. proponents/opponents: (T, k') scores and rows, k' = min(k, n), best first.
+    rows (n,), self_influence (n,) and loss (n,): the train rows covered, ascending, their
+    self-influence and their loss at the last checkpoint. proponents/opponents: (T, k')
+    scores and rows, k' = min(k, n), best first.
     matrix: (T, n) scores over `rows` when it was kept. `run` holds what must agree across
     shards (checkpoints, learning rates, projection, layers, sizes, batch size) and is
     recorded with the result. `shard` is (K, N), or None for a whole run."""
@@ -128,6 +130,7 @@ class ShardResult:
     k: int
     rows: np.ndarray
     self_influence: np.ndarray
+    loss: np.ndarray
     proponent_scores: np.ndarray
     proponent_rows: np.ndarray
     opponent_scores: np.ndarray
@@ -138,6 +141,7 @@ class ShardResult:
     ARRAYS = (
         "rows",
         "self_influence",
+        "loss",
         "proponent_scores",
         "proponent_rows",
         "opponent_scores",
@@ -169,11 +173,11 @@ def _check_arrays(fields: dict[str, np.ndarray], k: int, source: str) -> None:
     def bad(why: str) -> InputError:
         return InputError(f"{source}: not a TracIn result: {why}")
 
-    rows, own = fields["rows"], fields["self_influence"]
-    if rows.ndim != 1 or rows.dtype.kind not in "iu" or own.shape != rows.shape:
-        raise bad("rows and self_influence must be integers and numbers of one length")
-    if own.dtype.kind != "f":
-        raise bad("self_influence must be floating point")
+    rows, own, loss = fields["rows"], fields["self_influence"], fields["loss"]
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or not own.shape == loss.shape == rows.shape:
+        raise bad("rows, self_influence and loss must be integers and numbers of one length")
+    if own.dtype.kind != "f" or loss.dtype.kind != "f":
+        raise bad("self_influence and loss must be floating point")
     shape = fields["proponent_scores"].shape
     if len(shape) != 2 or shape[1] > min(k, rows.size):
         raise bad(f"proponent_scores has shape {shape}, expected (test samples, <= {k})")
@@ -206,18 +210,26 @@ class Accumulator:
         self.run, self.shard, self.k, self.n_test = run, shard, k, n_test
         self._rows: list[np.ndarray] = []
         self._self: list[np.ndarray] = []
+        self._loss: list[np.ndarray] = []
         self._matrix: list[np.ndarray] | None = [] if keep_matrix else None
         empty = np.zeros((n_test, 0), _FLOAT), np.zeros((n_test, 0), np.int64)
         self._best, self._worst = empty, empty
 
     def add(
-        self, rows: np.ndarray, self_influence: np.ndarray, scores: np.ndarray | None = None
+        self,
+        rows: np.ndarray,
+        self_influence: np.ndarray,
+        scores: np.ndarray | None = None,
+        loss: np.ndarray | None = None,
     ) -> None:
-        """One finished train block: its rows (b,), their self-influence (b,), and their
-        scores (b, T) against the test samples, summed over every checkpoint."""
+        """One finished train block: its rows (b,), their self-influence (b,), their scores
+        (b, T) against the test samples, summed over every checkpoint, and their loss at the
+        last checkpoint (b,) (NaN when not given)."""
         rows = np.asarray(rows, np.int64)
         self._rows.append(rows)
         self._self.append(np.asarray(self_influence, _FLOAT))
+        missing = np.full(rows.shape, np.nan)
+        self._loss.append(missing if loss is None else np.asarray(loss, _FLOAT))
         if not self.n_test:
             return
         if scores is None:
@@ -231,6 +243,7 @@ class Accumulator:
     def result(self) -> ShardResult:
         rows = np.concatenate(self._rows) if self._rows else np.zeros(0, np.int64)
         values = np.concatenate(self._self) if self._self else np.zeros(0, _FLOAT)
+        loss = np.concatenate(self._loss) if self._loss else np.zeros(0, _FLOAT)
         matrix = None
         if self._matrix is not None:
             matrix = np.concatenate([np.zeros((self.n_test, 0)), *self._matrix], axis=1)
@@ -243,6 +256,7 @@ class Accumulator:
             self.k,
             rows[ordered],
             values[ordered],
+            loss[ordered],
             *self._best,
             *self._worst,
             matrix=matrix,
@@ -309,6 +323,7 @@ def merge(results: Sequence[ShardResult], n_train: int | None = None) -> ShardRe
         first.k,
         rows,
         np.concatenate([r.self_influence for r in results])[ordered],
+        np.concatenate([r.loss for r in results])[ordered],
         *best,
         *worst,
         matrix=matrix,

@@ -1,6 +1,5 @@
-"""Seeded random projections of per-sample gradients to `dim` numbers: the NumPy reference.
-
-Pre-work for issue 29; moves to `gradcli/engine/` with the reorganisation (issue 25).
+"""Seeded random projections of per-sample gradients to `dim` numbers: the NumPy reference,
+whose buckets and signs (`entries`) the compiled step uses (engine.persample.count_sketch).
 
 What the projection is, and why this one
 ----------------------------------------

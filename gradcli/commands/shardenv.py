@@ -1,6 +1,5 @@
-"""`--shard auto`: which shard this process is, from the scheduler's environment (stdlib only).
-
-Pre-work for issue 29; the reorganisation (issue 25) moves it next to the option it serves.
+"""`--shard auto`: which shard this process is, from the scheduler's environment (stdlib only;
+read by the CLI when it reads the option, for every command that takes `--shard`).
 
 An array job of N tasks runs the same command N times; each task must know its index K
 (0-based) and the count N. Two schedulers are read:
@@ -24,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .errors import UsageError, param
+from gradcli.errors import UsageError, param
 
 K8S_INDEX = "JOB_COMPLETION_INDEX"
 K8S_COUNT = "JOB_COMPLETIONS"

@@ -1,21 +1,10 @@
-"""The checkpoints of one training run: their order, and each one's learning rate (stdlib only).
+"""Each checkpoint's learning rate as its saved optimizer says (`--lr saved`): read from the
+file as data, never by running its code, and evaluated here.
 
-Pre-work for issue 29; the reorganisation (issue 25) places it (order and `--lr` parsing near
-the command, the saved-rate reader in `load/`). Nothing here opens a file: the caller reads
-the JSON (a `.keras` archive's `config.json`, an `.h5`'s `training_config` attribute) and the
-optimizer's iteration count, and this module interprets them.
-
-Order. Checkpoint names sort naturally: runs of digits compare as numbers, the rest
-case-insensitively, so `ckpt-2` < `ckpt-10` and `epoch_9` < `epoch_10`; Keras'
-`model.{epoch:02d}-{val_loss:.2f}.keras` names sort by epoch because the first number that
-differs decides. Names equal in that order (`ckpt-02`, `ckpt-2`) fall back to plain string order.
-
-Learning rates (`--lr`): one value for every checkpoint, a comma list with one value per
-checkpoint in that order, or `saved`: each checkpoint's optimizer as saved in the file. The
-saved rate is what `model.optimizer.learning_rate` reads after loading it: the float in the
-optimizer config (Keras writes the current value of its learning-rate variable there, so a
-callback's changes are in it), or a learning-rate schedule evaluated at the saved iteration
-count. The six Keras schedules are evaluated here in float64 (Keras computes them in
+The saved rate is what `model.optimizer.learning_rate` reads after loading the file: the float
+in the optimizer config (Keras writes the current value of its learning-rate variable there,
+so a callback's changes are in it), or a learning-rate schedule evaluated at the saved
+iteration count. The six Keras schedules are evaluated here in float64 (Keras computes them in
 float32); any other schedule would mean running its code, so it is refused.
 
 Where the numbers are in the files (checked on Keras 3.15):
@@ -26,64 +15,84 @@ Where the numbers are in the files (checked on Keras 3.15):
   "learning_rate"; the iteration count is `optimizer_weights/<optimizer name>/iteration`.
 - Keras 2 files may say "lr" instead of "learning_rate" and carry the legacy "decay":
   rate / (1 + decay * iterations).
+
+The file is read after the loader's checks passed on it (load_model: the archive's members
+and HDF5 datasets bounded, no external storage or links); only a JSON document and one scalar
+dataset are read here, each checked for what it must be.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import re
-from collections.abc import Iterable
+import zipfile
+from pathlib import Path
+from typing import Any
 
-from .errors import ModelError, UsageError, param
+import numpy as np
 
-SAVED = "saved"
+from gradcli.errors import ModelError, param
+from gradcli.io.modelfiles import ModelFormat, h5_json_attr, model_format
+from gradcli.io.zipmember import open_member
 
-_DIGITS = re.compile(r"([0-9]+)")
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key: digit runs as numbers, text case-insensitively, then the name itself."""
-    parts = _DIGITS.split(name)  # text, digits, text, digits, ... : types line up by position
-    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), name
+_WEIGHTS = "model.weights.h5"
+_CONFIG_BYTES = 256 << 20  # as the archive check bounds config.json
 
 
-def order_checkpoints(names: Iterable[str]) -> list[str]:
-    """Checkpoint names (or paths relative to their directory) in training order."""
-    return sorted(names, key=natural_key)
-
-
-def parse_lr(text: str) -> list[float] | None:
-    """`--lr`'s value: a list of rates (one value, or one per checkpoint), or None for `saved`."""
-    if text.strip().lower() == SAVED:
-        return None
-    values = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise UsageError(
-                f"{param('lr', text)}: expected a learning rate, a comma list of one per "
-                f"checkpoint, or {SAVED} (read from each checkpoint's optimizer)"
-            ) from None
-        if not math.isfinite(value) or value <= 0:
-            raise UsageError(f"{param('lr', text)}: learning rates must be positive numbers")
-        values.append(value)
-    return values
-
-
-def learning_rates(text: str, n_checkpoints: int) -> list[float] | None:
-    """One rate per checkpoint from `--lr` (None: read them from the files)."""
-    values = parse_lr(text)
-    if values is None:
-        return None
-    if len(values) == 1:
-        return values * n_checkpoints
-    if len(values) != n_checkpoints:
-        raise UsageError(
-            f"{param('lr', text)}: {len(values)} learning rates for {n_checkpoints} "
-            "checkpoints; give one value, or one per checkpoint in their order"
+def saved_rate(path: str | Path) -> tuple[float, int | None]:
+    """(learning rate, saved iteration count or None) of a checkpoint's optimizer; ModelError
+    (exit 3) saying why it cannot be read, pointing to the option that gives the rates."""
+    path = Path(path)
+    fmt = model_format(path)
+    if fmt is ModelFormat.KERAS:
+        config, iterations = _keras_archive(path)
+    elif fmt is ModelFormat.H5:
+        found = h5_json_attr(path, "training_config")
+        config = found if isinstance(found, dict) else {}
+        name = ((optimizer_config(config) or {}).get("config") or {}).get("name")
+        iterations = _h5_scalar(path, None, f"optimizer_weights/{name}/iteration") if name else None
+    else:
+        raise ModelError(
+            f"{path}: the optimizer of a SavedModel is not read; give the learning rates "
+            f"with {param('lr')}"
         )
-    return values
+    return saved_learning_rate(optimizer_config(config), iterations, str(path)), iterations
+
+
+def _keras_archive(path: Path) -> tuple[dict, int | None]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("config.json")
+            if info.file_size > _CONFIG_BYTES:
+                raise ModelError(f"{path}: refused: config.json declares {info.file_size} bytes")
+            config = json.loads(zf.read(info))
+            names = set(zf.namelist())
+            iterations = None
+            if _WEIGHTS in names:
+                with open_member(path, zf, _WEIGHTS) as member:
+                    iterations = _h5_scalar(path, member, "optimizer/vars/0")
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: cannot read its optimizer ({exc})") from None
+    return (config if isinstance(config, dict) else {}), iterations
+
+
+def _h5_scalar(path: Path, source: Any, key: str) -> int | None:
+    """An optimizer's iteration count: a scalar integer-valued dataset, or None when absent."""
+    import h5py
+
+    try:
+        with h5py.File(source if source is not None else path, "r") as f:
+            found = f.get(key)
+            if not isinstance(found, h5py.Dataset) or found.size != 1:
+                return None
+            if found.dtype.kind not in "iuf":
+                return None
+            value = float(np.asarray(found[()]).reshape(-1)[0])
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"{path}: cannot read its optimizer's iteration count ({exc})") from None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        raise ModelError(f"{path}: its optimizer's iteration count is {value}, not a count")
+    return int(value)
 
 
 def optimizer_config(file_config: dict) -> dict | None:
@@ -106,19 +115,23 @@ def saved_learning_rate(optimizer: dict | None, iterations: int | None, source: 
     if optimizer is None:
         raise refuse("no optimizer was saved with the model")
     config = optimizer.get("config", optimizer)
+    if not isinstance(config, dict):
+        raise refuse("its optimizer config is not a JSON object")
     rate = config.get("learning_rate", config.get("lr"))
     if isinstance(rate, dict):
         if iterations is None:
             raise refuse("its learning-rate schedule needs the optimizer's iteration count")
         try:
             value = schedule_value(rate, iterations)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        except (LookupError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
             raise refuse(f"its learning-rate schedule cannot be evaluated ({exc})") from None
     elif isinstance(rate, int | float) and not isinstance(rate, bool):
         value = float(rate)
     else:
         raise refuse("its optimizer config has no learning rate")
     decay = config.get("decay") or 0.0
+    if not isinstance(decay, int | float) or isinstance(decay, bool):
+        raise refuse(f"its learning-rate decay is {decay!r}, not a number")
     if decay:
         if iterations is None:
             raise refuse("its learning-rate decay needs the optimizer's iteration count")
