@@ -47,7 +47,7 @@ def _tiles(data: Any, scores: np.ndarray, rows: np.ndarray, role: str) -> list:
     from gradcli.present.influence_pictures import Tile
 
     return [
-        Tile(_row(data, int(r)), f"#{int(r)}{_label(data, int(r))}\n{s:.3g}", role)
+        Tile(_row(data, int(r)), f"#{int(r)}{_label(data, int(r))}\nscore {s:.3g}", role)
         for s, r in zip(scores, rows, strict=True)
         if np.isfinite(s)
     ]

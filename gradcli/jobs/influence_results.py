@@ -240,7 +240,11 @@ def read_shard(path: str) -> tuple[ShardResult, dict]:
     """A saved influence result and its provenance; InputError (exit 3) for a file that is
     not one (no provenance, another command's, malformed blocks or arrays)."""
     from gradcli.io.arrays import read_arrays
+    from gradcli.io.paths import check_regular
 
+    check_regular(path, f"SHARD {path}")
+    if Path(path).suffix.lower() != ".npz":
+        raise InputError(f"{path}: not the -o file of a `gradcli {INFLUENCE.name}` run (an .npz)")
     prov = from_npz(path, "SHARD")
     block = prov.get(KEY) if prov else None
     if prov is None or prov.get("command") != INFLUENCE.name or not isinstance(block, dict):

@@ -20,7 +20,7 @@ class Tile:
     """One image of a row: (H, W) or (H, W, C), its caption, and what it is (its colour)."""
 
     image: np.ndarray | None  # None: an empty cell
-    caption: str
+    caption: str  # lines (each drawn as text, never mathtext)
     role: str = "test"
 
 
@@ -45,7 +45,8 @@ def write_rows(path: pathlib.Path, rows: list[tuple[str, list[Tile]]], title: st
                     continue
                 shown, _ = _normalized_input(tile.image)
                 ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0, vmax=1.0)
-                ax.set_title(plot(tile.caption), fontsize=8, color=COLOURS.get(tile.role))
+                caption = "\n".join(plot(line) for line in tile.caption.split("\n"))
+                ax.set_title(caption, fontsize=8, color=COLOURS.get(tile.role))
                 if c == 0:
                     ax.set_ylabel(plot(label), fontsize=9)
         save_atomic(fig, path)
