@@ -1,40 +1,39 @@
-"""TracIn bench: influenciae (deel-ai) against gradcli's TracIn reference, same model and data.
+"""TracIn bench: `gradcli influence` against influenciae (deel-ai), same model, checkpoints, data.
 
-Run with `python bench/influenciae_compare.py` from gradcli's venv (about 2 minutes the first
-time, most of it installing). influenciae is never a gradcli dependency: it goes into its own
-venv, bench-out/influenciae-venv, and this script re-runs itself there.
+Run with `python bench/influenciae_compare.py` from gradcli's venv (part of `make bench`; about
+two minutes, most of it TensorFlow start-ups). influenciae is never a gradcli dependency: it
+goes into its own venv, bench-out/influenciae-venv, which borrows TensorFlow and tf-keras from
+gradcli's venv (a .pth file) and holds influenciae alone (`pip install --no-deps`).
 
-Can influenciae run here? Its newest release (0.3.0, 2024) requires `tensorflow>=2.7,<2.10`,
-and no TensorFlow before 2.12 has wheels for Python 3.11 (this machine's only Python), so
-`pip install influenciae` fails to resolve. What makes it run: installing it with `--no-deps`
-next to tensorflow and tf-keras of the same version as gradcli's (2.21), with
-`TF_USE_LEGACY_KERAS=1`, so that its `tf.keras` (it imports `tensorflow.keras.losses.Reduction`
-and calls `tf.keras.Model` APIs of Keras 2) is tf_keras. It cannot take Keras 3 models: its compiled
-`_jacobian` (a `tf.function` taking the model and its variables as arguments) fails while
-tracing with "NotImplementedError: numpy() is only available when eager execution is enabled"
-(the script shows it), and its reduction check wants `Reduction.NONE`, not Keras 3's None. So
-the checkpoints of bench/tracin_noise.py are rebuilt in tf_keras from their saved weights: the
-same architecture, the same numbers. Its default `InfluenceModel` watches the weights of one
-layer only (the last with weights before the logits); here `start_layer=0, last_layer=-1`
-watches all of them, as the reference does.
+Why so: influenciae's newest release (0.3.0, 2024) requires `tensorflow>=2.7,<2.10`, and no
+TensorFlow before 2.12 has wheels for Python 3.11, so `pip install influenciae` does not
+resolve. It runs next to TensorFlow 2.21 with `TF_USE_LEGACY_KERAS=1` (its `tf.keras` is then
+tf_keras: it uses Keras 2 APIs such as `Reduction.NONE`), but not on Keras 3 models: its
+compiled `_jacobian` fails while tracing ("numpy() is only available when eager execution is
+enabled"; this script shows the line). So its side rebuilds the checkpoints of
+bench/tracin_noise.py in tf_keras from their saved weights: the same architecture, the same
+numbers. `InfluenceModel(start_layer=0, last_layer=-1)` watches every layer's weights, as
+gradcli does by default (influenciae's own default is one layer).
 
 What is compared, on bench/tracin_noise.py's 1,200 training and 200 test samples and its 3
-checkpoints with their saved learning rates:
-- self-influence of every training sample (influenciae `compute_influence_values`) and the
-  200 x 1,200 score matrix (`estimate_influence_values_in_batches`) against the reference
-  that bench/tracin_noise.py computed with Keras 3 in gradcli's venv: largest difference
-  relative to the largest score (float32 rounding is ~1e-6);
-- time at equal work, in this one process on the same tf_keras models: influenciae versus the
-  reference pipeline the command will use (one compiled `tf.vectorized_map` per-sample tape
-  per checkpoint and batch, NumPy accumulation with gradcli.attribution). The command itself
-  does not exist yet, so this is the engine's way, not `gradcli influence`'s wall time.
+checkpoints with the learning rates gradcli read from them:
+- the self-influence of every training sample, and the 200 x 1,200 score matrix: largest
+  difference relative to the largest value (float32 rounding is ~1e-6);
+- time at equal work, whole processes from the shell: `gradcli influence` (TensorFlow start,
+  loading and checking the .keras checkpoints, hashing, writing the .npz) against a script
+  doing the same with influenciae (TensorFlow start, rebuilding the models from their
+  weights, writing an .npz); medians of 3 interleaved runs. And the call alone, TensorFlow
+  already imported: `gradcli.influence(...)` (the Python API; loading and checking the
+  checkpoints inside the timing) against influenciae's TracIn calls (its models built before).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -43,39 +42,42 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "bench-out" / "influenciae-venv"
 DATA = ROOT / "bench-out" / "tracin_noise"
+OUT = ROOT / "bench-out" / "influenciae_compare"
 VERSION = "0.3.0"
 BATCH, REPEAT = 256, 3
 
 
-def in_bench_venv() -> bool:
-    return Path(sys.prefix).resolve() == VENV.resolve()
-
-
-def prepare() -> int:
-    """From gradcli's venv: the data, the venv, then this script again inside it."""
-    if not (DATA / "reference.npz").exists():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "tracin_noise.py")], check=True)
+def prepare_venv() -> Path:
     python = VENV / "bin" / "python"
-    if not python.exists():
-        import tensorflow as tf
-
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "--quiet"]
-        print(f"installing influenciae {VERSION} (--no-deps) with tensorflow {tf.__version__}")
-        subprocess.run([*pip, "--no-deps", f"influenciae=={VERSION}"], check=True)
-        subprocess.run(
-            [*pip, f"tensorflow=={tf.__version__}", f"tf-keras=={tf.__version__}", "matplotlib"],
-            check=True,
-        )
-    print("why not a plain install:", plain_install_error(python))
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([str(python), __file__], env=env).returncode
+    if python.exists():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # TensorFlow and tf-keras from gradcli's venv, not a second 2 GB install
+    Path(site, "gradcli-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    print(f"installing influenciae {VERSION} (--no-deps) into {VENV}")
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-deps"]
+    subprocess.run([*pip, f"influenciae=={VERSION}"], check=True)
+    return python
 
 
 def plain_install_error(python: Path) -> str:
     """pip's own answer to `pip install influenciae` (a dry run, nothing installed)."""
     done = subprocess.run(
-        [str(python), "-m", "pip", "install", "--dry-run", f"influenciae=={VERSION}"],
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            f"influenciae=={VERSION}",
+        ],
         capture_output=True,
         text=True,
     )
@@ -83,7 +85,81 @@ def plain_install_error(python: Path) -> str:
     return lines[0] if lines else "(pip resolved it: nothing to explain)"
 
 
-def keras3_error() -> str:
+def timed(command: list, env: dict | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start, done.stdout
+
+
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k != "__gradcli__"}
+
+
+def main() -> None:
+    if not (DATA / "scores.npz").exists():
+        subprocess.run([sys.executable, str(ROOT / "bench" / "tracin_noise.py")], check=True)
+    python = prepare_venv()
+    OUT.mkdir(parents=True, exist_ok=True)
+    with np.load(DATA / "self.npz") as f:
+        lrs = [c["lr"] for c in json.loads(str(f["__gradcli__"]))["checkpoints"]]
+    ck, x, y = DATA / "checkpoints", DATA / "x.npy", DATA / "y.npy"
+    test = ["--test", DATA / "x_test.npy", "--test-target", DATA / "y_test.npy"]
+    gradcli = [sys.executable, "-m", "gradcli", "influence", ck, x, "-t", y, "-q"]
+    jobs = {
+        "self-influence of 1,200": (
+            [*gradcli, "--self", "-o", OUT / "gradcli_self.npz"],
+            OUT / "influenciae_self.npz",
+        ),
+        "200 x 1,200 score matrix": (
+            [*gradcli, *test, "--matrix", "-o", OUT / "gradcli_matrix.npz"],
+            OUT / "influenciae_matrix.npz",
+        ),
+    }
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    side_env = {**env, "TF_USE_LEGACY_KERAS": "1"}
+    walls: dict[tuple[str, str], list[float]] = {}
+    computes: dict[str, list[float]] = {}
+    for _ in range(REPEAT):
+        for job, (command, side_out) in jobs.items():  # interleaved, round by round
+            seconds, _ = timed([str(c) for c in command], env)
+            walls.setdefault((job, "gradcli"), []).append(seconds)
+            kind = "self" if "self" in job else "matrix"
+            side = [str(python), __file__, kind, str(side_out), ",".join(map(repr, lrs))]
+            seconds, printed = timed(side, side_env)
+            walls.setdefault((job, "influenciae"), []).append(seconds)
+            computes.setdefault((job, "influenciae"), []).append(float(printed.split()[-1]))
+            _, printed = timed([sys.executable, __file__, "api", kind], env)
+            computes.setdefault((job, "gradcli"), []).append(float(printed.split()[-1]))
+    ours_self = arrays(OUT / "gradcli_self.npz")["self_influence"]
+    ours_matrix = arrays(OUT / "gradcli_matrix.npz")["matrix"]
+    theirs_self = arrays(OUT / "influenciae_self.npz")["values"]
+    theirs_matrix = arrays(OUT / "influenciae_matrix.npz")["values"]
+    print(f"influenciae {VERSION} (tf_keras), plain install: {plain_install_error(python)}")
+    print(f"Keras 3 model given to influenciae: {keras3_error(python)}")
+    print(f"1,200 train x 200 test samples, 3 checkpoints, lr {', '.join(f'{e:.5f}' for e in lrs)}")
+    for name, a, b in [
+        ("self-influence", ours_self, theirs_self),
+        ("score matrix", ours_matrix, theirs_matrix),
+    ]:
+        err = np.abs(a - b).max() / np.abs(b).max()
+        print(f"  {name}: max |gradcli - influenciae| / max |value| = {err:.1e}")
+
+    def median(runs: list[float]) -> float:
+        return sorted(runs)[len(runs) // 2]
+
+    for job in jobs:
+        for what, found in (("whole processes", walls), ("the call alone", computes)):
+            ours, theirs = median(found[job, "gradcli"]), median(found[job, "influenciae"])
+            print(
+                f"  {job}, {what}: gradcli {ours:.2f} s, influenciae {theirs:.2f} s "
+                f"(medians of {REPEAT}): influenciae / gradcli = {theirs / ours:.2f}"
+            )
+
+
+def keras3_error(python: Path) -> str:
     """What influenciae does with a Keras 3 model (TF_USE_LEGACY_KERAS unset): the last line."""
     code = (
         "import numpy as np, tensorflow as tf, keras\n"
@@ -97,15 +173,45 @@ def keras3_error() -> str:
         "[v.numpy() for _, v in t.compute_influence_values(ds)]\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env)
     if done.returncode == 0:
         return "none: it ran on a Keras 3 model"
     return done.stderr.strip().splitlines()[-1].strip()
 
 
-def models(tf_keras, data_dir: Path) -> list:
-    out = []
-    for path in sorted(data_dir.glob("ckpt-*.weights.npz")):
+def gradcli_call(kind: str) -> None:
+    """In gradcli's venv, TensorFlow imported: the time of the Python API's call alone (its
+    checkpoints loaded and checked, as influenciae's side builds its models untimed)."""
+    import tensorflow  # noqa: F401
+
+    import gradcli
+
+    test = {"test": DATA / "x_test.npy", "test_target": DATA / "y_test.npy", "matrix": True}
+    start = time.perf_counter()
+    gradcli.influence(
+        DATA / "checkpoints",
+        DATA / "x.npy",
+        DATA / "y.npy",
+        self_influence=kind == "self",
+        **({} if kind == "self" else test),
+    )
+    print(f"compute {time.perf_counter() - start:.3f}")
+
+
+# ------------------------------------------------------------------ influenciae's side
+
+
+def influenciae_side(kind: str, out: str, rates: str) -> None:
+    """In the influenciae venv: the same work as the gradcli command, from the same files."""
+    import tensorflow as tf
+    import tf_keras
+    from deel.influenciae.common import InfluenceModel
+    from deel.influenciae.trac_in import TracIn
+
+    lrs = [float(v) for v in rates.split(",")]
+    nets = []
+    for path in sorted((DATA / "weights").glob("ckpt-*.npz")):
         model = tf_keras.Sequential(
             [
                 tf_keras.Input((20,)),
@@ -115,134 +221,35 @@ def models(tf_keras, data_dir: Path) -> list:
         )
         with np.load(path) as weights:
             model.set_weights([weights[f"arr_{i}"] for i in range(len(weights.files))])
-        out.append(model)
-    return out
-
-
-def reference_pipeline(tf, tf_keras, nets, lrs, x, y, x_test, y_test):
-    """The engine's way: compiled per-sample tapes, NumPy accumulation (gradcli.attribution)."""
-    sys.path.insert(0, str(ROOT))
-    from gradcli import attribution
-
+        nets.append(model)
     loss = tf_keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=tf_keras.losses.Reduction.NONE
     )
-
-    def per_sample_fn(model):
-        @tf.function
-        def grads(xb, yb):
-            def one(args):
-                xi, yi = args
-                with tf.GradientTape() as tape:
-                    value = loss(yi[None], model(xi[None]))[0]
-                g = tape.gradient(value, model.trainable_variables)
-                return tf.concat([tf.reshape(v, [-1]) for v in g], 0)
-
-            return tf.vectorized_map(one, (xb, yb))
-
-        return grads
-
-    fns = [per_sample_fn(m) for m in nets]
-
-    def train_blocks():
-        for part in attribution.batch_slices(len(x), BATCH):
-            yield part, [f(x[part], y[part]).numpy() for f in fns]
-
-    def self_only():
-        acc = attribution.Accumulator({})
-        for part, train in train_blocks():
-            own = sum(attribution.self_terms(e, g) for e, g in zip(lrs, train, strict=True))
-            acc.add(np.arange(part.start, part.stop), own)
-        return acc.result().self_influence
-
-    def matrix():
-        test = [f(x_test, y_test).numpy() for f in fns]
-        acc = attribution.Accumulator({}, n_test=len(x_test), k=10, keep_matrix=True)
-        for part, train in train_blocks():
-            scores = sum(
-                attribution.checkpoint_scores(e, g, t)
-                for e, g, t in zip(lrs, train, test, strict=True)
-            )
-            acc.add(np.arange(part.start, part.stop), np.zeros(len(scores)), scores)
-        return acc.result().matrix
-
-    return self_only, matrix
-
-
-def compare() -> None:
-    import tensorflow as tf
-    import tf_keras
-    from deel.influenciae.common import InfluenceModel
-    from deel.influenciae.trac_in import TracIn
-
-    with np.load(DATA / "data.npz") as d:
-        x, y, x_test, y_test = d["x"], d["y"], d["x_test"], d["y_test"]
-    with np.load(DATA / "reference.npz") as r:
-        ref_self, ref_scores, lrs = r["self_influence"], r["scores"], [float(v) for v in r["lr"]]
-    nets = models(tf_keras, DATA)
-    loss = tf_keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=tf_keras.losses.Reduction.NONE
-    )
-    # every layer's weights (start 0 .. last -1); influenciae's default watches one layer only
     wrapped = [InfluenceModel(m, start_layer=0, last_layer=-1, loss_function=loss) for m in nets]
     tracin = TracIn(wrapped, lrs)
-    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
-    test_ds = tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(BATCH)
-
-    def influenciae_self():
-        return np.concatenate(
-            [v.numpy().ravel() for _, v in tracin.compute_influence_values(train_ds)]
+    x, y = np.load(DATA / "x.npy"), np.load(DATA / "y.npy")
+    start = time.perf_counter()
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
+    if kind == "self":
+        values = np.concatenate(
+            [v.numpy().ravel() for _, v in tracin.compute_influence_values(train)]
         )
-
-    def influenciae_matrix():
+    else:
+        xt, yt = np.load(DATA / "x_test.npy"), np.load(DATA / "y_test.npy")
+        test = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(BATCH)
         rows = []
-        for _, per_train in tracin.estimate_influence_values_in_batches(test_ds, train_ds):
+        for _, per_train in tracin.estimate_influence_values_in_batches(test, train):
             rows.append(np.concatenate([v.numpy() for _, v in per_train], axis=1))
-        return np.concatenate(rows, axis=0)
-
-    our_self, our_matrix = reference_pipeline(tf, tf_keras, nets, lrs, x, y, x_test, y_test)
-    jobs = {
-        "self-influence of 1,200": {"influenciae": influenciae_self, "reference": our_self},
-        "200 x 1,200 score matrix": {"influenciae": influenciae_matrix, "reference": our_matrix},
-    }
-    timings = {(job, who): [] for job, pair in jobs.items() for who in pair}
-    outputs = {}
-    for _ in range(REPEAT + 1):  # the first round traces: not timed
-        for job, pair in jobs.items():
-            for who, fn in pair.items():  # interleaved, round by round
-                start = time.perf_counter()
-                outputs[job, who] = fn()
-                timings[job, who].append(time.perf_counter() - start)
-    inf_self = outputs["self-influence of 1,200", "influenciae"]
-    inf_scores = outputs["200 x 1,200 score matrix", "influenciae"]
-    mine = outputs["200 x 1,200 score matrix", "reference"]
-    scale = np.abs(ref_scores).max()
-    print(f"influenciae {VERSION} with tensorflow {tf.__version__} + tf_keras (legacy Keras)")
-    print(f"Keras 3 model given to influenciae: {keras3_error()}")
-    print(f"{len(x)} train x {len(x_test)} test samples, {len(nets)} checkpoints, lr {lrs}")
-    for name, a, b in [
-        ("influenciae self-influence vs reference", inf_self, ref_self),
-        ("influenciae score matrix vs reference", inf_scores, ref_scores),
-        ("same-process pipeline vs reference", mine, ref_scores),
-    ]:
-        err = np.abs(a - b).max() / (np.abs(b).max() if "self" in name else scale)
-        print(f"  {name}: max |difference| / max |score| = {err:.1e}")
-    for job in jobs:
-        medians = {}
-        for who in jobs[job]:
-            runs = sorted(timings[job, who][1:])
-            medians[who] = runs[len(runs) // 2]
-            print(
-                f"  {job}, {who:>11}: median {medians[who]:.3f} s (min {runs[0]:.3f}, "
-                f"{REPEAT} runs)"
-            )
-        print(
-            f"  {job}: the reference is {medians['influenciae'] / medians['reference']:.0f}x faster"
-        )
+        values = np.concatenate(rows, axis=0)
+    seconds = time.perf_counter() - start
+    np.savez(out, values=values)
+    print(f"compute {seconds:.3f}")
 
 
 if __name__ == "__main__":
-    if in_bench_venv():
-        compare()
+    if len(sys.argv) == 4:
+        influenciae_side(*sys.argv[1:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "api":
+        gradcli_call(sys.argv[2])
     else:
-        sys.exit(prepare())
+        main()

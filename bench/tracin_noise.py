@@ -1,28 +1,26 @@
-"""TracIn bench: self-influence finds planted label noise (issue 29's experiment, no command yet).
+"""TracIn bench: self-influence finds planted label noise, through the real `gradcli influence`.
 
-Run with `python bench/tracin_noise.py [--samples N] [--separation S] [--out DIR]` (about
-25 s on 2 cores, half of it importing TensorFlow).
+Run with `python bench/tracin_noise.py [--samples N] [--out DIR] [--quick]` (part of `make
+bench`; about a minute on 2 cores, most of it six TensorFlow start-ups).
 
-What it does, with plain TensorFlow/Keras and gradcli's NumPy TracIn modules only (no gradcli
-command exists yet):
 1. data: N points in 20 dimensions from 4 Gaussian classes (unit spread, centres drawn with
-   spread S = 0.8: overlapping a little, so that a few clean points are hard too); 5% of the labels
-   are flipped to another class (the planted noise); 200 clean test points;
+   spread 0.8: overlapping a little, so that a few clean points are hard too); 5% of the
+   labels are flipped to another class (the planted noise); 200 clean test points;
 2. training: an MLP (20-32-4, logits) with SGD on an ExponentialDecay schedule, 30 epochs;
-   checkpoints `ckpt-1.keras` .. `ckpt-3.keras` after epochs 10, 20, 30, with the optimizer;
-3. per checkpoint (in natural order): the learning rate read from the file (config.json and the
-   saved iteration count, `gradcli.checkpoints`), checked against what Keras reads after
-   loading; per-sample gradients of the per-sample loss with `tf.vectorized_map` over a plain
-   `tf.GradientTape`, in batches;
-4. TracIn with `gradcli.attribution`: self-influence of every training sample; per test sample
-   the top-10 proponents and opponents; the same run in 3 shards, merged, compared bit for bit;
-   and the scores again through a 256-dimensional projection (`gradcli.projection`);
-5. report: precision at K (K = the number of flipped labels) of the top-K self-influence,
-   against chance (5%) and against ranking by the last checkpoint's loss; timings.
+   checkpoints `ckpt-1.keras` .. `ckpt-3.keras` after epochs 10, 20, 30, with the optimizer
+   (so `--lr saved` reads each one's rate from its schedule and iteration count);
+3. `gradcli influence` (a real process each time): self-influence of every training sample
+   (`--self`); the 200 x N score matrix with each test sample's top 10 (`--test ... --matrix`);
+   the same in 3 shards (`--shard K/3`) combined by `gradcli merge`, compared bit for bit;
+   the matrix again through a 256-number projection (`--proj-dim 256`);
+4. report: precision at K (K = the number of flipped labels) of the top-K self-influence,
+   against chance (5%) and against ranking by the last checkpoint's loss (a strong baseline
+   for this kind of noise); the projected scores against the exact ones; wall times.
 
-Everything it computed is saved to DIR (default bench-out/tracin_noise) for
-bench/influenciae_compare.py: the data, the checkpoints, each checkpoint's weights as an .npz
-(for a tf_keras rebuild), and the reference scores.
+`--quick`: the self-influence run only (tests/test_attribution_math.py runs that, with
+gradcli and the training in its own process). Everything is kept in DIR
+(default bench-out/tracin_noise) for bench/influenciae_compare.py: the data, the checkpoints,
+each checkpoint's weights (weights/, for a tf_keras rebuild) and the command's outputs.
 """
 
 from __future__ import annotations
@@ -30,21 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from gradcli import attribution, checkpoints, projection  # noqa: E402
-
 FEATURES, CLASSES, NOISE, EPOCHS, EVERY, BATCH = 20, 4, 0.05, 30, 10, 32
-TOP, PROJ_DIM, SHARDS, GRAD_BATCH = 10, 256, 3, 256
+TOP, PROJ_DIM, SHARDS = 10, 256, 3
 
 
 def make_data(n: int, separation: float = 0.8, seed: int = 0) -> dict[str, np.ndarray]:
@@ -63,199 +56,163 @@ def make_data(n: int, separation: float = 0.8, seed: int = 0) -> dict[str, np.nd
     return {"x": x, "y": y, "clean": clean, "flipped": flipped, "x_test": x_test, "y_test": y_test}
 
 
-def build(keras):
-    return keras.Sequential(
+def fit_checkpoints(keras, data: dict, out: Path) -> None:
+    """Train the MLP; 3 checkpoints in out/checkpoints, their weights in out/weights."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
         [
             keras.Input((FEATURES,)),
             keras.layers.Dense(32, activation="relu", name="hidden"),
             keras.layers.Dense(CLASSES, name="logits"),
         ]
     )
-
-
-def train(keras, data, out: Path) -> list[Path]:
-    keras.utils.set_random_seed(0)
-    model = build(keras)
     schedule = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=400, decay_rate=0.5)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.SGD(schedule), loss=loss)
-    saved = []
+    for sub in ("checkpoints", "weights"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     for c in range(EPOCHS // EVERY):
         model.fit(data["x"], data["y"], batch_size=BATCH, epochs=EVERY, verbose=0, shuffle=True)
-        path = out / f"ckpt-{c + 1}.keras"
-        model.save(path)
-        np.savez(out / f"ckpt-{c + 1}.weights.npz", *[v.numpy() for v in model.weights])
-        saved.append(path)
-    return saved
+        model.save(out / "checkpoints" / f"ckpt-{c + 1}.keras")
+        np.savez(out / "weights" / f"ckpt-{c + 1}.npz", *[v.numpy() for v in model.weights])
 
 
-def saved_rate(path: Path) -> float:
-    """What the command's loader will do: config.json and the saved iteration count."""
-    import h5py
-
-    with zipfile.ZipFile(path) as z:
-        config = json.loads(z.read("config.json"))
-        with z.open("model.weights.h5") as member, h5py.File(member, "r") as h:
-            iterations = int(h["optimizer/vars/0"][()])
-    return checkpoints.saved_learning_rate(checkpoints.optimizer_config(config), iterations, path)
+def train(out: Path) -> None:
+    """fit_checkpoints in a child process: this one never imports TensorFlow, as a user of
+    the command would not."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, __file__, "--fit", str(out)], check=True, env=env)
 
 
-def gradient_function(tf, keras, model):
-    """Per-sample gradients of the per-sample loss, flattened and concatenated (B, P)."""
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-    variables = model.trainable_variables
-
-    @tf.function
-    def per_sample(x, y):
-        def one(args):
-            xi, yi = args
-            with tf.GradientTape() as tape:
-                value = loss(yi[None], model(xi[None], training=False))[0]
-            grads = tape.gradient(value, variables)
-            return tf.concat([tf.reshape(g, [-1]) for g in grads], 0), value
-
-        return tf.vectorized_map(one, (x, y))
-
-    def run(x, y):
-        parts = [per_sample(x[s], y[s]) for s in attribution.batch_slices(len(x), GRAD_BATCH)]
-        return np.concatenate([p[0].numpy() for p in parts]), np.concatenate(
-            [p[1].numpy() for p in parts]
-        )
-
-    sizes = [int(np.prod(v.shape)) for v in variables]
-    return run, sizes
-
-
-def tracin(train_grads, test_grads, etas, shard=None, keep_matrix=False) -> attribution.ShardResult:
-    """Stream the train rows (or one shard) in batches, every checkpoint per block."""
-    run = {"checkpoints": len(etas), "lr": etas, "batch_size": GRAD_BATCH, "top": TOP}
-    acc = attribution.Accumulator(
-        run, n_test=len(test_grads[0]), k=TOP, keep_matrix=keep_matrix, shard=shard
-    )
-    for part in attribution.batch_slices(len(train_grads[0]), GRAD_BATCH, shard):
-        rows = np.arange(part.start, part.stop)
-        own = sum(
-            attribution.self_terms(e, g[part]) for e, g in zip(etas, train_grads, strict=True)
-        )
-        scores = sum(
-            attribution.checkpoint_scores(e, g[part], t)
-            for e, g, t in zip(etas, train_grads, test_grads, strict=True)
-        )
-        acc.add(rows, own, scores)
-    return acc.result()
+def process(*args: str) -> None:
+    """`gradcli ARGS` in a real process (this venv's)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "gradcli", *args]
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def precision_at_k(values: np.ndarray, flipped: np.ndarray) -> float:
-    _, top = attribution.top_rows(values, np.arange(len(values)), len(flipped))
+    top = np.argsort(-values, kind="stable")[: len(flipped)]
     return len(set(top.tolist()) & set(flipped.tolist())) / len(flipped)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k != "__gradcli__"}
+
+
+def provenance(path: Path) -> dict:
+    with np.load(path) as f:
+        return json.loads(str(f["__gradcli__"]))
+
+
+def main(argv: list[str] | None = None, command=process, keras=None) -> dict:
+    """The experiment; `command(*args)` runs gradcli (default: a real process each time) and
+    `keras`, when given, trains in this process (the test suite's shortcuts)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1200)
-    parser.add_argument("--separation", type=float, default=0.8, help="class centres ~ N(0, s^2)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "tracin_noise")
+    parser.add_argument("--quick", action="store_true", help="the self-influence run only")
+    parser.add_argument("--fit", type=Path, help=argparse.SUPPRESS)  # train()'s child
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    if args.fit is not None:
+        import keras as keras_module
+
+        with np.load(args.fit / "data.npz") as d:
+            fit_checkpoints(keras_module, {k: d[k] for k in d.files}, args.fit)
+        return {}
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
 
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        times[name] = now - since
-        return now
+    def gradcli(*words: object) -> float:
+        start = time.perf_counter()
+        command(*map(str, words), "-q")
+        return time.perf_counter() - start
 
-    import keras
-    import tensorflow as tf
-
-    t = lap("import TensorFlow", start)
-    data = make_data(args.samples, args.separation)
-    np.savez(args.out / "data.npz", **data)
-    paths = checkpoints.order_checkpoints(str(p) for p in train(keras, data, args.out))
-    t = lap("train and save 3 checkpoints", t)
-
-    etas, train_grads, test_grads, last_loss = [], [], [], None
-    for path in paths:
-        model = keras.models.load_model(path)
-        eta = saved_rate(Path(path))
-        keras_eta = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-        assert abs(eta - keras_eta) <= 1e-6 * keras_eta, (path, eta, keras_eta)
-        grads, sizes = gradient_function(tf, keras, model)
-        g, last_loss = grads(data["x"], data["y"])
-        train_grads.append(g)
-        test_grads.append(grads(data["x_test"], data["y_test"])[0])
-        etas.append(eta)
-    t = lap("per-sample gradients (3 checkpoints, train + test)", t)
-
-    whole = tracin(train_grads, test_grads, etas, keep_matrix=True)
-    t = lap("TracIn: self-influence + top-10 of 200 test samples", t)
-    merged = attribution.merge(
-        [tracin(train_grads, test_grads, etas, (k, SHARDS), True) for k in range(SHARDS)],
-        n_train=args.samples,
+    data = make_data(args.samples)
+    np.savez(out / "data.npz", **data)
+    for key in ("x", "y", "x_test", "y_test"):
+        np.save(out / f"{key}.npy", data[key])
+    start = time.perf_counter()
+    if keras is None:
+        train(out)
+    else:
+        fit_checkpoints(keras, data, out)
+    times["train and save 3 checkpoints"] = time.perf_counter() - start
+    ck, x, y = out / "checkpoints", out / "x.npy", out / "y.npy"
+    test = ["--test", out / "x_test.npy", "--test-target", out / "y_test.npy"]
+    times["gradcli influence --self"] = gradcli(
+        "influence", ck, x, "-t", y, "--self", "-o", out / "self.npz"
     )
-    shards_equal = all(
-        np.array_equal(getattr(whole, n), getattr(merged, n))
-        for n in attribution.ShardResult.ARRAYS
-    )
-    t = lap(f"the same in {SHARDS} shards, merged", t)
-    seed = 29
-    proj_train = [
-        projection.project(np.split(g, np.cumsum(sizes)[:-1], 1), seed, PROJ_DIM)
-        for g in train_grads
-    ]
-    proj_test = [
-        projection.project(np.split(g, np.cumsum(sizes)[:-1], 1), seed, PROJ_DIM)
-        for g in test_grads
-    ]
-    projected = tracin(proj_train, proj_test, etas)
-    t = lap(f"projected to {PROJ_DIM} (NumPy reference)", t)
-    total = time.perf_counter() - start
+    own = arrays(out / "self.npz")
+    flipped, k = data["flipped"], len(data["flipped"])
+    found = {
+        "k": k,
+        "precision": precision_at_k(own["self_influence"], flipped),
+        "loss": precision_at_k(own["loss"], flipped),
+        "lr": [c["lr"] for c in provenance(out / "self.npz")["checkpoints"]],
+    }
+    if not args.quick:
+        whole = out / "scores.npz"
+        times["gradcli influence --test (200) --matrix"] = gradcli(
+            "influence", ck, x, "-t", y, *test, "--self", "--matrix", "--top", TOP, "-o", whole
+        )
+        shards = []
+        for s in range(SHARDS):
+            shards.append(out / f"shard-{s}.npz")
+            times[f"gradcli influence --shard {s}/{SHARDS}"] = gradcli(
+                "influence", ck, x, "-t", y, *test, "--self", "--matrix", "--top", TOP,
+                "--shard", f"{s}/{SHARDS}", "-o", shards[-1],
+            )  # fmt: skip
+        times["gradcli merge"] = gradcli("merge", *shards, "-o", out / "merged.npz")
+        merged, exact = arrays(out / "merged.npz"), arrays(whole)
+        found["shards_equal"] = merged.keys() == exact.keys() and all(
+            merged[n].dtype == exact[n].dtype and np.array_equal(merged[n], exact[n], True)
+            for n in exact
+        )
+        projected = out / "projected.npz"
+        times[f"gradcli influence --proj-dim {PROJ_DIM}"] = gradcli(
+            "influence", ck, x, "-t", y, *test, "--matrix", "--top", TOP,
+            "--proj-dim", PROJ_DIM, "-o", projected,
+        )  # fmt: skip
+        p = arrays(projected)
+        found["projected_error"] = float(
+            np.abs(p["matrix"] - exact["matrix"]).max() / np.abs(exact["matrix"]).max()
+        )
+        found["top_overlap"] = float(
+            np.mean(
+                [
+                    len(set(a) & set(b)) / TOP
+                    for a, b in zip(exact["proponent_rows"], p["proponent_rows"], strict=True)
+                ]
+            )
+        )
+    report(args.samples, found, times)
+    return found
 
-    flipped = data["flipped"]
-    k = len(flipped)
-    p_self = precision_at_k(whole.self_influence, flipped)
-    p_proj = precision_at_k(projected.self_influence, flipped)
-    p_loss = precision_at_k(last_loss, flipped)
-    overlap = np.mean(
-        [
-            len(set(a) & set(b)) / TOP
-            for a, b in zip(whole.proponent_rows, projected.proponent_rows, strict=True)
-        ]
-    )
-    np.savez(
-        args.out / "reference.npz",
-        lr=np.array(etas),
-        self_influence=whole.self_influence,
-        scores=whole.matrix,
-        proponent_rows=whole.proponent_rows,
-        opponent_rows=whole.opponent_rows,
-    )
+
+def report(n: int, found: dict, times: dict[str, float]) -> None:
+    k = found["k"]
+    print(f"TracIn planted-noise bench: {n} training samples, {k} labels flipped ({NOISE:.0%})")
+    print(f"learning rates read from the checkpoints: {', '.join(f'{e:.5f}' for e in found['lr'])}")
+    p = found["precision"]
     print(
-        f"TracIn planted-noise bench: {args.samples} train samples, {k} labels flipped "
-        f"({NOISE:.0%}), MLP {sum(sizes)} parameters, checkpoints {[Path(p).name for p in paths]}"
+        f"precision at K={k}, top-K self-influence: {p:.1%} "
+        f"({p / NOISE:.1f}x chance of {NOISE:.0%})"
     )
-    print(f"learning rates read from the checkpoints: {', '.join(f'{e:.5f}' for e in etas)}")
-    print(
-        f"precision at K={k}, top-K self-influence: {p_self:.1%} "
-        f"({p_self / NOISE:.1f}x chance of {NOISE:.0%})"
-    )
-    print(
-        f"  same through a {PROJ_DIM}-dim projection: {p_proj:.1%}; "
-        f"ranking by the last checkpoint's loss instead: {p_loss:.1%}"
-    )
-    print(f"  top-{TOP} proponents shared by exact and projected scores: {overlap:.0%} on average")
-    print(f"  {SHARDS} shards merged equal the unsharded run bit for bit: {shards_equal}")
+    print(f"  ranking by the last checkpoint's loss instead: {found['loss']:.1%}")
+    if "shards_equal" in found:
+        print(
+            f"  {SHARDS} shards merged equal the unsharded run bit for bit: {found['shards_equal']}"
+        )
+        print(
+            f"  {PROJ_DIM}-number projection: max |error| / max |score| = "
+            f"{found['projected_error']:.3f}; top-{TOP} proponents shared with the exact "
+            f"scores: {found['top_overlap']:.0%} on average"
+        )
     for name, seconds in times.items():
         print(f"  {seconds:6.2f} s  {name}")
-    print(f"  {total:6.2f} s  total")
-    return {
-        "precision": p_self,
-        "projected": p_proj,
-        "loss": p_loss,
-        "shards_equal": shards_equal,
-        "seconds": total,
-        "k": k,
-    }
 
 
 if __name__ == "__main__":

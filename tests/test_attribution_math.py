@@ -554,37 +554,43 @@ def trained(tmp_path_factory, keras):
     return d, out
 
 
-def read_keras(path):
-    """What the command's loader will do: config.json and optimizer/vars/0 of the archive."""
-    with zipfile.ZipFile(path) as z:
-        config = json.loads(z.read("config.json"))
-        with z.open("model.weights.h5") as member, h5py.File(member, "r") as h:
-            iterations = int(h["optimizer/vars/0"][()])
-    return config, iterations
-
-
-def read_h5(path):
-    with h5py.File(path, "r") as h:
-        config = json.loads(h.attrs["training_config"])
-        name = config["optimizer_config"]["config"]["name"]
-        iterations = int(h[f"optimizer_weights/{name}/iteration"][()])
-    return config, iterations
-
-
 @pytest.mark.parametrize("name", ["sched", "adam"])
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_saved_learning_rate_of_real_files_is_what_keras_reads(trained, keras, name, suffix):
+    """The safe reader (config JSON and the iteration count's dataset, read as data)."""
     d, during = trained
     path = d / f"{name}{suffix}"
-    config, iterations = (read_keras if suffix == ".keras" else read_h5)(path)
+    got, iterations = ck.saved_rate(path)
     assert iterations == 10
-    got = ck.saved_learning_rate(ck.optimizer_config(config), iterations, str(path))
-    loaded = keras.models.load_model(path) if suffix == ".keras" else None
-    if loaded is not None:
+    if suffix == ".keras":
+        loaded = keras.models.load_model(path)
         want = float(keras.ops.convert_to_numpy(loaded.optimizer.learning_rate))
         assert got == pytest.approx(want, rel=1e-6)
     assert got == pytest.approx(during[name], rel=1e-6)
     assert got == pytest.approx(0.1 * 0.5 ** (10 / 4) if name == "sched" else 0.003, rel=1e-6)
+
+
+def test_saved_rates_of_hostile_files_are_one_line_refusals(trained, tmp_path):
+    """A config or an iteration count that is not what it must be: ModelError naming the file."""
+    d, _ = trained
+    with zipfile.ZipFile(d / "sched.keras") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(members["config.json"])
+    config["compile_config"]["optimizer"]["config"] = ["not", "an", "object"]
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, json.dumps(config) if n == "config.json" else data)
+    with pytest.raises(ModelError, match="bad.keras: its optimizer config is not a JSON object"):
+        ck.saved_rate(bad)
+    h5 = tmp_path / "bad.h5"
+    h5.write_bytes((d / "sched.h5").read_bytes())
+    with h5py.File(h5, "r+") as f:
+        name = json.loads(f.attrs["training_config"])["optimizer_config"]["config"]["name"]
+        del f[f"optimizer_weights/{name}/iteration"]
+        f[f"optimizer_weights/{name}/iteration"] = -3
+    with pytest.raises(ModelError, match="iteration count is -3.0, not a count"):
+        ck.saved_rate(h5)
 
 
 def test_a_model_saved_without_optimizer_has_no_saved_rate(tmp_path, keras):
@@ -600,9 +606,10 @@ def test_a_model_saved_without_optimizer_has_no_saved_rate(tmp_path, keras):
 
 
 @pytest.mark.slow
-def test_planted_label_noise_ranks_first_by_self_influence(tmp_path, keras, tf):
-    """bench/tracin_noise.py at 400 samples (20 flipped): precision at K far above the 5% of
-    chance, shards merged bit for bit; its scores against one plain eager tape per sample."""
+def test_planted_label_noise_ranks_first_by_self_influence(cli, tmp_path, keras, tf):
+    """bench/tracin_noise.py --quick at 400 samples (20 flipped), the command run in this
+    process: precision at K far above the 5% of chance; its self-influence against one plain
+    eager tape per sample with the rate Keras reads from each checkpoint."""
     import importlib.util
 
     from conftest import ROOT
@@ -610,27 +617,27 @@ def test_planted_label_noise_ranks_first_by_self_influence(tmp_path, keras, tf):
     spec = importlib.util.spec_from_file_location("tracin_noise", ROOT / "bench/tracin_noise.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    found = bench.main(["--samples", "400", "--out", str(tmp_path)])
-    assert found["k"] == 20 and found["shards_equal"]
+
+    def command(*args: str) -> None:
+        result = cli(*args)
+        assert result.code == 0, result.err
+
+    argv = ["--samples", "400", "--out", str(tmp_path), "--quick"]
+    found = bench.main(argv, command=command, keras=keras)
+    assert found["k"] == 20
     assert found["precision"] >= 0.5  # 10x chance; measured 90% (18/20)
 
-    data, ref = np.load(tmp_path / "data.npz"), np.load(tmp_path / "reference.npz")
+    data, own = np.load(tmp_path / "data.npz"), bench.arrays(tmp_path / "self.npz")
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    rows, tests = [0, 7, int(data["flipped"][0])], [0, 3]
-    self_inf, scores = np.zeros(len(rows)), np.zeros((len(tests), len(rows)))
-    for c, eta in enumerate(ref["lr"]):
-        model = keras.models.load_model(tmp_path / f"ckpt-{c + 1}.keras")
-
-        def grad(x, y, model=model):
+    rows = [0, 7, *map(int, data["flipped"][:2])]
+    want, rates = np.zeros(len(rows)), []
+    for c in range(3):
+        model = keras.models.load_model(tmp_path / "checkpoints" / f"ckpt-{c + 1}.keras")
+        rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+        for r, i in enumerate(rows):
             with tf.GradientTape() as tape:
-                value = loss(y[None], model(x[None]))
-            return np.concatenate(
-                [g.numpy().ravel() for g in tape.gradient(value, model.trainable_variables)]
-            )
-
-        g = [grad(data["x"][i], data["y"][i]) for i in rows]
-        h = [grad(data["x_test"][j], data["y_test"][j]) for j in tests]
-        self_inf += eta * np.array([v @ v for v in g])
-        scores += eta * np.array([[a @ b for b in g] for a in h])
-    assert np.allclose(ref["self_influence"][rows], self_inf, rtol=1e-5)
-    assert np.allclose(ref["scores"][np.ix_(tests, rows)], scores, rtol=1e-4, atol=1e-7)
+                value = loss(data["y"][i : i + 1], model(data["x"][i : i + 1]))
+            g = np.concatenate([v.numpy().ravel() for v in tape.gradient(value, model.weights)])
+            want[r] += rates[-1] * g @ g
+    np.testing.assert_allclose(found["lr"], rates, rtol=1e-6)
+    np.testing.assert_allclose(own["self_influence"][rows], want, rtol=1e-5)

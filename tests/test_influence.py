@@ -326,7 +326,11 @@ def test_merge_refuses_what_is_not_one_run(cli, runs, tmp_path, monkeypatch):
     cases = [
         ([tmp_path / "0.npz", other], "other.npz is not from the same run as", "lr differs"),
         ([tmp_path / "0.npz"], "missing shard 1/2", ""),
-        ([tmp_path / "0.npz", run["files"]["x"]], "not the -o file of a `gradcli influence` run", ""),
+        (
+            [tmp_path / "0.npz", run["files"]["x"]],
+            "not the -o file of a `gradcli influence` run",
+            "",
+        ),
     ]
     for files, words, more in cases:
         r = cli("merge", *files, "-o", tmp_path / "m.npz")
@@ -352,7 +356,13 @@ def test_the_python_api(runs, tmp_path):
     )
     parts = [
         gradcli.influence(
-            run["dir"], f["x"], f["y"], self_influence=True, top=3, lr=[0.1], shard=(k, 2),
+            run["dir"],
+            f["x"],
+            f["y"],
+            self_influence=True,
+            top=3,
+            lr=[0.1],
+            shard=(k, 2),
             out=tmp_path / f"{k}.npz",
         )
         for k in range(2)
@@ -386,7 +396,11 @@ def test_bad_input_is_one_line_with_its_exit_code(cli, runs, keras, tmp_path, mo
     keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)]).save(plain / "m.keras")
     np.save(tmp_path / "wide.npy", np.zeros((4, 6), "float32"))
     cases = [
-        (args(run, "--self", "--lr", "0.1,0.2"), 2, "--lr 0.1,0.2: 2 learning rates for 3 checkpoint(s)"),
+        (
+            args(run, "--self", "--lr", "0.1,0.2"),
+            2,
+            "--lr 0.1,0.2: 2 learning rates for 3 checkpoint(s)",
+        ),
         (args(run, "--lr", "fast", "--self"), 2, "--lr fast: expected a learning rate"),
         (args(run), 2, "nothing to compute: give --test X with --test-target Y"),
         (args(run, "--test", f["xt"]), 2, "--test needs --test-target"),
