@@ -48,11 +48,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# about 12 minutes on 2 cores (ResNet50 built once into bench-out/); bench-quick: a smoke run
+# about 18 minutes on 2 cores (ResNet50 built once into bench-out/; influenciae installed once
+# into bench-out/influenciae-venv); bench-quick: a smoke run
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/gradcam.py
 	$(BIN)/python bench/persample.py
+	$(BIN)/python bench/tracin_noise.py
+	$(BIN)/python bench/influenciae_compare.py
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/bench.py --quick --skip-memory

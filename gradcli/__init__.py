@@ -1,8 +1,8 @@
 """gradcli: gradients of saved Keras models, from the shell and from Python.
 
-The Python API (info, wrt_input, wrt_layer, wrt_weights, jacobian, check, diff, load_model
-and their Result) is imported lazily, so `import gradcli` stays fast; the first call loads
-TensorFlow. `help(gradcli.wrt_input)` documents each function's keyword arguments.
+The Python API (info, wrt_input, wrt_layer, wrt_weights, jacobian, check, diff, influence,
+merge, load_model and their Result) is imported lazily, so `import gradcli` stays fast; the
+first call loads TensorFlow. `help(gradcli.wrt_input)` documents each function's keyword arguments.
 """
 
 from gradcli._version import __version__ as __version__

@@ -410,3 +410,83 @@ def diff(
 
     record = diff_files(a, b, DiffGates(min_cosine, max_rel_diff, min_rank_corr), top_percent)
     return Result({}, record)
+
+
+def influence(
+    checkpoints: str | Path,
+    x: str | Path,
+    target: str | Path,
+    *,
+    test: str | Path | None = None,
+    test_target: str | Path | None = None,
+    self_influence: bool = False,
+    top: int = 5,
+    lr: float | Sequence[float] | str | None = None,
+    layers: str | int | Sequence[str | int] = (),
+    proj_dim: int | None = None,
+    seed: int = 0,
+    matrix: bool = False,
+    loss: str | None = None,
+    from_logits: bool = False,
+    output: str | None = None,
+    batch_size: int | None = None,
+    shard: str | tuple[int, int] | None = None,
+    out: str | Path | None = None,
+    png: str | Path | None = None,
+    png_limit: int = 16,
+    unsafe: bool = False,
+) -> Result:
+    """TracIn over a training run's checkpoints (`gradcli influence`), from files: the
+    training set is streamed from its memory map, as the CLI does. `lr`: one rate, one per
+    checkpoint, or None / "saved" (each checkpoint's saved optimizer); `layers`: names,
+    indices or "last"; `shard`: (K, N), "K/N" or "auto". A `Result` whose arrays are what -o
+    holds (rows, self_influence, loss, proponent_scores, proponent_rows, opponent_scores,
+    opponent_rows, matrix) and whose record holds the top samples per test sample."""
+    from gradcli.commands.values import lr_value, shard_value
+    from gradcli.jobs.influence import compute
+
+    spec = _spec(influence)
+    if lr is None or isinstance(lr, str):
+        rates = lr_value(lr)
+    else:  # one rate or a sequence, checked as the CLI checks --lr
+        rates = lr_value(",".join(repr(float(v)) for v in np.atleast_1d(lr)))
+    chosen = [layers] if isinstance(layers, str | int) else list(layers)
+    job = spec.job(
+        model=str(checkpoints),
+        input=str(x),
+        target=str(target),
+        test=None if test is None else str(test),
+        test_target=None if test_target is None else str(test_target),
+        self_influence=self_influence,
+        top=top,
+        lr=rates,
+        layers=[str(item) for item in chosen],
+        proj_dim=proj_dim,
+        seed=seed,
+        matrix=matrix,
+        loss=loss,
+        from_logits=from_logits,
+        output=output,
+        batch_size=batch_size,
+        shard=shard_value(shard) if isinstance(shard, str) else shard,
+        out=None if out is None else str(out),
+        png=None if png is None else str(png),
+        png_limit=png_limit,
+        unsafe=unsafe,
+    )
+    spec.normalize(job)
+    collected: dict[str, np.ndarray] = {}
+    record = compute(job, lambda *a, **k: None, collect=collected)
+    return Result(collected, _python_messages(record))
+
+
+def merge(shards: Sequence[str | Path], *, out: str | Path | None = None) -> Result:
+    """The shards of one `influence(..., shard=(K, N))` job combined exactly into the whole
+    run's result (`gradcli merge`): a `Result` with the merged arrays and record."""
+    from gradcli.jobs.merge import run
+
+    spec = _spec(merge)
+    job = spec.job(shards=[str(s) for s in shards], out=None if out is None else str(out))
+    collected: dict[str, np.ndarray] = {}
+    record = run(job, collect=collected)
+    return Result(collected, _python_messages(record))

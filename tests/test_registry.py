@@ -28,6 +28,7 @@ PROTOCOL = {"command", "skip", "reports"}  # fields no flag sets
 HIDDEN = {
     "jacobian": {"target", "loss", "from_logits", "class_index", "logits"},
     "check": {"logits", "jit", "out", "fail_on", "max_norm", "min_norm"},
+    "influence": {"class_index", "logits", "training", "jit", "fail_on", "max_norm", "min_norm"},
 }
 
 
@@ -82,7 +83,7 @@ def test_the_worker_runs_the_commands_the_table_says():
 def test_every_module_of_commands_contributes_one_spec():
     from gradcli.commands.spec import CommandSpec
 
-    parts = {"__init__", "spec", "fields", "layouts", "wire", "display", "values"}
+    parts = {"__init__", "spec", "fields", "layouts", "wire", "display", "values", "shardenv"}
     found = {}
     for path in _sources("commands"):
         if path.stem in parts:
@@ -217,6 +218,47 @@ RECORDS = {
                 "sign_agreement": 1.0,
             }
         ],
+    },
+    Kind.INFLUENCE: {
+        **BASE,
+        "command": "influence",
+        "method": "tracin",
+        "checkpoints": [{"path": "ckpt-1.keras", "lr": 0.1}, {"path": "ckpt-2.keras", "lr": 0.05}],
+        "lr_source": "saved",
+        "variables": ["d/kernel", "d/bias"],
+        "parameters": 4,
+        "projection": {
+            "method": "countsketch",
+            "seed": 0,
+            "dim": 2,
+            "blocks": 1,
+            "delta": 0.05,
+            "error_bound": 4.47,
+        },
+        "n_train": 2,
+        "n_test": 1,
+        "rows": 2,
+        "shard": [0, 1],
+        "top": 1,
+        "batch_size": 2,
+        "self_influence": {
+            "listed": True,
+            "median": 1.0,
+            "mean": 1.0,
+            "max": 1.5,
+            "nonfinite": 0,
+            "top": [{"row": 1, "score": 1.5, "loss": 0.7}],
+        },
+        "test": [
+            {
+                "index": 0,
+                "proponents": [{"row": 1, "score": 0.5}],
+                "opponents": [{"row": 0, "score": -0.5}],
+            }
+        ],
+        "out": "out.npz",
+        "png": ["png/test_0000.png"],
+        "tensors": [],
     },
 }
 

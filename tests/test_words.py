@@ -158,7 +158,17 @@ def test_help_summaries_are_whole_sentences_and_metavars_plain(cli):
     assert "..." not in commands
     entries = dict(re.findall(r"^  (\S+) +(.*(?:\n {4,}.*)*)", commands, re.M))
     assert sorted(entries) == sorted(
-        ["info", "wrt-input", "wrt-layer", "wrt-weights", "jacobian", "check", "diff"]
+        [
+            "info",
+            "wrt-input",
+            "wrt-layer",
+            "wrt-weights",
+            "jacobian",
+            "check",
+            "diff",
+            "influence",
+            "merge",
+        ]
     )
     for text in entries.values():  # each a whole first sentence, wrapped, never cut
         assert " ".join(text.split()).endswith(".")
@@ -166,6 +176,8 @@ def test_help_summaries_are_whole_sentences_and_metavars_plain(cli):
         ("wrt-input", "Usage: gradcli wrt-input [OPTIONS] MODEL INPUT"),
         ("diff", "Usage: gradcli diff [OPTIONS] A B"),
         ("info", "Usage: gradcli info [OPTIONS] MODEL"),
+        ("influence", "Usage: gradcli influence [OPTIONS] CHECKPOINTS TRAIN"),
+        ("merge", "Usage: gradcli merge [OPTIONS] SHARD.npz..."),
     ):
         text = cli(command, "--help").out
         assert usage in text

@@ -348,7 +348,7 @@ def test_zero_gradient_gate(cli, models, tmp_path):
     assert r.code == 1
 
 
-def test_directory_of_models_with_shards(cli, tmp_path):
+def test_directory_of_models_with_shards(cli, tmp_path, monkeypatch):
     args = [
         "wrt-weights",
         SAMPLES / "checkpoints",
@@ -369,6 +369,13 @@ def test_directory_of_models_with_shards(cli, tmp_path):
     shard = [json.loads(line) for line in cli(*args, "--shard", "1/2").out.splitlines()]
     assert [rec["model"] for rec in shard] == [records[1]["model"]]
     assert shard[0]["tensors"] == records[1]["tensors"]
+    for name in ("JOB_COMPLETION_INDEX", "JOB_COMPLETIONS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")  # sbatch --array=1-2: the second task
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MAX", "2")
+    auto = [json.loads(line) for line in cli(*args, "--shard", "auto").out.splitlines()]
+    assert auto == shard
 
 
 def test_directory_failure_of_one_model_goes_on(cli, models, tmp_path):

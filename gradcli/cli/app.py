@@ -178,7 +178,9 @@ def execute(
     reports = dict(reports or {})
     reads: list[tuple[str, str]] = []
     if not spec.in_worker:
-        reads = [(name.upper(), getattr(job, name)) for name in spec.files]
+        for name in spec.files:  # a file, or a list of them (merge's SHARD.npz...)
+            value = getattr(job, name)
+            reads += [(name.upper(), v) for v in (value if isinstance(value, list) else [value])]
 
         def produce(on_record, on_progress) -> int:
             on_record(spec.implementation()(job))
@@ -194,7 +196,7 @@ def execute(
         )
         return
     job.reports = reports
-    many = is_directory_run(job.model)
+    many = is_directory_run(job.model) and not spec.checkpoints
 
     def produce_in_worker(on_record, on_progress) -> int:
         check_paths(spec, job, stderr_line)

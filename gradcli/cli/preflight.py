@@ -50,7 +50,7 @@ def check_paths(spec: CommandSpec, job: Any, note: Any) -> None:
     if from_stdin:
         _spool_stdin(from_stdin[0])
     root = Path(job.model)
-    if job.shard and not root.is_dir():
+    if job.shard and not root.is_dir() and not spec.checkpoints:
         raise UsageError("--shard needs a directory of models as MODEL")
     many = is_directory_run(job.model)
     models, skipped = [root], []
@@ -58,6 +58,7 @@ def check_paths(spec: CommandSpec, job: Any, note: Any) -> None:
         walk = walk_models(root)
         models, skipped = walk.models, walk.skipped
     reads += [("MODEL", m) for m in models]
+    many = many and not spec.checkpoints  # checkpoints of one run: one output of each kind
     out, png, against = (getattr(job, k, None) for k in ("out", "png", "against"))
     outputs = []
     writes: list[tuple[str, Path]] = []

@@ -13,8 +13,10 @@ from typing import Any
 
 from gradcli.commands.check import CHECK
 from gradcli.commands.diff import DIFF
+from gradcli.commands.influence import INFLUENCE
 from gradcli.commands.info import INFO
 from gradcli.commands.jacobian import JACOBIAN
+from gradcli.commands.merge import MERGE
 from gradcli.commands.spec import CommandSpec, flag_of
 from gradcli.commands.wrt_input import WRT_INPUT
 from gradcli.commands.wrt_layer import WRT_LAYER
@@ -23,7 +25,8 @@ from gradcli.present.records import Kind
 
 # in the order of `gradcli --help`
 COMMANDS: dict[str, CommandSpec] = {
-    s.name: s for s in (INFO, WRT_INPUT, WRT_LAYER, WRT_WEIGHTS, JACOBIAN, CHECK, DIFF)
+    s.name: s
+    for s in (INFO, WRT_INPUT, WRT_LAYER, WRT_WEIGHTS, JACOBIAN, CHECK, DIFF, INFLUENCE, MERGE)
 }
 
 

@@ -43,8 +43,9 @@ class JobBase:
     shard: tuple[int, int] | None = opt(
         None,
         "--shard",
-        metavar="K/N",
-        help="With a directory MODEL: process every N-th model starting at the K-th (0-based).",
+        metavar="K/N|auto",
+        help="With a directory MODEL: process every N-th model starting at the K-th (0-based); "
+        "auto: K and N from a Kubernetes Indexed Job or a Slurm job array.",
         cli_type=str | None,
         to_job=shard_value,
     )

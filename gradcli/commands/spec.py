@@ -96,6 +96,10 @@ class CommandSpec:
     files: tuple[str, ...] = ()  # fields naming files it reads (checked, hashed; "-" = stdin)
     provenance_params: tuple[str, ...] = ()  # fields recorded as its parameters
     provenance_defaults: Mapping[str, Any] = field(default_factory=dict)  # recorded when unset
+    # MODEL is the checkpoints of one training run (a directory is one run, not many models):
+    # impl(job, emit) runs the whole job instead of the per-model pipeline and emits its one
+    # record; --shard splits the run's rows
+    checkpoints: bool = False
     uses_methods: bool = False  # takes --method from the methods table
     attribution: bool = False  # results are per-sample maps: `diff` compares sample by sample
     # what `diff` makes of parameters that differ between two of its results

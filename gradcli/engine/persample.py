@@ -19,11 +19,16 @@ another layer's weights, which only `--unsafe` Lambda layers can do).
 
 The mean-gradient sum G over the batch comes from the same tape, exactly as `GradientEngine`
 computes it, so `wrt-weights --per-sample` reports the same G as plain `wrt-weights`.
+
+Streams (data attribution, `GradientStream`): the same step over a subset of the variables
+(by name: a layer, the last layer), its per-sample gradients reduced inside the compiled step
+(flattened into one vector per sample, or projected by a seeded CountSketch) so that only
+(B, P) or (B, dim) numbers leave it, with each sample's exact squared norm over the subset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +62,7 @@ class PerSampleStep:
     weights: list[np.ndarray | SparseGradient | None]
     squares: np.ndarray  # (B, V) float32
     arrays: list[np.ndarray | None]  # (B, *shape) per variable, with arrays=True
+    reduced: np.ndarray | None = None  # what the engine's `reduce` made of them in the step
 
 
 def batch_interacting_layers(handle: ModelHandle) -> list[str]:
@@ -77,11 +83,18 @@ class PerSampleEngine:
         jit: bool = False,
         arrays: bool = False,
         general_only: bool = False,
+        variables: Sequence[str] | None = None,
+        reduce: Callable[[list], Any] | None = None,
     ) -> None:
+        """`variables`: the names of the trainable variables to differentiate (default all);
+        `reduce(per_sample, rows)`: runs inside the compiled step on the per-sample gradients,
+        one (B, *shape) tensor per variable (None: disconnected) and B, and its tensor is
+        returned instead of them (`PerSampleStep.reduced`); it implies `arrays`."""
         self.handle = handle
         self.objective = objective
         self.training = training
-        self.arrays = arrays
+        self.arrays = arrays or reduce is not None
+        self.reduce = reduce
         self.core = TapeCore(handle, objective, training=training, jit=jit)
         if training and handle.has_layers:
             mixing = batch_interacting_layers(handle)
@@ -92,7 +105,7 @@ class PerSampleEngine:
                     f"a per-sample gradient is not defined; leave out {param('training')} "
                     "(inference mode uses the moving statistics)"
                 )
-        self.variable_names, self.variables = self.core.variables()
+        self.variable_names, self.variables = self.core.variables(variables)
         self.input_dtypes = self.core.input_dtypes
         self.slots = [] if general_only else self._plan()
         self._fn: Step | None = None
@@ -192,6 +205,8 @@ class PerSampleEngine:
             del tape
             squares = [zero if s is None else s for s in squares]
             stacked = tf.stack(squares, axis=1) if squares else zero[:, None][:, :0]
+            if self.reduce is not None:
+                return o, weights, stacked, self.reduce(per_sample, tf.shape(o)[0])
             return o, weights, stacked, per_sample if arrays else []
 
         # no --jit padding here yet: per-row outputs and G would need the mask (issue 28)
@@ -227,5 +242,126 @@ class PerSampleEngine:
         self.objective.check_first_batch(self.handle, inputs)
         o, gw, squares, arrays = self._fn(list(inputs), list(targets)).outputs
         weights = [weight_numpy(g, v) for g, v in zip(gw, self.variables, strict=True)]
+        if self.reduce is not None:
+            return PerSampleStep(o.numpy(), weights, squares.numpy(), [], arrays.numpy())
         per_sample = [None if a is None else a.numpy() for a in arrays] if self.arrays else []
         return PerSampleStep(o.numpy(), weights, squares.numpy(), per_sample)
+
+
+# ------------------------------------------------------------------ streams
+
+
+@dataclass
+class StreamBatch:
+    """One batch of a stream: the objective (B,), each sample's squared gradient norm over
+    the stream's variables (B,) in float64, and the per-sample vectors (B, P or dim), if asked."""
+
+    objective: np.ndarray
+    squared_norms: np.ndarray
+    vectors: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A seeded CountSketch to `dim` numbers (engine.projection is its NumPy reference)."""
+
+    seed: int
+    dim: int
+    blocks: int = 1
+
+
+class GradientStream:
+    """Per-sample gradients of `names` (variables of the model), one compiled step per batch:
+    the exact squared norms always (the fast path's ghost norms where it applies, nothing
+    materialized for them when no vectors are asked), and with `vectors` each sample's
+    gradient reduced in the step: flattened in variable order (B, P), or with `projection`
+    its CountSketch (B, dim), whose buckets and signs are those of engine.projection.entries
+    for each variable's index among all the model's trainable variables."""
+
+    def __init__(
+        self,
+        handle: ModelHandle,
+        objective: Objective,
+        names: Sequence[str] | None = None,
+        *,
+        vectors: bool = False,
+        projection: Projection | None = None,
+    ) -> None:
+        named = handle.named_variables()
+        all_names = [n for n, _ in named]
+        chosen = list(all_names if names is None else names)
+        sizes = [int(np.prod(named[all_names.index(n)][1].shape, dtype=np.int64)) for n in chosen]
+        reduce = None
+        if vectors and projection is None:
+            reduce = flat_vectors(sizes)
+        elif vectors:
+            reduce = count_sketch(projection, [all_names.index(n) for n in chosen], sizes)
+        self.engine = PerSampleEngine(handle, objective, variables=chosen, reduce=reduce)
+        self.names = self.engine.variable_names
+        self.parameters = sum(sizes)  # numbers in one sample's gradient over `names`
+        self.width = 0 if not vectors else projection.dim if projection else sum(sizes)
+
+    @property
+    def input_dtypes(self) -> list:
+        return self.engine.input_dtypes
+
+    def per_sample_size(self) -> int:
+        return self.engine.per_sample_size()
+
+    def batch(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> StreamBatch:
+        step = self.engine.gradients(inputs, targets)
+        squares = np.asarray(step.squares, np.float64).sum(axis=1)
+        return StreamBatch(step.objective, squares, step.reduced)
+
+
+def flat_vectors(sizes: Sequence[int]) -> Callable:
+    """(B, P): each sample's gradients flattened and concatenated in variable order (a
+    disconnected variable's part is zeros)."""
+
+    def reduce(per_sample: list, rows: Any) -> Any:
+        parts = [
+            tf.zeros([rows, size]) if g is None else _flat(g)
+            for g, size in zip(per_sample, sizes, strict=True)
+        ]
+        return tf.concat(parts, axis=1) if parts else tf.zeros([rows, 0])
+
+    return reduce
+
+
+def _flat(g: Any) -> Any:
+    return tf.reshape(tf.cast(g, tf.float32), [tf.shape(g)[0], -1])
+
+
+def count_sketch(projection: Projection, indices: Sequence[int], sizes: Sequence[int]) -> Callable:
+    """The in-step CountSketch of per-sample gradients: coordinate j of variable number v (its
+    index among all the model's trainable variables) goes, with its sign, to its bucket of each
+    block, scaled by 1/sqrt(blocks). The buckets and signs are computed once, here, by the
+    NumPy reference (engine.projection.entries) and live in the graph as constants (8 bytes
+    per parameter and block)."""
+    from gradcli.engine.projection import entries
+
+    dim, scale = projection.dim, 1.0 / np.sqrt(projection.blocks)
+    tables = []
+    for v, size in zip(indices, sizes, strict=True):
+        columns, signs = entries(projection.seed, v, size, dim, projection.blocks)
+        tables.append(
+            [
+                (
+                    tf.constant(columns[r].astype(np.int32)),
+                    tf.constant(signs[r] * scale, tf.float32),
+                )
+                for r in range(projection.blocks)
+            ]
+        )
+
+    def reduce(per_sample: list, rows: Any) -> Any:
+        total = tf.zeros([dim, rows])
+        for g, blocks in zip(per_sample, tables, strict=True):
+            if g is None:
+                continue
+            flat = tf.transpose(_flat(g))  # (n, B): rows of coordinates, summed per bucket
+            for columns, signs in blocks:
+                total += tf.math.unsorted_segment_sum(flat * signs[:, None], columns, dim)
+        return tf.transpose(total)
+
+    return reduce

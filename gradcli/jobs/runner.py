@@ -55,15 +55,18 @@ def _model_out(base: str | None, root: Path, model: Path, suffix: str) -> Path |
 
 
 def run_job(job: Any, emit: Emit) -> int:
-    """Run a job; emit one record per model; return the worst exit code."""
+    """Run a job; emit one record per model; return the worst exit code. A command over the
+    checkpoints of one run (spec.checkpoints) runs the whole job itself: one record."""
     import_custom_code(job.imports)
+    if spec_of(job.command).checkpoints:
+        return spec_of(job.command).implementation()(job, emit)
     models, many = model_paths(job)
     if many and not models:
         raise InputError(f"{job.model}: no models ({EXPECTED}) below it")
     worst = 0
     # report files of one model are staged with its outputs and committed with them (all or
     # nothing); a directory run's cover every model: the CLI writes them once all are in
-    report = _report_stager(job.reports) if job.reports and not many else None
+    report = report_stager(job.reports) if job.reports and not many else None
     spec = spec_of(job.command)
     base_out, base_png = getattr(job, "out", None), getattr(job, "png", None)
     if many and spec.trajectory and base_png:  # the CLI draws the trajectory once all are in
@@ -94,7 +97,7 @@ def run_job(job: Any, emit: Emit) -> int:
     return worst
 
 
-def _report_stager(reports: dict[str, str]) -> Report:
+def report_stager(reports: dict[str, str]) -> Report:
     """Stages each report file (format -> path) of one model's record in its transaction,
     its messages naming parameters as the CLI's flags."""
 

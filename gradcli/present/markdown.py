@@ -78,6 +78,10 @@ def render_markdown(records: list[Record]) -> str:
             lines.append(f"**{markdown_code(rec.get('model'))}**: error: {markdown(rec['error'])}")
         elif rec.kind == Kind.DIFF:
             lines += _diff(rec)
+        elif rec.kind == Kind.INFLUENCE:
+            from gradcli.present.influence import markdown_lines
+
+            lines += markdown_lines(rec)
         else:
             lines += _gradients(rec)
     return "\n".join(lines) + "\n"

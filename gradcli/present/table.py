@@ -433,7 +433,14 @@ def _render_many(records: list[Record], console: Console) -> None:
     console.print(table)
 
 
+def _render_influence(rec: Record, console: Console) -> None:
+    from gradcli.present.influence import render as render_influence  # it uses fmt from here
+
+    render_influence(rec, console)
+
+
 _RENDER = {
+    Kind.INFLUENCE: _render_influence,
     Kind.MODEL: _render_info,
     Kind.GRADIENTS: _render_gradients,
     Kind.WEIGHTS: _render_gradients,
