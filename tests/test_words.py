@@ -158,7 +158,7 @@ def test_help_summaries_are_whole_sentences_and_metavars_plain(cli):
     assert "..." not in commands
     entries = dict(re.findall(r"^  (\S+) +(.*(?:\n {4,}.*)*)", commands, re.M))
     assert sorted(entries) == sorted(
-        ["info", "wrt-input", "wrt-layer", "wrt-weights", "jacobian", "check", "diff"]
+        ["info", "wrt-input", "wrt-layer", "wrt-weights", "jacobian", "check", "hessian", "diff"]
     )
     for text in entries.values():  # each a whole first sentence, wrapped, never cut
         assert " ".join(text.split()).endswith(".")

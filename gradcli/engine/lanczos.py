@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .vectors import MatVec
@@ -95,5 +97,78 @@ class Lanczos:
         y = (self.basis[: self.steps].T @ s).T
         y /= np.linalg.norm(y, axis=1, keepdims=True)
         # a sign fixed by the vector itself: its largest entry is positive
+        pick = np.argmax(abs(y), axis=1)
+        return y * np.sign(y[np.arange(len(y)), pick])[:, None]
+
+
+# ------------------------------------------------------------------ many small operators
+
+
+class BatchLanczos:
+    """Independent Lanczos runs on B symmetric operators advanced together: one call of
+    `matvec(Q) -> HQ` on (B, n) gives every run's product (the per-sample input Hessians of a
+    batch). Full reorthogonalisation per run; a run that breaks down (its Krylov space is
+    exhausted) or that `freeze` stops keeps its tridiagonal matrix and gets zero vectors."""
+
+    def __init__(
+        self, matvec: Callable[[np.ndarray], np.ndarray], start: np.ndarray, capacity: int
+    ):
+        self.matvec = matvec
+        b, n = start.shape
+        self.capacity = max(1, min(capacity, n))
+        self.basis = np.zeros((b, self.capacity, n), dtype=np.float64)
+        self.basis[:, 0] = start / np.linalg.norm(start, axis=1, keepdims=True)
+        self.alpha = np.zeros((b, self.capacity))
+        self.beta = np.zeros((b, self.capacity))
+        self.length = np.zeros(b, dtype=int)  # steps each run took
+        self.active = np.ones(b, dtype=bool)
+        self.scale = np.zeros(b)
+        self.steps = 0  # products computed
+
+    def step(self) -> bool:
+        """One product for every active run; False once none is left."""
+        j = self.steps
+        q = self.basis[:, j]
+        w = np.asarray(self.matvec(q), dtype=np.float64)
+        if w.shape != q.shape:
+            raise ValueError(f"the product returned shape {w.shape} for vectors of {q.shape}")
+        if not np.all(np.isfinite(w[self.active])):
+            raise NonFiniteProduct("the Hessian-vector product is not finite")
+        self.steps += 1
+        a = np.einsum("bn,bn->b", q, w)
+        w = w - a[:, None] * q
+        done = self.basis[:, : j + 1]
+        for _ in range(2):
+            w = w - np.einsum("bkn,bk->bn", done, np.einsum("bkn,bn->bk", done, w))
+        b = np.linalg.norm(w, axis=1)
+        live = self.active
+        self.alpha[live, j] = a[live]
+        self.beta[live, j] = b[live]
+        self.length[live] += 1
+        self.scale = np.where(live, np.maximum(self.scale, np.maximum(abs(a), b)), self.scale)
+        self.active = live & (b > 1e-12 * self.scale)
+        if j + 1 >= self.capacity:
+            self.active[:] = False
+            return False
+        go = self.active
+        self.basis[go, j + 1] = w[go] / b[go, None]
+        return bool(go.any())
+
+    def freeze(self, runs: np.ndarray) -> None:
+        self.active &= ~runs
+
+    def ritz(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run r's Ritz values (ascending), T's eigenvectors (columns) and residual norms."""
+        m = int(self.length[r])
+        a, b = self.alpha[r, :m], self.beta[r, :m]
+        t = np.diag(a) + np.diag(b[:-1], 1) + np.diag(b[:-1], -1)
+        theta, s = np.linalg.eigh(t)
+        return theta, s, abs(b[-1] * s[-1])
+
+    def vectors(self, r: int, s: np.ndarray) -> np.ndarray:
+        """Run r's Ritz vectors (rows), signed like `Lanczos.vectors`."""
+        m = s.shape[0]
+        y = (self.basis[r, :m].T @ s).T
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
         pick = np.argmax(abs(y), axis=1)
         return y * np.sign(y[np.arange(len(y)), pick])[:, None]

@@ -30,6 +30,7 @@ class Kind(StrEnum):
     WEIGHTS = "weights"  # a row per trainable variable, with |g|/|θ| and the flow
     CHECK = "finite-differences"  # autodiff against finite differences
     DIFF = "comparison"  # two results compared key by key
+    CURVATURE = "curvature"  # Hessian eigenvalues, traces, density (hessian)
 
 
 _HIDDEN = ("extra", "keys", "kind", "value_label")
