@@ -3,35 +3,10 @@ dense symmetric matrices whose spectra are known: NumPy only, no TensorFlow."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-import importlib.util
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ENGINE = Path(__file__).resolve().parent.parent / "gradcli" / "engine"
-PREVIEW = "gradcli_engine_preview"
-
-
-def _engine(name: str):
-    """gradcli/engine/NAME.py, imported as a module of a package of its own: until issue 25's
-    reorganisation lands, `gradcli.engine` is engine.py and this folder is no package yet.
-    (After it: `from gradcli.engine import NAME`.)"""
-    if PREVIEW not in sys.modules:
-        spec = importlib.machinery.ModuleSpec(PREVIEW, None, is_package=True)
-        spec.submodule_search_locations = [str(ENGINE)]
-        sys.modules[PREVIEW] = importlib.util.module_from_spec(spec)
-    return importlib.import_module(f"{PREVIEW}.{name}")
-
-
-vectors = _engine("vectors")
-spectral = _engine("spectral")
-stochastic = _engine("stochastic")
-lanczos = _engine("lanczos")
+from gradcli.engine import lanczos, spectral, stochastic, vectors
 
 
 def symmetric(eigenvalues, seed: int = 0) -> np.ndarray:
@@ -316,15 +291,43 @@ def test_a_restricted_product_is_the_diagonal_block():
 
 
 def test_the_estimators_import_numpy_and_not_tensorflow():
-    code = (
-        "import sys, importlib, importlib.machinery, importlib.util\n"
-        f"spec = importlib.machinery.ModuleSpec({PREVIEW!r}, None, is_package=True)\n"
-        f"spec.submodule_search_locations = [{str(ENGINE)!r}]\n"
-        f"sys.modules[{PREVIEW!r}] = importlib.util.module_from_spec(spec)\n"
-        "for m in ('vectors', 'lanczos', 'spectral', 'stochastic'):\n"
-        f"    importlib.import_module({PREVIEW!r} + '.' + m)\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in\n"
-        "    ('tensorflow', 'keras', 'gradcli', 'scipy', 'torch')))\n"
+    from test_architecture import MODULES, imports_of
+
+    for root in ("vectors", "lanczos", "spectral", "stochastic"):
+        seen, todo = set(), [f"gradcli.engine.{root}"]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for target in imports_of(name, MODULES, top_level_only=True):
+                assert not target.startswith(("tensorflow", "keras", "scipy", "torch")), name
+                if target in MODULES:
+                    todo.append(target)
+        assert seen <= {
+            f"gradcli.engine.{m}" for m in ("vectors", "lanczos", "spectral", "stochastic")
+        }
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+def test_batched_top_gives_each_operator_its_own_top_pairs(which):
+    rng = np.random.default_rng(4)
+    mats = np.array([symmetric(rng.uniform(-3, 5, 30), seed=s) for s in range(4)])
+    mats[2] = 0.0  # a zero Hessian: one product, eigenvalue 0, converged
+    calls = []
+
+    def matvec(q):
+        calls.append(len(q))
+        return np.einsum("bij,bj->bi", mats, q)
+
+    got = spectral.batched_top(
+        matvec, rng.normal(size=(4, 30)), 2, which=which, tol=1e-9, max_steps=30
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    for b in (0, 1, 3):
+        e = np.linalg.eigvalsh(mats[b])
+        key = {"LA": e, "SA": -e, "LM": abs(e)}[which]
+        np.testing.assert_allclose(got.values[b], e[np.argsort(-key)][:2], atol=1e-8)
+        y = got.vectors[b]
+        assert np.abs(y @ mats[b] - got.values[b][:, None] * y).max() < 1e-6
+    assert got.values[2, 0] == 0 and got.converged[2, 0] and got.steps[2] == 1
+    assert len(calls) == got.steps.max() and got.converged[[0, 1, 3]].all()

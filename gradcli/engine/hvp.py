@@ -167,9 +167,6 @@ class WeightHessian:
             total += float(np.sum(call.rows(o), dtype=np.float64))
             n += batch.stop - batch.start
         means = [None if s is None else s / n for s in sums]
-        for name, g in zip(self.all_names, means, strict=True):
-            if g is not None:
-                finite(name, g, "gradient")
         keep = [k for k, ok in enumerate(connected or []) if ok]
         self.names = [self.all_names[k] for k in keep]
         self.variables = [self.all_variables[k] for k in keep]

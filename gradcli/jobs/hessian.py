@@ -77,6 +77,7 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     grad = engine.gradient(data)
     all_names = unique_names(engine.all_names)
     names = [n for n, ok in zip(all_names, grad.connected, strict=True) if ok]
+    engine.names = names  # a non-finite product names its variable as the record does
     layout = Layout(names, [tuple(v.shape) for v in engine.variables])
     _check_sizes(job, layout.n)
     owner = dict(zip(names, variable_layers(handle, engine.names, engine.variables), strict=True))
@@ -84,9 +85,17 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     planned = 30 * job.top_k + job.probes + (job.density_runs * job.density_steps * job.density)
     matvec = Products(ctx, engine, layout, data, planned + 30 * len(layers) * job.per_layer)
     found: dict[str, Any] = {}
-    failed: NonFiniteVariable | None = None
+    failed = next(
+        (
+            NonFiniteVariable(name, "gradient")
+            for name, g in zip(all_names, grad.gradients, strict=True)
+            if g is not None and not np.all(np.isfinite(g))
+        ),
+        None,
+    )
     try:
-        _estimate(job, layout, layers, matvec, found)
+        if failed is None:
+            _estimate(job, layout, layers, matvec, found)
     except NonFiniteVariable as exc:
         failed = exc
     rows = _rows(job, all_names, engine, grad, layout, matvec, found, failed)
