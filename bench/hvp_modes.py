@@ -12,8 +12,12 @@ mode, every function a `tf.function` traced once before timing.
   `acc.jvp(gradient)`;
 - double-backward: a second tape around the first, the gradient of <gradient, v>.
 
-Each round times every mode once, in a rotating order (interleaved), each timing the median
-of a few calls; an HVP's cost relative to the gradient is taken within each round. The table
+- gradcli gradient / gradcli HVP: the engine's own steps (engine/hvp.py, what `gradcli
+  hessian` runs: the compiled-tape core, sums in float64 over the batch), the HVP in the
+  command's default mode; the goal line compares these two (issue 26: <= 2.5x).
+
+Each round times every computation once, in a rotating order (interleaved), each timing the
+median of a few calls; an HVP's cost relative to its gradient is taken within each round. The table
 gives medians with [min-max] over rounds. The machine may be shared: the load average is
 printed before and after; compare ratios, not absolute times.
 
@@ -148,32 +152,62 @@ def loadavg() -> str:
         return "?"
 
 
+ENGINE = ("gradcli gradient", "gradcli HVP")  # gradcli's own steps (engine/hvp.py)
+
+
+def engine_calls(path: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Callable]:
+    """gradcli's gradient pass and its Hessian-vector product (the command's default mode) on
+    one batch, as `gradcli hessian` runs them: compiled on the engine core, float64 sums."""
+    from gradcli.engine.batched import Batch
+    from gradcli.engine.hvp import WeightHessian
+    from gradcli.engine.objective import build_objective
+    from gradcli.load.loaders import load_model
+
+    handle = load_model(path)
+    objective = build_objective(
+        handle, loss="sparse_categorical_crossentropy", from_logits=True, has_target=True
+    )
+    engine = WeightHessian(handle, objective)
+    batch = [Batch(0, len(x), [x], [y.astype(np.int32)])]
+    engine.gradient(lambda: batch)
+    vs = [np.random.default_rng(1).normal(size=v.shape) for v in engine.variables]
+    return {
+        "gradcli gradient": lambda: engine.gradient(lambda: batch),
+        "gradcli HVP": lambda: engine.product(lambda: batch, vs),
+    }
+
+
 def measure(name: str, path: Path, shape: tuple, batch: int, repeats: int, calls: int) -> dict:
     import keras
     import tensorflow as tf
 
     model = keras.saving.load_model(path)
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32))
-    y = tf.constant(rng.integers(0, 10, size=(batch,)))
+    xn = rng.normal(size=(batch, *shape)).astype(np.float32)
+    yn = rng.integers(0, 10, size=(batch,))
+    x, y = tf.constant(xn), tf.constant(yn)
     vs = [tf.constant(rng.normal(size=v.shape).astype(np.float32)) for v in tf_variables(model)]
     fns = hvp_functions(model, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    args = {"gradient": (x, y), "forward-over-backward": (x, y, vs), "double-backward": (x, y, vs)}
+    plain = {m: (lambda m=m: fns[m](*((x, y) if m == "gradient" else (x, y, vs)))) for m in MODES}
+    work = {**plain, **engine_calls(path, xn, yn)}
+    names = list(work)
 
     def once(mode: str) -> float:
         times = []
         for _ in range(calls):
             start = time.perf_counter()
-            out = fns[mode](*args[mode])
-            float(tf.reduce_sum(out[0]))  # the result is there
+            out = work[mode]()
+            if mode in MODES:
+                float(tf.reduce_sum(out[0]))  # the result is there
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    for mode in MODES:  # trace and warm up
+    for mode in names:  # trace and warm up
         once(mode)
-    rounds: dict[str, list[float]] = {m: [] for m in MODES}
+    rounds: dict[str, list[float]] = {m: [] for m in names}
     for r in range(repeats):
-        for mode in MODES[r % 3 :] + MODES[: r % 3]:
+        shift = r % len(names)
+        for mode in names[shift:] + names[:shift]:
             rounds[mode].append(once(mode))
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     return {"name": name, "params": params, "rounds": rounds}
@@ -186,14 +220,24 @@ def spread(values: list[float], fmt: str) -> str:
 def report(result: dict) -> list[str]:
     rounds = result["rounds"]
     lines = []
-    for mode in MODES:
+    for mode in rounds:
+        base = rounds["gradcli gradient" if mode in ENGINE else "gradient"]
         ms = [t * 1e3 for t in rounds[mode]]
-        ratio = [t / g for t, g in zip(rounds[mode], rounds["gradient"], strict=True)]
+        ratio = [t / g for t, g in zip(rounds[mode], base, strict=True)]
         lines.append(
             f"| {result['name']} ({result['params']:,} weights) | {mode} | {spread(ms, '.1f')} "
             f"| {spread(ratio, '.2f')} |"
         )
     return lines
+
+
+def goal_line(results: list[dict]) -> str:
+    parts = []
+    for result in results:
+        r = result["rounds"]
+        ratio = [h / g for h, g in zip(r["gradcli HVP"], r["gradcli gradient"], strict=True)]
+        parts.append(f"{result['name']} {spread(ratio, '.2f')}")
+    return "gradcli's HVP / its gradient (goal <= 2.5): " + "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     for result in results:
         print("\n".join(report(result)))
+    print(goal_line(results))
     return 0
 
 

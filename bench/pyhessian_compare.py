@@ -25,8 +25,8 @@ Everything goes to bench-out/pyhessian/; PyTorch is never a gradcli dependency:
      eigenvalue and the command's default, and "LM", the largest magnitude as PyHessian's;
      Hutchinson, 100 probes) over a TensorFlow double-backward HVP in float32
      (bench/hvp_modes.py): what the command will compute, timed in this process;
-   - gradcli: `gradcli hessian MODEL X --target Y --json`, whole process (the command of
-     issue 26; "not built" until it exists, see `gradcli_side`);
+   - gradcli: `gradcli hessian MODEL X --target Y --json`, whole process (start-up, loading,
+     the gradient pass, top-1 and 100 Hutchinson probes);
    - PyHessian on the twin.
    Agreement is judged in the estimators' own error: a Lanczos value within its residual
    (plus float32 rounding) of the exact one; a trace by how many of its standard errors it
@@ -191,33 +191,13 @@ def exact(name: str, model, x, y) -> dict:
     }
 
 
-def engine_estimators():
-    """gradcli/engine's spectral and stochastic modules. Until issue 25 lands, gradcli.engine
-    is engine.py, so the folder is imported as a package of its own."""
-    import importlib
-    import importlib.machinery
-    import importlib.util
-
-    try:
-        from gradcli.engine import spectral, stochastic, vectors
-
-        return spectral, stochastic, vectors
-    except ImportError:
-        name = "gradcli_engine_bench"
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = [str(ROOT / "gradcli" / "engine")]
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        return tuple(
-            importlib.import_module(f"{name}.{m}") for m in ("spectral", "stochastic", "vectors")
-        )
-
-
 def engine_side(model, x, y, probes: int) -> dict:
     """Lanczos top-1 (largest magnitude, tol 1e-3) and Hutchinson over a float32 TF HVP."""
     import tensorflow as tf
     from hvp_modes import hvp_functions
 
-    spectral, stochastic, vectors = engine_estimators()
+    from gradcli.engine import spectral, stochastic, vectors
+
     hvp = hvp_functions(model, loss_fn())["double-backward"]
     layout = vectors.Layout(
         [v.path for v in model.trainable_variables],
@@ -255,30 +235,27 @@ def engine_side(model, x, y, probes: int) -> dict:
     }
 
 
-def gradcli_side(model: Path, x: Path, y: Path) -> dict | None:
-    """`gradcli hessian MODEL X --target Y --json`, whole process: its JSON and wall time,
-    or None while the command does not exist. When it lands, read its figures in
-    `gradcli_figures` (the JSON keys are the command's to define)."""
+def gradcli_side(model: Path, x: Path, y: Path) -> dict:
+    """`gradcli hessian MODEL X --target Y --json` (defaults: top-1 largest eigenvalue at tol
+    1e-3, Hutchinson with 100 probes), whole process: its JSON and wall time."""
     argv = [str(GRADCLI), "hessian", str(model), str(x), "--target", str(y), "--json"]
     start = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if proc.returncode == 2 and "No such command" in proc.stderr:
-        return None
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return {"record": json.loads(proc.stdout), "seconds": seconds}
 
 
 def gradcli_figures(result: dict) -> dict:
-    """The figures this comparison reads from the command's JSON (keys to be fixed when the
-    command exists; a KeyError here says which one moved)."""
+    """The figures this comparison reads from the command's JSON record."""
     rec = result["record"]
-    rec = rec[0] if isinstance(rec, list) else rec
     return {
-        "top_la": rec["top_eigenvalues"][0],
+        "top_la": rec["eigen"]["values"][0],
+        "top_products": rec["eigen"]["products"],
         "trace": rec["trace"]["value"],
         "trace_stderr": rec["trace"]["stderr"],
+        "products": rec["products"],
         "seconds": result["seconds"],
     }
 
@@ -293,9 +270,8 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def report(name: str, ex: dict | None, en: dict, gc: dict | None, py: dict) -> list[str]:
-    gcf = gradcli_figures(gc) if gc else None
+    gcf = gradcli_figures(gc)
     la, lm = en["top_la"], en["top_lm"]
-    built = "not built"
     lines = [
         f"### {name}: {en['params']:,} weights; twins: loss {py['twin']['loss']:.1e}, "
         f"gradient {py['twin']['gradient']:.1e} apart (max relative)",
@@ -303,19 +279,19 @@ def report(name: str, ex: dict | None, en: dict, gc: dict | None, py: dict) -> l
         "|---|---|---|---|---|",
         f"| lambda_max (LA, sharpness) | {fmt(ex and ex['lambda_max'])} "
         f"| {fmt(la['value'])} (residual {fmt(la['residual'], 2)}, {la['products']} HVPs, "
-        f"{la['seconds']:.2f} s) | {fmt(gcf['top_la']) if gcf else built} | - |",
+        f"{la['seconds']:.2f} s) | {fmt(gcf['top_la'])} ({gcf['top_products']} HVPs) | - |",
         f"| largest magnitude (LM) | {fmt(ex and ex['top_lm'])} "
         f"| {fmt(lm['value'])} (residual {fmt(lm['residual'], 2)}, {lm['products']} HVPs, "
         f"{lm['seconds']:.2f} s) | - | {fmt(py['top_lm'])} ({py['top_products']} HVPs, "
         f"{py['top_seconds']:.2f} s with set-up) |",
         f"| trace | {fmt(ex and ex['trace'])} | {fmt(en['trace'])} ± {fmt(en['trace_stderr'], 2)}"
         f" ({en['trace_probes']} probes, {en['trace_seconds']:.2f} s) "
-        f"| {fmt(gcf['trace']) if gcf else built} "
+        f"| {fmt(gcf['trace'])} ± {fmt(gcf['trace_stderr'], 2)} "
         f"| {fmt(py['trace'])} ± {fmt(py['trace_stderr'], 2)} ({py['trace_probes']} probes, "
         f"{py['trace_seconds']:.2f} s) |",
         f"| seconds: top-1 + trace | {fmt(ex and ex['seconds'], 3)} (full Hessian) "
         f"| {la['seconds'] + en['trace_seconds']:.2f} (LA) "
-        f"| {fmt(gcf['seconds'], 3) + ' (process)' if gcf else built} "
+        f"| {gcf['seconds']:.2f} (whole process, {gcf['products']} HVPs) "
         f"| {py['top_seconds'] + py['trace_seconds']:.2f} |",
     ]
     if not ex:
@@ -326,7 +302,11 @@ def report(name: str, ex: dict | None, en: dict, gc: dict | None, py: dict) -> l
     lines.append(
         f"PyHessian LM: {abs(py['top_lm'] - ex['top_lm']) / abs(ex['top_lm']):.1e} from it"
     )
-    for who, got in (("engine", en), ("PyHessian", py)):
+    lines.append(
+        f"gradcli hessian LA: {abs(gcf['top_la'] - ex['lambda_max']) / abs(ex['lambda_max']):.1e}"
+        " from the exact value"
+    )
+    for who, got in (("engine", en), ("gradcli hessian", gcf), ("PyHessian", py)):
         z = (got["trace"] - ex["trace"]) / got["trace_stderr"]
         lines.append(f"{who} trace: {z:+.2f} standard errors from the exact trace")
     # the engine's residual is that of the float32 operator it saw: allow its rounding too
@@ -357,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         ex = None if name == "bench-cnn" else exact(name, made["keras"], x, y)
         en = engine_side(made["keras"], x, y, args.probes)
         en["params"] = sum(int(np.prod(v.shape)) for v in made["keras"].trainable_variables)
-        gc = gradcli_side(made["model"], made["x"], made["y"]) if GRADCLI.exists() else None
+        gc = gradcli_side(made["model"], made["x"], made["y"])
         proc = subprocess.run(
             [str(python), str(ROOT / "bench" / "pyhessian_twin.py"), str(made["dir"])],
             capture_output=True,
