@@ -346,6 +346,21 @@ def test_a_nonfinite_gradient_names_its_variable(models, cli):
     assert "gradient is not finite" in r.err
 
 
+def test_a_nonfinite_product_names_its_variable(cli, tmp_path, keras):
+    """(w x)^2 at w = 0, x = 1e20: a zero gradient, but H = 2 x x^T overflows float32 in the
+    kernel's rows only (the bias's are 2 x^T v, finite)."""
+    inp = keras.Input((3,), name="x")
+    m = keras.Model(inp, keras.layers.Dense(1, kernel_initializer="zeros", name="d")(inp))
+    m.save(tmp_path / "big.keras")
+    np.save(tmp_path / "x.npy", np.full((4, 3), 1e20, np.float32))
+    np.save(tmp_path / "y.npy", np.zeros((4, 1), np.float32))
+    args = ["--loss", "mse", "--fail-on", "nonfinite", "--json"]
+    r = cli("hessian", tmp_path / "big.keras", tmp_path / "x.npy", "-t", tmp_path / "y.npy", *args)
+    assert r.code == 1 and "d/kernel: the Hessian-vector product is not finite" in r.err
+    rec = json.loads(r.out)
+    assert [t["status"] for t in rec["tensors"]] == ["nonfinite", "ok"] and "eigen" not in rec
+
+
 def test_an_op_without_a_second_derivative_is_exit_4(cli, tmp_path, keras):
     inp = keras.Input((4, 4, 1), name="img")
     h = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inp)
@@ -364,6 +379,7 @@ def test_an_op_without_a_second_derivative_is_exit_4(cli, tmp_path, keras):
         (["-k", "99"], 2, "--top-k 99: the Hessian has 57 rows"),
         (["--which", "smallest", "--max-sharpness", "1"], 2, "--max-sharpness gates the largest"),
         (["--wrt", "input", "--per-layer"], 2, "--per-layer is for --wrt weights"),
+        (["--wrt", "input", "--png", "d.png"], 2, "--png is for --wrt weights"),
         (["--wrt", "input", "--training"], 2, "defined in inference mode"),
         (["--wrt", "input", "-k", "6"], 2, "--top-k 6: the Hessian has 5 rows"),
     ],

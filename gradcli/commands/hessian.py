@@ -109,7 +109,6 @@ class HessianJob(ComputeJob):
 
 def check_values(job: HessianJob) -> None:
     """Cross-option rules, before any work (exit 2)."""
-    job.density = job.density or job.png is not None
     if job.wrt not in ("weights", "input"):
         raise UsageError(f"{param('wrt', job.wrt)}: expected weights or input")
     if job.which not in WHICH:
@@ -127,8 +126,8 @@ def check_values(job: HessianJob) -> None:
             f"{param('which', 'largest')} (the default)"
         )
     if job.wrt == "input":
-        for name in ("per_layer", "density"):
-            if getattr(job, name):
+        for name in ("per_layer", "density", "png"):
+            if getattr(job, name) not in (False, None):
                 raise UsageError(f"{param(name)} is for {param('wrt', 'weights')}")
         if job.training:
             raise UsageError(
@@ -136,6 +135,7 @@ def check_values(job: HessianJob) -> None:
                 f"mode; with {param('training')} batch statistics couple the samples and dropout "
                 "changes the function at every product"
             )
+    job.density = job.density or job.png is not None
 
 
 HESSIAN = CommandSpec(
