@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast smoke dist lint format bench bench-quick samples clean
+.PHONY: install demo test test-fast smoke dist lint format bench bench-hessian bench-quick samples clean
 
 install: $(STAMP)
 
@@ -48,14 +48,20 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# about 18 minutes on 2 cores (ResNet50 built once into bench-out/; influenciae installed once
-# into bench-out/influenciae-venv); bench-quick: a smoke run
-bench: $(STAMP)
+# about 20 minutes on 2 cores (ResNet50 built once into bench-out/; influenciae and PyHessian
+# installed once into venvs of their own under bench-out/); bench-quick: a smoke run
+bench: $(STAMP) bench-hessian
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/gradcam.py
 	$(BIN)/python bench/persample.py
 	$(BIN)/python bench/tracin_noise.py
 	$(BIN)/python bench/influenciae_compare.py
+
+# one HVP against one gradient (goal <= 2.5x), and gradcli hessian beside PyHessian on twin
+# models (PyTorch in a venv of its own under bench-out/; about 5 minutes)
+bench-hessian: $(STAMP)
+	$(BIN)/python bench/hvp_modes.py
+	$(BIN)/python bench/pyhessian_compare.py
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/bench.py --quick --skip-memory

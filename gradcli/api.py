@@ -394,6 +394,52 @@ def check(
     return result
 
 
+def hessian(
+    model: Any,
+    x: Any,
+    target: Any = None,
+    *,
+    wrt: str = "weights",
+    top_k: int = 1,
+    which: str = "largest",
+    tol: float = 1e-3,
+    lanczos_steps: int = 100,
+    probes: int = 100,
+    trace_rtol: float | None = None,
+    per_layer: bool = False,
+    density: bool = False,
+    density_runs: int = 4,
+    density_steps: int = 64,
+    bins: int = 100,
+    seed: int = 0,
+    hvp: str = "double-backward",
+    max_sharpness: float | None = None,
+    class_index: Any = None,
+    output: str | None = None,
+    loss: str | None = None,
+    from_logits: bool = False,
+    logits: bool = False,
+    batch_size: int | None = None,
+    training: bool = False,
+    jit: bool = False,
+    fail_on: str | Sequence[str] = (),
+    unsafe: bool = False,
+) -> Result:
+    """Curvature of the objective (`gradcli hessian`): a `Result` whose record holds `eigen`
+    (the `top_k` top eigenvalues by `which`: largest, smallest or magnitude, with residuals),
+    `trace` (Hutchinson, `probes`, with its standard error), `layers` (each layer's block
+    trace, and its own top eigenvalue with `per_layer`), `density` (stochastic Lanczos
+    quadrature with `density`) and per-variable rows in `figures`; `arrays` holds
+    "eigenvalues", "eigenvectors/<variable>" and the density. `wrt="input"`: each sample's
+    top eigenvalue(s) of its input Hessian instead ("eigenvalues" (N, top_k), the record's
+    `per_sample`). `max_sharpness` gates the largest eigenvalue. Objective options as
+    `wrt_weights`'."""
+    options = locals().copy()
+    for key in ("model", "x", "target"):
+        options.pop(key)
+    return _run(_spec(hessian), model, x, target, options)
+
+
 def diff(
     a: str | Path,
     b: str | Path,

@@ -315,6 +315,25 @@ def command_checks(m: Path, version: str, full: bool, python: Path) -> list[Chec
             verify=[json_lines(command="check")],
         ),
         Check(
+            "hessian on a directory of checkpoints --json -o DIR",
+            [
+                "hessian",
+                m / "checkpoints",
+                tab_x,
+                "--target",
+                m / "tabular_y.npy",
+                "--probes",
+                "10",
+                "--json",
+                "-o",
+                "curvature",
+            ],
+            verify=[
+                json_lines(3, command="hessian"),
+                files("curvature", ["epoch_00.npz", "epoch_02.npz", "epoch_10.npz"]),
+            ],
+        ),
+        Check(
             "diff --junit",
             [
                 "diff",

@@ -29,6 +29,7 @@ HIDDEN = {
     "jacobian": {"target", "loss", "from_logits", "class_index", "logits"},
     "check": {"logits", "jit", "out", "fail_on", "max_norm", "min_norm"},
     "influence": {"class_index", "logits", "training", "jit", "fail_on", "max_norm", "min_norm"},
+    "hessian": {"max_norm", "min_norm"},
 }
 
 
@@ -195,6 +196,44 @@ RECORDS = {
                 "error_ratio": 0.0,
             }
         ],
+    },
+    Kind.CURVATURE: {
+        **BASE,
+        "command": "hessian",
+        "method": "Hessian-vector products (double-backward)",
+        "tensors": [
+            {
+                "name": "t",
+                "shape": [2, 3],
+                "size": 6,
+                "status": "ok",
+                "tripped": False,
+                "trace": 1.0,
+                "trace_stderr": 0.1,
+                "trace_per_weight": 0.17,
+                "gradient_l2": 0.5,
+            }
+        ],
+        "wrt": "weights",
+        "hvp": "double-backward",
+        "size": 6,
+        "objective_mean": 0.7,
+        "gradient_l2": 0.5,
+        "eigen": {
+            "which": "largest",
+            "values": [2.0],
+            "residuals": [1e-4],
+            "converged": [True],
+            "tol": 1e-3,
+            "norm": 2.0,
+            "products": 5,
+            "restarts": 0,
+            "max_steps": 6,
+        },
+        "trace": {"value": 1.0, "stderr": 0.1, "probes": 10, "rtol": None, "per_weight": 0.17},
+        "layers": [{"layer": "d", "size": 6, "trace": 1.0, "trace_stderr": 0.1}],
+        "products": 15,
+        "sharpness": {"value": 2.0, "limit": 3.0, "tripped": False},
     },
     Kind.DIFF: {
         **BASE,

@@ -165,6 +165,7 @@ def test_help_summaries_are_whole_sentences_and_metavars_plain(cli):
             "wrt-weights",
             "jacobian",
             "check",
+            "hessian",
             "diff",
             "influence",
             "merge",

@@ -13,6 +13,7 @@ from typing import Any
 
 from gradcli.commands.check import CHECK
 from gradcli.commands.diff import DIFF
+from gradcli.commands.hessian import HESSIAN
 from gradcli.commands.influence import INFLUENCE
 from gradcli.commands.info import INFO
 from gradcli.commands.jacobian import JACOBIAN
@@ -26,7 +27,18 @@ from gradcli.present.records import Kind
 # in the order of `gradcli --help`
 COMMANDS: dict[str, CommandSpec] = {
     s.name: s
-    for s in (INFO, WRT_INPUT, WRT_LAYER, WRT_WEIGHTS, JACOBIAN, CHECK, DIFF, INFLUENCE, MERGE)
+    for s in (
+        INFO,
+        WRT_INPUT,
+        WRT_LAYER,
+        WRT_WEIGHTS,
+        JACOBIAN,
+        CHECK,
+        HESSIAN,
+        DIFF,
+        INFLUENCE,
+        MERGE,
+    )
 }
 
 

@@ -33,7 +33,7 @@ def variable_layers(handle: ModelHandle, names: list[str], variables: list) -> l
     ]
 
 
-def _unique(names: list[str]) -> list[str]:
+def unique_names(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
     for n in names:
@@ -61,7 +61,7 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     )
     if not engine.variables:
         raise GradientError(f"{handle.path.name} has no trainable variables")
-    names = _unique(engine.variable_names)
+    names = unique_names(engine.variable_names)
     # embedding tables' gradients arrive as rows: summed into one float64 table each
     sums = [GradientSum(tuple(v.shape)) for v in engine.variables]
     connected = [True] * len(names)
@@ -179,7 +179,7 @@ def run_per_sample(ctx: Context, out: Path | None, png: Path | None) -> dict:
     )
     if not engine.variables:
         raise GradientError(f"{handle.path.name} has no trainable variables")
-    names = _unique(engine.variable_names)
+    names = unique_names(engine.variable_names)
     clash = [n for n in names if n.startswith(PREFIX)]
     if clash:
         raise GradientError(

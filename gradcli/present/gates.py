@@ -22,6 +22,7 @@ class Status(StrEnum):
     TOO_SMALL = "too-small"  # below --min-norm
     MISMATCH = "mismatch"  # check: analytic and numeric gradients disagree
     UNRESOLVED = "unresolved"  # check: float32 rounding hides the difference
+    TOO_SHARP = "too-sharp"  # hessian: the largest eigenvalue above --max-sharpness
 
     @property
     def style(self) -> str:
@@ -39,13 +40,14 @@ _STYLE = {
     Status.DISCONNECTED: "magenta",
     Status.MISMATCH: "red",
     Status.UNRESOLVED: "yellow",
+    Status.TOO_SHARP: "red",
 }
 
 # the statuses --fail-on names; the norm bounds trip by themselves
 FAIL_ON_CHOICES = tuple(
     s.value for s in (Status.NONFINITE, Status.ZERO, Status.VANISHING, Status.DISCONNECTED)
 )
-_BOUNDS = (Status.TOO_LARGE, Status.TOO_SMALL)
+_BOUNDS = (Status.TOO_LARGE, Status.TOO_SMALL, Status.TOO_SHARP)
 
 # the summary table's "worst" column: the first of these a model's rows have
 _WORST_FIRST = (
@@ -53,6 +55,7 @@ _WORST_FIRST = (
     Status.MISMATCH,
     Status.DISCONNECTED,
     Status.TOO_LARGE,
+    Status.TOO_SHARP,
     Status.TOO_SMALL,
     Status.ZERO,
     Status.VANISHING,

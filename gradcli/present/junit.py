@@ -63,6 +63,9 @@ def build_junit(records: list[Record]):
             suite.add_testcase(case)
         elif rec.kind in (Kind.MODEL, Kind.INFLUENCE):  # no tensors, no gates: it ran
             suite.add_testcase(TestCase(command, classname=model))
+        limit = (rec.get("sharpness") or {}).get("limit")
+        if rec.kind == Kind.CURVATURE and limit is not None and not rec.get("error"):
+            suite.add_testcase(_sharpness_case(rec, model, limit))
         for row in rec.tensors:
             case = TestCase(xml(row.name), classname=model)
             if row.tripped:
@@ -71,6 +74,21 @@ def build_junit(records: list[Record]):
             suite.add_testcase(case)
         doc.add_testsuite(suite)
     return doc
+
+
+def _sharpness_case(rec: Record, model: str, limit: float):
+    """hessian --max-sharpness: a testcase of its own, failed when the largest eigenvalue
+    exceeds the limit (or is not a number)."""
+    from junitparser import Failure, TestCase
+
+    case = TestCase("sharpness (largest Hessian eigenvalue)", classname=model)
+    block = rec.get("sharpness")
+    if block.get("tripped"):
+        value = block.get("value")
+        shown = fmt(value, 6) if value is not None else "undefined"
+        message = f"too-sharp: largest eigenvalue {shown} (limit {fmt(limit, 6)})"
+        case.result = [Failure(message, "too-sharp")]
+    return case
 
 
 def write_file(records: list[Record], path: str | os.PathLike, locate=None) -> None:

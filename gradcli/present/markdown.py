@@ -55,6 +55,8 @@ def render_markdown(records: list[Record]) -> str:
         return ""
     command, kind = records[0].command, records[0].kind
     lines: list[str] = []
+    if kind == Kind.CURVATURE:
+        return _curvature(records)
     if kind == Kind.MODEL or (len(records) > 1 and kind != Kind.DIFF):
         lines += [f"### gradcli {command}: {len(records)} model(s)", ""]
         rows = []
@@ -142,3 +144,14 @@ def _diff(rec: Record) -> list[str]:
     for w in rec.get("warnings") or []:
         lines.append(f"> warning: {markdown(w)}")
     return lines
+
+
+def _curvature(records: list[Record]) -> str:
+    from gradcli.present.curvature import markdown_lines, markdown_many
+
+    if len(records) > 1:
+        return "\n".join(markdown_many(records, _table)) + "\n"
+    rec = records[0]
+    if rec.get("error"):
+        return f"**{markdown_code(rec.get('model'))}**: error: {markdown(rec['error'])}\n"
+    return "\n".join(markdown_lines(rec, _table)) + "\n"

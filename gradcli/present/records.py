@@ -31,6 +31,7 @@ class Kind(StrEnum):
     CHECK = "finite-differences"  # autodiff against finite differences
     DIFF = "comparison"  # two results compared key by key
     INFLUENCE = "data-attribution"  # training samples ranked by their influence (TracIn)
+    CURVATURE = "curvature"  # Hessian eigenvalues, traces, density (hessian)
 
 
 _HIDDEN = ("extra", "keys", "kind", "value_label")

@@ -2,6 +2,7 @@
 
 One file on purpose: a renderer per record kind (gradients, per-sample, flow, diff, check,
 info, many models), all sharing the number formats, status cells and header; each is short.
+Curvature records (hessian) are curvature.py's.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def _status(t: TensorRow) -> Text:
 def render(records: list[Record], console: Console) -> None:
     """Everything a run produced, for a terminal."""
     if len(records) > 1:
+        if records[0].kind == Kind.CURVATURE:
+            from gradcli.present.curvature import render_many
+
+            render_many(records, console)
+            return
         _render_many(records, console)
         return
     for rec in records:
@@ -65,6 +71,11 @@ def render(records: list[Record], console: Console) -> None:
 def render_one(rec: Record, console: Console) -> None:
     if rec.error:
         console.print(rich_text(f"{rec.model}: error: {rec.error}", style="red"))
+        return
+    if rec.kind == Kind.CURVATURE:
+        from gradcli.present.curvature import render as render_curvature
+
+        render_curvature(rec, console, _header(rec))
         return
     _RENDER.get(rec.kind, _render_gradients)(rec, console)
 
