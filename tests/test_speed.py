@@ -322,7 +322,7 @@ def test_background_sink_writes_in_order_and_fails_or_aborts_cleanly(tmp_path):
 
 
 def test_prestart_only_for_commands_that_run_a_worker():
-    wants = supervisor._wants_worker
+    wants = supervisor.wants_worker
     assert wants(["wrt-input", "m.keras", "x.npy"])
     assert wants(["info", "m.keras"])
     assert not wants(["wrt-input", "--help"]) and not wants(["wrt-input", "m", "x", "-h"])
@@ -349,8 +349,9 @@ def test_prestarted_worker_without_a_job_goes_silently(monkeypatch):
 
 
 def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
-    """The worker starts before parsing; a bad option ends the run at once, exit 2, one line,
-    and no worker is left (it would outlive gradcli as an orphan)."""
+    """The worker starts before parsing; a mistake only the parse finds (a cross-field rule:
+    the scan before it, cli/prescan.py, reads each option alone) ends the run at once, exit 2,
+    one line, and no worker is left (it would outlive gradcli as an orphan)."""
     env = {**os.environ}
     env.pop("GRADCLI_INPROCESS", None)
     t0 = time.perf_counter()
@@ -362,8 +363,8 @@ def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
             "wrt-input",
             str(speed_models["cnn"]),
             str(speed_models["dir"] / "x.npy"),
-            "--method",
-            "nope",
+            "--baseline",
+            "b.npy",
         ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -374,7 +375,7 @@ def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
     out, err = proc.communicate(timeout=60)
     took = time.perf_counter() - t0
     assert proc.returncode == 2 and out == ""
-    assert len(err.strip().splitlines()) == 1 and "nope" in err, err
+    assert len(err.strip().splitlines()) == 1 and "--baseline goes with" in err, err
     assert took < 3.0, took  # no waiting for TensorFlow to import
     marker = f"{supervisor.PARENT_VAR}={proc.pid}".encode()
     workers = []
