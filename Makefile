@@ -48,14 +48,17 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# about 12 minutes on 2 cores (ResNet50 built once into bench-out/); bench-quick: a smoke run
+# about 25 minutes on 2 cores (ResNet50 and six keras.applications models built once into
+# bench-out/); bench-quick: a smoke run of each script (a few minutes)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/architectures.py
 	$(BIN)/python bench/gradcam.py
 	$(BIN)/python bench/persample.py
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/bench.py --quick --skip-memory
+	$(BIN)/python bench/architectures.py --quick
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py
