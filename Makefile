@@ -48,7 +48,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# about 25 minutes on 2 cores (ResNet50 and six keras.applications models built once into
+# about 35 minutes on 2 cores (ResNet50 and six keras.applications models built once into
 # bench-out/); bench-quick: a smoke run of each script (a few minutes)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
