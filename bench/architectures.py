@@ -38,13 +38,16 @@ SWEEP = [4, 8, 16, 32, 64]  # the script's batch sizes tried (on the N images)
 
 
 def build(name: str, side: int, path: Path) -> None:
-    """keras.applications.<name>, random weights (seed 0), side x side x 3 (cached)."""
+    """keras.applications.<name>, random weights (seed 0), side x side x 3, logits out (a
+    softmax over random weights saturates: its gradients are about 1e-17) (cached)."""
     if path.exists():
         return
     import keras
 
     keras.utils.set_random_seed(0)
-    model = getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3))
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(side, side, 3), classifier_activation=None
+    )
     model.save(path)
 
 
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     res = bench.Results()
     for name, side, n in chosen:
-        model = bench.WORK / f"{name.lower()}_{side}.keras"
+        model = bench.WORK / f"{name.lower()}_{side}_logits.keras"
         x = bench.WORK / f"{name.lower()}_{side}_x.npy"
         build(name, side, model)
         bench.write_random(x, n, (side, side, 3))

@@ -444,7 +444,8 @@ def rel_diff(a: np.ndarray, b: np.ndarray, chunk_rows: int = 8192) -> tuple[floa
         dot += float(np.vdot(x, y))
         na += float(np.vdot(x, x))
         nb += float(np.vdot(y, y))
-    return diff / max(scale, 1e-30), dot / max(np.sqrt(na * nb), 1e-30)
+    # sqrt of each norm apart: tiny gradients (1e-17) must not underflow the product
+    return diff / max(scale, 1e-300), dot / max(np.sqrt(na) * np.sqrt(nb), 1e-300)
 
 
 def compare_npz(got: Path, want: Path) -> tuple[float, float, list[str]]:
