@@ -48,10 +48,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# about 20 minutes on 2 cores (ResNet50 built once into bench-out/; influenciae and PyHessian
-# installed once into venvs of their own under bench-out/); bench-quick: a smoke run
+# about 40 minutes on 2 cores (ResNet50 and six keras.applications models built once into
+# bench-out/; influenciae and PyHessian installed once into venvs of their own under
+# bench-out/); bench-quick: a smoke run of each script (a few minutes)
 bench: $(STAMP) bench-hessian
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/architectures.py
 	$(BIN)/python bench/gradcam.py
 	$(BIN)/python bench/persample.py
 	$(BIN)/python bench/tracin_noise.py
@@ -65,6 +67,7 @@ bench-hessian: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/bench.py --quick --skip-memory
+	$(BIN)/python bench/architectures.py --quick
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py

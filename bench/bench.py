@@ -23,7 +23,9 @@ What is measured (the rows and goals of the README's "Benchmarks" table)
   within 10%); the per-sample eager loop of the usual examples (goal: gradcli >= 20x faster).
 - peak RSS of `gradcli wrt-input` on a 1 GiB input (ru_maxrss of the largest process of the
   tree, taken by /usr/bin/time; and the summed RSS of the tree, sampled every 50 ms).
-- `gradcli --help` wall time; the device TensorFlow computes on.
+- `gradcli --help` wall time; a usage error (a misspelled flag, a bad value) against
+  `gradcli wrt-input --help` (goal: at most 0.10 s more: no worker is started for it);
+  the device TensorFlow computes on.
 
 Ratios are medians of interleaved pairs (gradcli, then the script), printed with their
 [min-max] spread.
@@ -442,7 +444,8 @@ def rel_diff(a: np.ndarray, b: np.ndarray, chunk_rows: int = 8192) -> tuple[floa
         dot += float(np.vdot(x, y))
         na += float(np.vdot(x, x))
         nb += float(np.vdot(y, y))
-    return diff / max(scale, 1e-30), dot / max(np.sqrt(na * nb), 1e-30)
+    # sqrt of each norm apart: tiny gradients (1e-17) must not underflow the product
+    return diff / max(scale, 1e-300), dot / max(np.sqrt(na) * np.sqrt(nb), 1e-300)
 
 
 def compare_npz(got: Path, want: Path) -> tuple[float, float, list[str]]:
@@ -515,12 +518,46 @@ def load_note(runs: list[Run]) -> str:
     return "other load " + "/".join(f"{r.other_load:.2f}" for r in runs) + " cores"
 
 
-def bench_help(res: Results, repeats: int) -> None:
-    log("\n== gradcli --help (no TensorFlow import)")
-    runs = [run(gradcli_cmd("--help")) for _ in range(max(3, repeats))]
-    wall = statistics.median(r.wall for r in runs)
-    res.data["help_s"] = [r.wall for r in runs]
-    res.add("--help wall time (median)", f"{wall:.2f} s", "< 0.5 s", wall < 0.5, load_note(runs))
+def bench_help(res: Results, repeats: int, model: Path, x: Path) -> None:
+    """--help, and usage errors (a misspelled flag, a bad value) against a command's --help,
+    interleaved: a mistake is refused before any worker starts (cli/prescan.py)."""
+    log("\n== gradcli --help and usage errors (no TensorFlow import)")
+    cases = {
+        "--help": gradcli_cmd("--help"),
+        "wrt-input --help": gradcli_cmd("wrt-input", "--help"),
+        "misspelled flag (--clas 0)": gradcli_cmd("wrt-input", model, x, "--clas", 0),
+        "bad value (--class abc)": gradcli_cmd("wrt-input", model, x, "--class", "abc"),
+    }
+    runs: dict[str, list[Run]] = {k: [] for k in cases}
+    for _ in range(max(3, repeats)):
+        for label, cmd in cases.items():
+            runs[label].append(run(cmd, check=False))
+    for label, rs in runs.items():
+        want = 0 if label.endswith("--help") else 2
+        if any(r.code != want or (want == 2 and len(r.stderr.splitlines()) != 1) for r in rs):
+            raise SystemExit(f"{label}: expected exit {want} (one line): {rs[-1].stderr[-500:]}")
+    walls = {k: [r.wall for r in rs] for k, rs in runs.items()}
+    res.data["help_s"] = walls["--help"]
+    res.data["usage_errors_s"] = walls
+    wall = statistics.median(walls["--help"])
+    res.add(
+        "--help wall time (median)",
+        f"{wall:.2f} s",
+        "< 0.5 s",
+        wall < 0.5,
+        load_note(runs["--help"]),
+    )
+    base = walls["wrt-input --help"]
+    for label in list(cases)[2:]:
+        diffs = [a - b for a, b in zip(walls[label], base, strict=True)]
+        med = statistics.median(diffs)
+        res.add(
+            f"usage error, {label}, minus `wrt-input --help`",
+            f"{spread_text(med, min(diffs), max(diffs), '+.2f')} s",
+            "<= +0.10 s",
+            med <= 0.10,
+            f"median {statistics.median(walls[label]):.2f} s; {load_note(runs[label])}",
+        )
 
 
 def bench_startup(
@@ -1262,7 +1299,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"model {model.name} (seed 0), input {x.name} {(n, *IMAGE_SHAPE)} float32")
 
     res = Results()
-    bench_help(res, repeats)
+    bench_help(res, repeats, model, one)
     startup = bench_startup(res, model, one, mlp, mlp_one, repeats)
     vanilla_wall = bench_vanilla(res, model, x, n, repeats, startup)
     work = vanilla_wall - startup[0]

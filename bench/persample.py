@@ -7,13 +7,22 @@ wrt-weights on the bench CNN and MLP (bench/bench.py's `build_cnn` / `build_mlp`
 What is measured
 - compute, in this process: one pass over N samples as the command does it (batches read,
   one compiled tape call per batch, gradient sums; for --per-sample also the per-sample
-  squared norms), after a warm-up pass so tracing is excluded. Three variants, interleaved
-  round by round: plain wrt-weights (GradientEngine, its default batch size), --per-sample
-  (PerSampleEngine: the fast path where it applies, at its own default batch size), and the
-  general fallback (the fast path switched off, so every variable goes through the
-  vectorized per-sample Jacobian). Median of R rounds, with min-max.
+  squared norms), after a warm-up pass so tracing is excluded, on the CNN, the MLP and an
+  MLP with an Embedding. Variants, interleaved round by round: plain wrt-weights
+  (GradientEngine, its default batch size), --per-sample (PerSampleEngine: the fast path
+  where it applies, at its own default batch size), the general fallback (the fast path
+  switched off, so every variable goes through the vectorized per-sample Jacobian), and the
+  same two with the g_i materialized (--per-sample-arrays): the per-layer-type decision
+  (Dense, Conv, Embedding: layer rule or vectorized_map) read from measurement. Median of R
+  rounds, with min-max.
 - whole process (unless --no-process): `gradcli wrt-weights` with and without --per-sample,
   interleaved, median of R runs: what a user waits for, TensorFlow start-up included.
+- against the best script a user could write (unless --no-process): VMAP_SCRIPT, a
+  `tf.vectorized_map` over a single-sample tape in a `tf.function` (np.savez of every g_i),
+  on the CNN (N=64) and an MLP with an Embedding (token ids, N=256), whole process,
+  interleaved with `gradcli wrt-weights --per-sample-arrays` (goal <= 0.9x) and
+  `--per-sample` (norms only, goal <= 0.5x); median ratio [min-max] of R pairs, and the
+  arrays compared (max|diff|/max|ref|).
 
 The machine may be busy (other processes share the cores): the load average before and
 after is printed; interleaving keeps the ratios fair, absolute times are what they are.
@@ -38,6 +47,46 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench import IMAGE_SHAPE, MLP_FEATURES, build_cnn, build_mlp  # noqa: E402
 
 GOAL = 3.0
+ARRAYS_GOAL, NORMS_GOAL = 0.9, 0.5  # whole process, against VMAP_SCRIPT
+VOCAB, TOKENS = 1000, 16
+
+VMAP_SCRIPT = r'''"""Hand-written per-sample gradients (from bench/persample.py): a single-sample
+tape vectorized over the batch with tf.vectorized_map, in a tf.function; np.savez'd.
+
+usage: vmap.py MODEL X.npy OUT.npz   (BENCH_BATCH rows a call, default 64; the objective is
+the sum of the model's outputs, as `gradcli wrt-weights` without --class or --target)
+"""
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+BATCH = int(os.environ.get("BENCH_BATCH", "64"))
+model_path, x_path, out_path = sys.argv[1:4]
+model = keras.saving.load_model(model_path)
+x = np.load(x_path)
+variables = [v.value for v in model.trainable_variables]
+spec = tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))
+
+
+@tf.function(input_signature=[spec])
+def step(xb):
+    def one(x1):
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(model(x1[None], training=False))
+        return [tf.convert_to_tensor(g) for g in tape.gradient(total, variables)]
+
+    return tf.vectorized_map(one, xb)
+
+
+parts = [[] for _ in variables]
+for s in range(0, len(x), BATCH):
+    for acc, g in zip(parts, step(x[s:s + BATCH])):
+        acc.append(g.numpy())
+np.savez(out_path, **{v.path: np.concatenate(p) for v, p in zip(model.trainable_variables, parts)})
+'''
 
 
 def loadavg() -> str:
@@ -55,7 +104,7 @@ def spread(values: list[float]) -> str:
 
 
 def passes(model: Path, x: np.ndarray):
-    """The three variants as callables doing one pass over x, each warmed up once."""
+    """The variants as callables doing one pass over x, each warmed up once."""
     from gradcli.engine import persample
     from gradcli.engine.batched import GradientEngine
     from gradcli.engine.batching import default_batch_size
@@ -96,10 +145,18 @@ def passes(model: Path, x: np.ndarray):
     general, general_rows = per_sample_pass(
         persample.PerSampleEngine(handle, objective, general_only=True)
     )
+    # the g_i themselves: each layer's own rule (outer products of activations and output
+    # gradients, Embedding rows) against every variable through tf.vectorized_map
+    arrays, arrays_rows = per_sample_pass(persample.PerSampleEngine(handle, objective, arrays=True))
+    vmapped, vmapped_rows = per_sample_pass(
+        persample.PerSampleEngine(handle, objective, arrays=True, general_only=True)
+    )
     variants = {
         f"plain wrt-weights (batch {default})": run_plain,
         f"--per-sample, fast path (batch {fast_rows})": fast,
         f"--per-sample, general fallback (batch {general_rows})": general,
+        f"--per-sample-arrays, layer rules (batch {arrays_rows})": arrays,
+        f"--per-sample-arrays, vectorized_map (batch {vmapped_rows})": vmapped,
     }
     for fn in variants.values():
         fn()  # trace
@@ -119,7 +176,7 @@ def bench_compute(name: str, model: Path, x: np.ndarray, repeats: int) -> list[s
     for label, values in times.items():
         ratio = statistics.median(values) / base
         goal = ""
-        if "fast path" in label:
+        if label.startswith("--per-sample, fast path"):
             goal = f"  goal <= {GOAL:g}x: {'PASS' if ratio <= GOAL else 'MISS'}"
         lines.append(f"  {label:<46} {spread(values)}  x{ratio:.2f}{goal}")
     return lines
@@ -148,6 +205,85 @@ def bench_process(name: str, model: Path, x_path: Path, repeats: int) -> list[st
     return lines
 
 
+def build_embedding_mlp(path: Path) -> None:
+    """Token ids (16) -> Embedding(1000, 32) -> Flatten -> Dense(64, relu) -> Dense(10)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((TOKENS,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(VOCAB, 32, name="embed")(ids)
+    h = keras.layers.Flatten(name="flatten")(h)
+    h = keras.layers.Dense(64, activation="relu", name="fc1")(h)
+    out = keras.layers.Dense(10, name="logits")(h)
+    keras.Model(ids, out, name="bench_embedding_mlp").save(path)
+
+
+def _timed(cmd: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _max_rel_diff(got: Path, want: Path) -> float:
+    with np.load(got) as g, np.load(want) as w:
+        worst = 0.0
+        for key in w.files:
+            ref = w[key].astype(np.float64)
+            ours = g["per_sample/" + key].astype(np.float64)
+            scale = float(np.abs(ref).max()) or 1.0
+            worst = max(worst, float(np.abs(ours - ref).max()) / scale)
+    return worst
+
+
+def bench_vmap(name: str, model: Path, x_path: Path, work: Path, repeats: int) -> list[str]:
+    """gradcli --per-sample-arrays and --per-sample against VMAP_SCRIPT, whole process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GRADCLI_INPROCESS", None)
+    script = work / "vmap.py"
+    script.write_text(VMAP_SCRIPT)
+    got, want = work / "ps_gradcli.npz", work / "ps_vmap.npz"
+    gradcli = [sys.executable, "-m", "gradcli", "wrt-weights", str(model), str(x_path), "-q"]
+    cmds = {
+        "vmap": [sys.executable, str(script), str(model), str(x_path), str(want)],
+        "arrays": [*gradcli, "--per-sample-arrays", "-o", str(got)],
+        "norms": [*gradcli, "--per-sample", "--json"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(repeats):
+        for label, cmd in cmds.items():
+            times[label].append(_timed(cmd, env))
+    lines = [
+        f"{name} (N={len(np.load(x_path, mmap_mode='r'))}): whole process against a "
+        f"hand-written tf.vectorized_map script, median [min-max] of {repeats} interleaved "
+        "rounds",
+        f"  {'vmap script':<46} {spread(times['vmap'])}",
+    ]
+    for label, goal in (("arrays", ARRAYS_GOAL), ("norms", NORMS_GOAL)):
+        ratios = [a / b for a, b in zip(times[label], times["vmap"], strict=True)]
+        med = statistics.median(ratios)
+        flag = "--per-sample-arrays" if label == "arrays" else "--per-sample (norms)"
+        lines.append(
+            f"  {flag:<46} {spread(times[label])}  ratio {med:.2f} [{min(ratios):.2f}-"
+            f"{max(ratios):.2f}]  goal <= {goal:g}x: {'PASS' if med <= goal else 'MISS'}"
+        )
+    lines.append(f"  g_i against the script: max|diff|/max|ref| {_max_rel_diff(got, want):.1e}")
+    return lines
+
+
+def job_input(model: Path, build, n: int, shape, rng, suffix: str) -> tuple[np.ndarray, Path]:
+    """Build `model` if not cached; N random rows of `shape` (None: token ids) saved beside
+    it."""
+    if not model.exists():
+        build(model)
+    if shape is None:
+        x = rng.integers(0, VOCAB, (n, TOKENS), dtype=np.int32)
+    else:
+        x = rng.random((n, *shape), dtype=np.float32)
+    x_path = model.parent / f"{model.stem}{suffix}_x.npy"
+    np.save(x_path, x)
+    return x, x_path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N, one round (smoke run)")
@@ -169,22 +305,35 @@ def main(argv: list[str] | None = None) -> int:
             512 if args.quick else 8192,
             (MLP_FEATURES,),
         ),
+        ("MLP with Embedding", work / "ps_embed.keras", build_embedding_mlp, 512, None),
     ]
     report = [
         f"per-sample gradients benchmark, {os.cpu_count()} cores, load average {loadavg()} "
         "at start (other processes may share the machine)"
     ]
     for name, model, build, n, shape in jobs:
-        if not model.exists():
-            build(model)
-        x = rng.random((n, *shape), dtype=np.float32)
-        x_path = work / f"{model.stem}_x.npy"
-        np.save(x_path, x)
+        x, x_path = job_input(model, build, n, shape, rng, "")
         lines = bench_compute(name, model, x, repeats)
         print("\n".join(lines), flush=True)
         report += lines
         if not args.no_process:
             lines = bench_process(name, model, x_path, max(1, min(repeats, 3)))
+            print("\n".join(lines), flush=True)
+            report += lines
+    if not args.no_process:
+        vmap_jobs = [
+            ("bench CNN", work / "ps_cnn.keras", build_cnn, 16 if args.quick else 64, IMAGE_SHAPE),
+            (
+                "MLP with Embedding",
+                work / "ps_embed.keras",
+                build_embedding_mlp,
+                32 if args.quick else 256,
+                None,
+            ),
+        ]
+        for name, model, build, n, shape in vmap_jobs:
+            _, x_path = job_input(model, build, n, shape, rng, "_vmap")
+            lines = bench_vmap(name, model, x_path, work, max(1, min(repeats, 3)))
             print("\n".join(lines), flush=True)
             report += lines
     report.append(f"load average at the end {loadavg()}")

@@ -50,6 +50,7 @@ LIGHT = [
     "gradcli.cli.launch",
     "gradcli.cli.app",
     "gradcli.cli.options",
+    "gradcli.cli.prescan",
     "gradcli.cli.params",
     "gradcli.cli.funnel",
     "gradcli.cli.preflight",

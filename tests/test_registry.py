@@ -78,7 +78,7 @@ def test_the_worker_runs_the_commands_the_table_says():
     from gradcli.process import supervisor
 
     for name in COMMANDS:
-        assert supervisor._wants_worker([name, "m.keras"]) == COMMANDS[name].in_worker
+        assert supervisor.wants_worker([name, "m.keras"]) == COMMANDS[name].in_worker
 
 
 def test_every_module_of_commands_contributes_one_spec():

@@ -68,6 +68,20 @@ def test_rows_per_call_follow_activations_and_stay_bounded():
     # never more input values a call than the input rule allows
     assert batching.rows_for(1 << 21, 4, budget) == 2
     assert batching.rows_for(1 << 23, 4, budget) == 1
+    # a deep net of many small layers: at least OP_BYTES of each layer's output a call (the
+    # fixed cost of hundreds of operations amortized), past the cache; measured fastest at
+    # 16-32 rows (DenseNet121 at 64x64: 15.6 MiB over 428 layers; the cache rule said 4),
+    # 32-64 (EfficientNetV2B0 at 64x64: 5.2 MiB over 272 layers; it said 8)
+    assert batching.rows_for(12288, 16_336_000, budget, layers=428) == 32
+    assert batching.rows_for(12288, 5_437_000, budget, layers=272) == 64
+    assert batching.rows_for(12288, 16_336_000, budget) == batching.MIN_ROWS
+    # ... never past ACTIVATION_MEMORY a call, and no change where the cache rule gives more
+    # (the bench CNN's 7 layers) or the activations are large (ResNet50 at 224: 176 layers)
+    big = batching.ACTIVATION_MEMORY // 16
+    assert batching.rows_for(12288, big, budget, layers=10_000) == 16
+    assert batching.rows_for(3072, 218_536, budget, layers=7) == 128
+    assert batching.rows_for(150_528, 148_480_000, budget, layers=176) == batching.MIN_ROWS
+    assert batching.rows_for(3072, 218_536, budget, gpu=True, layers=7) == 1024
     previous = batching.MAX_ROWS
     for act in (1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 26):
         rows = batching.rows_for(100, act, budget)
@@ -86,6 +100,10 @@ def test_default_batch_size_is_deterministic_and_reads_the_model(speed_models):
     ratio = batching.activation_bytes(export) / batching.activation_bytes(cnn)
     assert 0.5 < ratio < 2.0, ratio
     assert batching.activation_bytes(big) == 4 * 64 * 64 * (4 + 256)
+    # the layers producing them: conv1, pool1, conv2, flatten, logits; the export's graph
+    # counts its operations in pairs, the same order
+    assert batching.activation_profile(cnn)[1] == 5
+    assert 2 <= batching.activation_profile(export)[1] <= 20
     sizes = [batching.default_batch_size(h) for h in (cnn, export, big)]
     assert sizes == [batching.default_batch_size(h) for h in (cnn, export, big)]
     for rows in sizes:
@@ -322,7 +340,7 @@ def test_background_sink_writes_in_order_and_fails_or_aborts_cleanly(tmp_path):
 
 
 def test_prestart_only_for_commands_that_run_a_worker():
-    wants = supervisor._wants_worker
+    wants = supervisor.wants_worker
     assert wants(["wrt-input", "m.keras", "x.npy"])
     assert wants(["info", "m.keras"])
     assert not wants(["wrt-input", "--help"]) and not wants(["wrt-input", "m", "x", "-h"])
@@ -349,8 +367,9 @@ def test_prestarted_worker_without_a_job_goes_silently(monkeypatch):
 
 
 def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
-    """The worker starts before parsing; a bad option ends the run at once, exit 2, one line,
-    and no worker is left (it would outlive gradcli as an orphan)."""
+    """The worker starts before parsing; a mistake only the parse finds (a cross-field rule:
+    the scan before it, cli/prescan.py, reads each option alone) ends the run at once, exit 2,
+    one line, and no worker is left (it would outlive gradcli as an orphan)."""
     env = {**os.environ}
     env.pop("GRADCLI_INPROCESS", None)
     t0 = time.perf_counter()
@@ -362,8 +381,8 @@ def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
             "wrt-input",
             str(speed_models["cnn"]),
             str(speed_models["dir"] / "x.npy"),
-            "--method",
-            "nope",
+            "--baseline",
+            "b.npy",
         ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -374,7 +393,7 @@ def test_a_parse_error_kills_the_early_worker_and_prints_one_line(speed_models):
     out, err = proc.communicate(timeout=60)
     took = time.perf_counter() - t0
     assert proc.returncode == 2 and out == ""
-    assert len(err.strip().splitlines()) == 1 and "nope" in err, err
+    assert len(err.strip().splitlines()) == 1 and "--baseline goes with" in err, err
     assert took < 3.0, took  # no waiting for TensorFlow to import
     marker = f"{supervisor.PARENT_VAR}={proc.pid}".encode()
     workers = []

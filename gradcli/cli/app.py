@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
 
         completion_init()  # Typer's bash/zsh/fish protocol (the scripts --show-completion prints)
     elif argv is None:  # the program itself (launch.py has usually started the worker already)
-        supervisor.prestart(sys.argv[1:])
+        from gradcli.cli.launch import prestart
+
+        prestart(sys.argv[1:])
     try:
         _main(argv)
     finally:  # a worker started before parsing and never given its job goes, silently

@@ -5,7 +5,8 @@ A gradient command spends most of its start-up in the worker importing TensorFlo
 imports neither: it starts the worker first (supervisor.prestart, for a command that runs
 in a worker and asks for no help or version), so both start-ups overlap, then hands over to
 cli.main, which gives the worker its job once parsed or kills it unheard if parsing fails.
-A shell asking for tab completions (COMPLETE_VAR set) gets no worker.
+A shell asking for tab completions (COMPLETE_VAR set) gets no worker, and neither does a
+command line that is certain to fail parsing (prescan.py): a typo answers as fast as --help.
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ import sys
 COMPLETE_VAR = "_GRADCLI_COMPLETE"
 
 
+def prestart(argv: list[str]) -> None:
+    """Start the worker now unless the command line is certain to fail parsing."""
+    from gradcli.cli.prescan import certainly_fails
+    from gradcli.process import supervisor
+
+    if supervisor.wants_worker(argv) and not certainly_fails(argv):
+        supervisor.prestart(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the program itself: before anything else is imported (safepath.py)
         from gradcli.process.safepath import drop_working_directory
@@ -26,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if COMPLETE_VAR not in os.environ:
-            supervisor.prestart(sys.argv[1:] if argv is None else list(argv))
+            prestart(sys.argv[1:] if argv is None else list(argv))
         from gradcli.cli.app import main as cli_main
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM before the CLI could take over
         supervisor.discard_prestarted()

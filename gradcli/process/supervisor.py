@@ -266,7 +266,7 @@ def prestart(argv: list[str]) -> None:
     that runs in a worker and asks for no help or version. `run` uses it when the parsed job
     wants the same environment; otherwise, or when parsing fails, it is killed unheard."""
     global _prestarted
-    if _prestarted is not None or not _wants_worker(argv):
+    if _prestarted is not None or not wants_worker(argv):
         return
     onednn = _scan_option(argv, "--onednn") or "auto"
     if onednn not in ("auto", "on", "off"):
@@ -280,7 +280,8 @@ def prestart(argv: list[str]) -> None:
         _prestarted = None
 
 
-def _wants_worker(argv: list[str]) -> bool:
+def wants_worker(argv: list[str]) -> bool:
+    """argv names a command that runs in a worker, and asks for no help or version."""
     if os.environ.get("GRADCLI_INPROCESS", "") not in ("", "0") or not argv:
         return False
     if argv[0] not in worker_commands():
