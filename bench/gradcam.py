@@ -53,7 +53,7 @@ def main() -> None:
         api.wrt_layer(handle, x, LAYER, class_index=CLASS)
 
     def cam() -> None:
-        api.wrt_input(handle, x, method="gradcam", layers=[LAYER], class_index=CLASS)
+        api.wrt_input(handle, x, method="gradcam", layer=LAYER, class_index=CLASS)
 
     def timed(fn) -> float:
         t0 = time.perf_counter()
