@@ -34,7 +34,7 @@ PRESENTATION: dict[str, tuple[Any, Any]] = {
         Annotated[
             OutputFormat,
             typer.Option(
-                *_names("output_format"), metavar="table|json|markdown", help=formats_help()
+                *_names("output_format"), metavar="|".join(stdout_formats()), help=formats_help()
             ),
         ],
         OutputFormat("table"),

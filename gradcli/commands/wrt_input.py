@@ -9,7 +9,7 @@ from gradcli.commands.fields import AgainstFields, ComputeJob
 from gradcli.commands.layouts import AGAINST, OBJECTIVE, RUN
 from gradcli.commands.spec import OWN, CommandSpec, opt
 from gradcli.errors import UsageError, param
-from gradcli.methods import METHODS, method_help
+from gradcli.methods import METHODS, method_help, png_style_help
 from gradcli.present.records import Kind
 
 
@@ -83,9 +83,7 @@ class WrtInputJob(AgainstFields, ComputeJob):
         None,
         "--png-style",
         metavar="signed|magnitude",
-        help="signed: a diverging colormap centred on zero (red +, blue -); magnitude: |value|. "
-        "Default: signed for integrated and gradxinput, magnitude for the others (CAMs, "
-        "squaregrad and vargrad are never negative).",
+        help=png_style_help(),
         show_default=False,
         choices=("signed", "magnitude"),
     )

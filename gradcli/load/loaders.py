@@ -1,8 +1,8 @@
 """The ordered table of loader strategies, and `load_model`, which picks one per path.
 
-A strategy claims paths of one format (formats.py decides the format), checks them as data
+A strategy claims paths of one format (io/modelfiles.py decides the format), checks them as data
 in safe mode (scanning.py), and loads them by its steps in order, every step under the same
-weight bound. Adding a model format: its suffix in formats.py, its strategy here.
+weight bound. Adding a model format: its suffix in io/modelfiles.py, its strategy here.
 """
 
 from __future__ import annotations

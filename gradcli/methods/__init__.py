@@ -30,6 +30,21 @@ def method_help() -> str:
     return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()) + "."
 
 
+def png_style_help() -> str:
+    """--png-style's help: which methods draw signed by default and which are never negative,
+    from the table."""
+
+    def names(style: str) -> str:
+        found = [m.name for m in METHODS.values() if m.png_style == style]
+        return ", ".join(found[:-1]) + " and " + found[-1] if len(found) > 1 else "".join(found)
+
+    return (
+        "signed: a diverging colormap centred on zero (red +, blue -); magnitude: |value|. "
+        f"Default: signed for {names('signed')}, magnitude for the others ({names('own')} are "
+        "never negative)."
+    )
+
+
 def value_label(method: str | None) -> str:
     """How a table names a method's values: |g| (a gradient), |attr|, or CAM."""
     found = METHODS.get(method or "vanilla")
