@@ -20,9 +20,12 @@ What is measured
 - against the best script a user could write (unless --no-process): VMAP_SCRIPT, a
   `tf.vectorized_map` over a single-sample tape in a `tf.function` (np.savez of every g_i),
   on the CNN (N=64) and an MLP with an Embedding (token ids, N=256), whole process,
-  interleaved with `gradcli wrt-weights --per-sample-arrays` (goal <= 0.9x) and
-  `--per-sample` (norms only, goal <= 0.5x); median ratio [min-max] of R pairs, and the
-  arrays compared (max|diff|/max|ref|).
+  interleaved with `gradcli wrt-weights --per-sample-arrays` (goal <= 0.9x); and
+  VMAP_NORMS_SCRIPT, the same map summing each sample's squared norms inside it (what a
+  script that wants only norms does; faster than saving every g_i), against `--per-sample`
+  (norms only, goal <= 0.5x), also on the CNN at N=8,192, norms only, where the per-sample
+  work outweighs TensorFlow's start-up; median ratio [min-max] of R pairs, arrays and norms
+  compared (max|diff|/max|ref|).
 
 The machine may be busy (other processes share the cores): the load average before and
 after is printed; interleaving keeps the ratios fair, absolute times are what they are.
@@ -44,49 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from vmap_scripts import VMAP_NORMS_SCRIPT, VMAP_SCRIPT  # noqa: E402
+
 from bench import IMAGE_SHAPE, MLP_FEATURES, build_cnn, build_mlp  # noqa: E402
 
 GOAL = 3.0
-ARRAYS_GOAL, NORMS_GOAL = 0.9, 0.5  # whole process, against VMAP_SCRIPT
+ARRAYS_GOAL, NORMS_GOAL = 0.9, 0.5  # whole process, against VMAP_SCRIPT / VMAP_NORMS_SCRIPT
 VOCAB, TOKENS = 1000, 16
-
-VMAP_SCRIPT = r'''"""Hand-written per-sample gradients (from bench/persample.py): a single-sample
-tape vectorized over the batch with tf.vectorized_map, in a tf.function; np.savez'd.
-
-usage: vmap.py MODEL X.npy OUT.npz   (BENCH_BATCH rows a call, default 64; the objective is
-the sum of the model's outputs, as `gradcli wrt-weights` without --class or --target)
-"""
-import os
-import sys
-
-import keras
-import numpy as np
-import tensorflow as tf
-
-BATCH = int(os.environ.get("BENCH_BATCH", "64"))
-model_path, x_path, out_path = sys.argv[1:4]
-model = keras.saving.load_model(model_path)
-x = np.load(x_path)
-variables = [v.value for v in model.trainable_variables]
-spec = tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype))
-
-
-@tf.function(input_signature=[spec])
-def step(xb):
-    def one(x1):
-        with tf.GradientTape() as tape:
-            total = tf.reduce_sum(model(x1[None], training=False))
-        return [tf.convert_to_tensor(g) for g in tape.gradient(total, variables)]
-
-    return tf.vectorized_map(one, xb)
-
-
-parts = [[] for _ in variables]
-for s in range(0, len(x), BATCH):
-    for acc, g in zip(parts, step(x[s:s + BATCH])):
-        acc.append(g.numpy())
-np.savez(out_path, **{v.path: np.concatenate(p) for v, p in zip(model.trainable_variables, parts)})
-'''
 
 
 def loadavg() -> str:
@@ -235,19 +202,34 @@ def _max_rel_diff(got: Path, want: Path) -> float:
     return worst
 
 
-def bench_vmap(name: str, model: Path, x_path: Path, work: Path, repeats: int) -> list[str]:
-    """gradcli --per-sample-arrays and --per-sample against VMAP_SCRIPT, whole process."""
+def _norms_rel_diff(got: Path, want: Path) -> float:
+    with np.load(got) as g:
+        ours = g["per_sample/norm"].astype(np.float64)
+    ref = np.load(want).astype(np.float64)
+    return float(np.abs(ours - ref).max()) / (float(np.abs(ref).max()) or 1.0)
+
+
+def bench_vmap(
+    name: str, model: Path, x_path: Path, work: Path, repeats: int, arrays: bool = True
+) -> list[str]:
+    """gradcli --per-sample-arrays against VMAP_SCRIPT (unless not `arrays`: N too large for
+    every g_i on disk) and --per-sample against VMAP_NORMS_SCRIPT, whole process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("GRADCLI_INPROCESS", None)
-    script = work / "vmap.py"
+    script, norms_script = work / "vmap.py", work / "vmap_norms.py"
     script.write_text(VMAP_SCRIPT)
+    norms_script.write_text(VMAP_NORMS_SCRIPT)
     got, want = work / "ps_gradcli.npz", work / "ps_vmap.npz"
+    got_norms, want_norms = work / "ps_gradcli_norms.npz", work / "ps_vmap_norms.npy"
     gradcli = [sys.executable, "-m", "gradcli", "wrt-weights", str(model), str(x_path), "-q"]
     cmds = {
         "vmap": [sys.executable, str(script), str(model), str(x_path), str(want)],
         "arrays": [*gradcli, "--per-sample-arrays", "-o", str(got)],
-        "norms": [*gradcli, "--per-sample", "--json"],
+        "vmap_norms": [sys.executable, str(norms_script), str(model), str(x_path), str(want_norms)],
+        "norms": [*gradcli, "--per-sample", "-o", str(got_norms)],
     }
+    if not arrays:
+        del cmds["vmap"], cmds["arrays"]
     times: dict[str, list[float]] = {k: [] for k in cmds}
     for _ in range(repeats):
         for label, cmd in cmds.items():
@@ -256,17 +238,25 @@ def bench_vmap(name: str, model: Path, x_path: Path, work: Path, repeats: int) -
         f"{name} (N={len(np.load(x_path, mmap_mode='r'))}): whole process against a "
         f"hand-written tf.vectorized_map script, median [min-max] of {repeats} interleaved "
         "rounds",
-        f"  {'vmap script':<46} {spread(times['vmap'])}",
     ]
-    for label, goal in (("arrays", ARRAYS_GOAL), ("norms", NORMS_GOAL)):
-        ratios = [a / b for a, b in zip(times[label], times["vmap"], strict=True)]
+    if arrays:
+        lines.append(f"  {'vmap script (every g_i saved)':<46} {spread(times['vmap'])}")
+    lines.append(f"  {'vmap script (norms summed in the map)':<46} {spread(times['vmap_norms'])}")
+    pairs = (("arrays", "vmap", ARRAYS_GOAL),) if arrays else ()
+    for label, ref, goal in (*pairs, ("norms", "vmap_norms", NORMS_GOAL)):
+        ratios = [a / b for a, b in zip(times[label], times[ref], strict=True)]
         med = statistics.median(ratios)
         flag = "--per-sample-arrays" if label == "arrays" else "--per-sample (norms)"
         lines.append(
             f"  {flag:<46} {spread(times[label])}  ratio {med:.2f} [{min(ratios):.2f}-"
             f"{max(ratios):.2f}]  goal <= {goal:g}x: {'PASS' if med <= goal else 'MISS'}"
         )
-    lines.append(f"  g_i against the script: max|diff|/max|ref| {_max_rel_diff(got, want):.1e}")
+    if arrays:
+        lines.append(f"  g_i against the script: max|diff|/max|ref| {_max_rel_diff(got, want):.1e}")
+    lines.append(
+        f"  norms against the norms script: max|diff|/max|ref| "
+        f"{_norms_rel_diff(got_norms, want_norms):.1e}"
+    )
     return lines
 
 
@@ -321,19 +311,38 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines), flush=True)
             report += lines
     if not args.no_process:
+        # (name, model, build, N, shape, with arrays): the last, norms only at a size where
+        # the per-sample work outweighs starting TensorFlow (3.5 s of a 5 s script at N=64)
         vmap_jobs = [
-            ("bench CNN", work / "ps_cnn.keras", build_cnn, 16 if args.quick else 64, IMAGE_SHAPE),
+            (
+                "bench CNN",
+                work / "ps_cnn.keras",
+                build_cnn,
+                16 if args.quick else 64,
+                IMAGE_SHAPE,
+                True,
+            ),
             (
                 "MLP with Embedding",
                 work / "ps_embed.keras",
                 build_embedding_mlp,
                 32 if args.quick else 256,
                 None,
+                True,
+            ),
+            (
+                "bench CNN, norms only",
+                work / "ps_cnn.keras",
+                build_cnn,
+                256 if args.quick else 8192,
+                IMAGE_SHAPE,
+                False,
             ),
         ]
-        for name, model, build, n, shape in vmap_jobs:
-            _, x_path = job_input(model, build, n, shape, rng, "_vmap")
-            lines = bench_vmap(name, model, x_path, work, max(1, min(repeats, 3)))
+        for name, model, build, n, shape, arrays in vmap_jobs:
+            suffix = "_vmap" if arrays else "_vmap_norms"
+            _, x_path = job_input(model, build, n, shape, rng, suffix)
+            lines = bench_vmap(name, model, x_path, work, max(1, min(repeats, 3)), arrays)
             print("\n".join(lines), flush=True)
             report += lines
     report.append(f"load average at the end {loadavg()}")
