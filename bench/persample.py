@@ -20,8 +20,8 @@ What is measured
 - against the best script a user could write (unless --no-process): VMAP_SCRIPT, a
   `tf.vectorized_map` over a single-sample tape in a `tf.function` (np.savez of every g_i),
   on the CNN (N=64) and an MLP with an Embedding (token ids, N=256), whole process,
-  interleaved with `gradcli wrt-weights --per-sample-arrays` (goal <= 0.9x); and
-  VMAP_NORMS_SCRIPT, the same map summing each sample's squared norms inside it (what a
+  interleaved with `gradcli wrt-weights --per-sample-arrays` (goal <= 0.9x); and the
+  script's `norms` mode, the same map summing each sample's squared norms inside it (what a
   script that wants only norms does; faster than saving every g_i), against `--per-sample`
   (norms only, goal <= 0.5x), also on the CNN at N=8,192, norms only, where the per-sample
   work outweighs TensorFlow's start-up; median ratio [min-max] of R pairs, arrays and norms
@@ -47,12 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from vmap_scripts import VMAP_NORMS_SCRIPT, VMAP_SCRIPT  # noqa: E402
+from vmap_scripts import VMAP_SCRIPT  # noqa: E402
 
 from bench import IMAGE_SHAPE, MLP_FEATURES, build_cnn, build_mlp  # noqa: E402
 
 GOAL = 3.0
-ARRAYS_GOAL, NORMS_GOAL = 0.9, 0.5  # whole process, against VMAP_SCRIPT / VMAP_NORMS_SCRIPT
+ARRAYS_GOAL, NORMS_GOAL = 0.9, 0.5  # whole process, against VMAP_SCRIPT (norms: its `norms` mode)
 VOCAB, TOKENS = 1000, 16
 
 
@@ -213,19 +213,25 @@ def bench_vmap(
     name: str, model: Path, x_path: Path, work: Path, repeats: int, arrays: bool = True
 ) -> list[str]:
     """gradcli --per-sample-arrays against VMAP_SCRIPT (unless not `arrays`: N too large for
-    every g_i on disk) and --per-sample against VMAP_NORMS_SCRIPT, whole process."""
+    every g_i on disk) and --per-sample against its `norms` mode, whole process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("GRADCLI_INPROCESS", None)
-    script, norms_script = work / "vmap.py", work / "vmap_norms.py"
+    script = work / "vmap.py"
     script.write_text(VMAP_SCRIPT)
-    norms_script.write_text(VMAP_NORMS_SCRIPT)
     got, want = work / "ps_gradcli.npz", work / "ps_vmap.npz"
     got_norms, want_norms = work / "ps_gradcli_norms.npz", work / "ps_vmap_norms.npy"
     gradcli = [sys.executable, "-m", "gradcli", "wrt-weights", str(model), str(x_path), "-q"]
     cmds = {
         "vmap": [sys.executable, str(script), str(model), str(x_path), str(want)],
         "arrays": [*gradcli, "--per-sample-arrays", "-o", str(got)],
-        "vmap_norms": [sys.executable, str(norms_script), str(model), str(x_path), str(want_norms)],
+        "vmap_norms": [
+            sys.executable,
+            str(script),
+            str(model),
+            str(x_path),
+            str(want_norms),
+            "norms",
+        ],
         "norms": [*gradcli, "--per-sample", "-o", str(got_norms)],
     }
     if not arrays:

@@ -69,7 +69,7 @@ def run_tracin(train, test, etas, k, batch, shard=None, keep_matrix=False):
     return acc.result()
 
 
-def same(a: at.ShardResult, b: at.ShardResult) -> None:
+def assert_same_result(a: at.ShardResult, b: at.ShardResult) -> None:
     assert a.run == b.run and a.k == b.k
     for name in at.ShardResult.ARRAYS:
         x, y = getattr(a, name), getattr(b, name)
@@ -135,10 +135,10 @@ def test_sharded_and_merged_equals_unsharded_bit_for_bit(n, keep_matrix):
     whole = run_tracin(train, test, etas, 6, 5, keep_matrix=keep_matrix)
     shards = [run_tracin(train, test, etas, 6, 5, (k, n), keep_matrix) for k in range(n)]
     merged = at.merge(shards[::-1], n_train=37)  # any order of shards
-    same(merged, whole)
+    assert_same_result(merged, whole)
     # and through the saved arrays, as shard files would carry them
     again = [at.ShardResult.from_arrays(s.arrays(), s.run, s.shard, s.k) for s in shards]
-    same(at.merge(again, n_train=37), whole)
+    assert_same_result(at.merge(again, n_train=37), whole)
 
 
 def test_sharded_merge_with_real_float_scores_is_still_exact():
@@ -148,7 +148,7 @@ def test_sharded_merge_with_real_float_scores_is_still_exact():
     etas = [0.1, 0.03, 0.007]
     whole = run_tracin(train, test, etas, 5, 8)
     merged = at.merge([run_tracin(train, test, etas, 5, 8, (k, 4)) for k in range(4)])
-    same(merged, whole)
+    assert_same_result(merged, whole)
 
 
 def test_merge_refuses_what_is_not_one_run():
