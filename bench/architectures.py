@@ -54,7 +54,7 @@ def build(name: str, side: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one small architecture, one pair")
-    parser.add_argument("--repeat", type=int, default=None, help="pairs (default 3, quick 1)")
+    parser.add_argument("--repeat", type=int, default=None, help="pairs (default 5, quick 1)")
     parser.add_argument("--only", default=None, help="comma-separated architecture names")
     parser.add_argument("--work", type=Path, default=bench.WORK, help="work directory")
     parser.add_argument(
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [a for a in ARCHITECTURES if a[0] in wanted]
     elif args.quick:
         chosen = [("MobileNetV3Small", 32, 8)]
-    repeats = args.repeat or (1 if args.quick else 3)
+    repeats = args.repeat or (1 if args.quick else 5)
     import keras
     import tensorflow as tf
 

@@ -443,3 +443,74 @@ def test_class_beyond_an_undeclared_class_axis_is_exit_2(cli, tf, tmp_path):
         assert "3 classes; K must be in 0..2" in r.err, r.err
         ok = cli(args[0], tmp_path / "open", x, "--class", "2", *args[1:], "--json")
         assert ok.code == 0, ok.err
+
+
+# (layer, input shape): the kernel offsets' input windows against TensorFlow's own padding,
+# strides and dilation, with odd and even sizes; the last ones have few output positions and
+# many channels, so their norms take the Gram form
+CONV_GEOMETRIES = {
+    "same, stride 2, odd": (
+        "Conv2D",
+        dict(filters=4, kernel_size=3, strides=2, padding="same"),
+        (7, 9, 2),
+    ),
+    "same, stride 2, even": (
+        "Conv2D",
+        dict(filters=4, kernel_size=(3, 2), strides=2, padding="same"),
+        (8, 6, 3),
+    ),
+    "same, stride 3, kernel 4": (
+        "Conv2D",
+        dict(filters=3, kernel_size=4, strides=(3, 2), padding="same"),
+        (10, 7, 2),
+    ),
+    "same, dilated": (
+        "Conv2D",
+        dict(filters=3, kernel_size=3, dilation_rate=2, padding="same"),
+        (6, 7, 2),
+    ),
+    "valid, stride and kernel 1": ("Conv2D", dict(filters=5, kernel_size=1, strides=2), (5, 5, 3)),
+    "conv1d same, stride 2": (
+        "Conv1D",
+        dict(filters=4, kernel_size=3, strides=2, padding="same"),
+        (9, 3),
+    ),
+    "conv1d causal, dilated": (
+        "Conv1D",
+        dict(filters=4, kernel_size=2, dilation_rate=3, padding="causal"),
+        (8, 2),
+    ),
+    "gram, same": (
+        "Conv2D",
+        dict(filters=40, kernel_size=3, strides=2, padding="same"),
+        (3, 3, 16),
+    ),
+    "gram, conv1d": ("Conv1D", dict(filters=48, kernel_size=3, padding="same"), (2, 24)),
+}
+
+
+@pytest.mark.parametrize("geometry", list(CONV_GEOMETRIES))
+def test_conv_per_sample_gradients_match_single_sample_tapes(keras, tf, geometry):
+    import gradcli
+
+    kind, config, shape = CONV_GEOMETRIES[geometry]
+    keras.utils.set_random_seed(5)
+    inp = keras.Input(shape, name="x")
+    h = getattr(keras.layers, kind)(activation="tanh", name="conv", **config)(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, name="out")(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(5).normal(size=(N, *shape)).astype(np.float32)
+    want = {v.path: [] for v in model.trainable_variables}
+    for i in range(N):
+        with tf.GradientTape() as tape:
+            o = model(x[i : i + 1])[0, 1]
+        grads = tape.gradient(o, model.trainable_variables)
+        for v, g in zip(model.trainable_variables, grads, strict=True):
+            want[v.path].append(g.numpy())
+    want = {k: np.stack(v) for k, v in want.items()}
+    arrays = gradcli.wrt_weights(model, x, per_sample_arrays=True, class_index=1)
+    norms = gradcli.wrt_weights(model, x, per_sample=True, class_index=1)
+    for path, g in want.items():
+        np.testing.assert_allclose(arrays["per_sample/" + path], g, rtol=1e-4, atol=1e-6)
+    ref = np.sqrt(sum(np.square(g.reshape(N, -1)).sum(1) for g in want.values()))
+    for got in (arrays, norms):
+        np.testing.assert_allclose(got["per_sample/norm"], ref, rtol=1e-4)

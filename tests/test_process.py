@@ -214,3 +214,33 @@ def test_closed_stdout_stops_quietly(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "0", proc.stdout
     assert "Traceback" not in proc.stdout and "error" not in proc.stdout
+
+
+def test_a_sigterm_whose_exception_python_drops_still_stops_the_run():
+    """A signal handler that runs inside a weakref callback (as one did inside an import's
+    module-lock cleanup while gradcli was starting) has its exception printed and dropped by
+    Python: the run went on and committed its output. The SIGTERM is remembered, and the
+    checks before handing over the job and before each commit raise it."""
+    script = textwrap.dedent("""
+        import os, signal, weakref
+        from gradcli.process import supervisor
+
+        supervisor.handle_sigterm()
+
+        class Thing:
+            pass
+
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: [os.kill(os.getpid(), signal.SIGTERM), sum(range(9))])
+        del thing  # the handler raises inside the callback: printed, dropped
+        print("carried on")
+        try:
+            supervisor.check_terminated()
+        except supervisor.Terminated:
+            print("stopped")
+    """)
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert r.stdout.split() == ["carried", "on", "stopped"], r.stdout + r.stderr
+    assert "Exception ignored" in r.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from gradcli.engine.sparse import GradientSum, SparseGradient
 from gradcli.present.figures import TensorStats, layer_summary
 from gradcli.present.gates import Gates
 
@@ -50,3 +52,20 @@ def test_layer_summary_sums_squares_per_layer():
         {"layer": "a", "l2": 5.0, "status": "ok", "param_l2": 10.0},
         {"layer": "b", "l2": 0.0, "status": "disconnected", "param_l2": 2.0},
     ]
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 500])
+def test_sparse_batch_sums_equal_the_dense_sum(k):
+    """Embedding-table batches (rows, repeated indices) summed without densifying them give
+    the sum of their dense tables, and count the rows they touched."""
+    rng = np.random.default_rng(k)
+    total = GradientSum((30, 4))
+    dense = np.zeros((30, 4))
+    for _ in range(3):
+        indices = rng.integers(0, 30, k)
+        values = rng.normal(size=(k, 4)).astype(np.float32)
+        batch = SparseGradient(values, indices, (30, 4))
+        total.add(batch)
+        np.add.at(dense, indices, values.astype(np.float64))
+    np.testing.assert_allclose(total.total, dense, rtol=1e-6, atol=1e-12)
+    assert total.sparse and total.rows_touched == np.count_nonzero(np.abs(dense).sum(1))

@@ -67,6 +67,7 @@ def present(
 
         with ProgressBar(err, enabled=not quiet and err.is_terminal) as on_progress:
             worst = produce(on_record, on_progress)
+        supervisor.check_terminated()  # before any report is written
         if not fmt.streams:
             fmt.renderer().render(typed(records), out)
         if reports:
@@ -105,9 +106,10 @@ def fail(exc: BaseException, debug: bool = False) -> int:
 
 def interrupted(exc: BaseException) -> int:
     """Ctrl-C exits 130, SIGTERM 143 (what a shell reports for them), after cleaning up."""
-    from gradcli.process.supervisor import Terminated
+    from gradcli.process.supervisor import Terminated, sigterm_handled
 
     if isinstance(exc, Terminated):
+        sigterm_handled()
         stderr_line("terminated")
         return int(ExitCode.TERMINATED)
     stderr_line("interrupted")

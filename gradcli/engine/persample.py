@@ -17,8 +17,10 @@ variables) stays small.
 Not detected: a variable read outside its layer without Keras tracking it (a closure over
 another layer's weights, which only `--unsafe` Lambda layers can do).
 
-The mean-gradient sum G over the batch comes from the same tape, exactly as `GradientEngine`
-computes it, so `wrt-weights --per-sample` reports the same G as plain `wrt-weights`.
+The batch-summed gradient G comes from the same tape, as `GradientEngine` computes it, except
+for the fast path's Dense and Conv layers, whose G is the sum of the g_i their rule computes
+anyway (the same numbers to float rounding, without a second weight gradient), so that
+`wrt-weights --per-sample` reports the G of plain `wrt-weights`.
 
 Streams (data attribution, `GradientStream`): the same step over a subset of the variables
 (by name: a layer, the last layer), its per-sample gradients reduced inside the compiled step
@@ -38,6 +40,7 @@ from gradcli.engine.batched import weight_numpy
 from gradcli.engine.capture import hooked
 from gradcli.engine.core import Step, TapeCore, tf_variable
 from gradcli.engine.ghostnorm import (
+    EMBEDDING,
     RULES,
     Capture,
     Slot,
@@ -167,22 +170,33 @@ class PerSampleEngine:
                 total = tf.reduce_sum(o)
             # a layer called once is covered; a shared one (or one that did not run) is not
             usable = [s for s in slots if len(s.inputs) == 1 and len(s.zs) == 1]
+            # G of a covered Dense or Conv is the sum of its g_i, which its rule computes
+            # anyway: the tape leaves out those variables (no second weight gradient)
+            summed = {k for s in usable if s.kind != EMBEDDING for k in s.positions.values()}
+            taped = [k for k in range(len(variables)) if k not in summed]
             grads = tape.gradient(
                 total,
-                {"weights": variables, "z": [s.zs[0] for s in usable]},
+                {"weights": [variables[k] for k in taped], "z": [s.zs[0] for s in usable]},
                 unconnected_gradients=tf.UnconnectedGradients.NONE,
             )
-            weights = grads["weights"]
+            weights: list[Any] = [None] * len(variables)
+            for k, g in zip(taped, grads["weights"], strict=True):
+                weights[k] = g
             zero = tf.zeros_like(f32(o))
             squares: list[Any] = [None] * len(variables)
             per_sample: list[Any] = [None] * len(variables)
             for slot, dz in zip(usable, grads["z"], strict=True):
-                if dz is None:
+                if dz is None:  # the layer does not reach the objective
                     continue
-                figures = RULES[slot.kind](slot, slot.inputs[0], dz, arrays)
+                parts = RULES[slot.kind](slot, slot.inputs[0], dz, arrays)
                 for role, k in slot.positions.items():
-                    if role in figures and weights[k] is not None:
-                        squares[k], per_sample[k] = figures[role]
+                    part = parts.get(role)
+                    if part is None:
+                        continue
+                    if k in summed:
+                        weights[k] = tf.cast(part.total, variables[k].dtype)
+                    if weights[k] is not None:
+                        squares[k], per_sample[k] = part.squares, part.per_sample
             general = [
                 k for k in range(len(variables)) if squares[k] is None and weights[k] is not None
             ]

@@ -46,8 +46,30 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: handled like Ctrl-C (clean up, stop), but exits 143."""
 
 
+_sigterm_seen = False  # a SIGTERM arrived: see check_terminated
+
+
 def raise_terminated(signum: int, frame: Any) -> None:
+    global _sigterm_seen
+    _sigterm_seen = True
     raise Terminated
+
+
+def check_terminated() -> None:
+    """Raise Terminated if a SIGTERM has arrived. The handler's own exception can be lost:
+    Python runs a signal handler at the next bytecode boundary, and when that falls inside a
+    weakref callback or a __del__ (an import's module-lock cleanup, say) it prints "Exception
+    ignored in ..." and carries on. So the run checks here before each step it cannot take
+    back: handing the job to the worker, committing outputs."""
+    if _sigterm_seen:
+        raise Terminated
+
+
+def sigterm_handled() -> None:
+    """The stop a SIGTERM asked for has happened (exit 143 reported): a caller that lives on
+    (tests, notebooks) starts its next run afresh."""
+    global _sigterm_seen
+    _sigterm_seen = False
 
 
 def handle_sigterm() -> Any:
@@ -161,9 +183,11 @@ def _attempt(
             # the job, then nothing: the worker sees EOF on this pipe when we are gone
             # (a worker that died before its job, e.g. killed while prestarted, is reported
             # from its exit status below, as any other)
+            check_terminated()
             with contextlib.suppress(BrokenPipeError):
                 os.write(lifeline, line)
             for raw in proc.stdout:
+                check_terminated()
                 try:
                     event = json.loads(raw)
                 except ValueError:

@@ -62,11 +62,12 @@ class _Lifeline:
 
     @contextlib.contextmanager
     def committing(self):
+        from gradcli.process.supervisor import Terminated, check_terminated
+
         with self.lock:
             if not self.alive():
-                from gradcli.process.supervisor import Terminated
-
                 raise Terminated
+            check_terminated()  # a SIGTERM whose exception was lost on the way
             yield
 
 
@@ -139,7 +140,13 @@ def main() -> int:
 
 
 def _main() -> int:
-    from gradcli.process.supervisor import JOB_FD_VAR, PARENT_VAR, Terminated, handle_sigterm
+    from gradcli.process.supervisor import (
+        JOB_FD_VAR,
+        PARENT_VAR,
+        Terminated,
+        check_terminated,
+        handle_sigterm,
+    )
 
     parent = int(os.environ[PARENT_VAR]) if os.environ.get(PARENT_VAR) else None
     _arm_parent_death(parent)
@@ -183,6 +190,7 @@ def _main() -> int:
 
             set_commit_guard(lifeline.committing)
         try:
+            check_terminated()
             code = _run(job, emit)
         except Terminated:
             return int(ExitCode.TERMINATED)
