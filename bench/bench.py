@@ -17,8 +17,8 @@ What is measured (the rows and goals of the README's "Benchmarks" table)
   each against the script at its own best batch size, found by a sweep in this process
   (goal: <= 1.00x).
 - gradxinput, SmoothGrad and Integrated Gradients: cost per gradient (wall minus start-up,
-  per tape row) relative to vanilla's, each against a vanilla run of its own round
-  (goal: <= 1.05x).
+  per tape row) relative to vanilla's, each against a vanilla run and a 1-sample start-up
+  run of its own round (goal: <= 1.05x).
 - wrt-layer and wrt-weights on the CNN, whole process, versus hand-written references (goal:
   within 10%); the per-sample eager loop of the usual examples (goal: gradcli >= 20x faster).
 - peak RSS of `gradcli wrt-input` on a 1 GiB input (ru_maxrss of the largest process of the
@@ -33,9 +33,9 @@ Ratios are medians of interleaved pairs (gradcli, then the script), printed with
 Other processes may share the machine: before each timed run the benchmark waits (bounded)
 for them to calm down, and records the CPU the rest of the machine used during the run
 ("other load", in cores, from /proc/stat minus our own CPU time). Whole-process times still
-vary by about +-10% from run to run, so comparisons are interleaved (5 pairs for wrt-input,
-3 for the slower ones, 2 for ResNet50), the goal is judged on the median ratio, and the
-CPU-time ratio is in the note column.
+vary by about +-10% from run to run, so comparisons are interleaved (5 for wrt-input and the
+methods, 3 for the slower ones, 2 for ResNet50), the goal is judged on the median ratio, and
+the CPU-time ratio is in the note column.
 """
 
 from __future__ import annotations
@@ -758,8 +758,8 @@ def bench_methods(
     res: Results,
     model: Path,
     x: Path,
+    one: Path,
     n_full: int,
-    startup: float,
     sg_samples: int,
     ig_steps: int,
     repeats: int,
@@ -767,9 +767,10 @@ def bench_methods(
     """Cost per gradient of each method relative to vanilla's: every method runs the same
     number of tape rows as the vanilla job (n_full): gradxinput on all n_full samples,
     SmoothGrad on n_full / copies samples, IG on n_full / steps; cost = wall - start-up.
-    Each round runs vanilla and then every method, and each method is judged against its
-    round's vanilla run, so that the machine's load drifting between phases of the
-    benchmark moves both sides alike."""
+    Each round runs a 1-sample job (its start-up), vanilla and then every method, and each
+    method is judged against its round's vanilla run and start-up, so that the machine's
+    load drifting between phases of the benchmark moves both sides alike (start-up, 4-5 s,
+    is half of each wall: one start-up for all rounds moved the ratios by +-40%)."""
     log(f"\n== methods: cost per gradient relative to vanilla ({n_full} tape rows each)")
     methods = (
         ("gradxinput", 1, []),
@@ -789,12 +790,14 @@ def bench_methods(
         return run(gradcli_cmd("wrt-input", model, path, "--class", CLASS, *args))
 
     vanilla: list[Run] = []
+    startups: list[float] = []
     runs: dict[str, list[Run]] = {m: [] for m, _, _ in methods}
     for _ in range(repeats):
+        startups.append(gradcli_run("vanilla", one, []).wall)
         vanilla.append(gradcli_run("vanilla", x, []))
         for method, _, extra in methods:
             runs[method].append(gradcli_run(method, subs[method][0], extra))
-    vanilla_costs = [(r.wall - startup) / n_full for r in vanilla]
+    vanilla_costs = [(r.wall - s) / n_full for r, s in zip(vanilla, startups, strict=True)]
     if min(vanilla_costs) * n_full <= 0.05 * min(r.wall for r in vanilla):
         res.add(
             "method cost per gradient",
@@ -808,7 +811,9 @@ def bench_methods(
     )
     for method, copies, _ in methods:
         n_sub = subs[method][1]
-        costs = [(r.wall - startup) / (n_sub * copies) for r in runs[method]]
+        costs = [
+            (r.wall - s) / (n_sub * copies) for r, s in zip(runs[method], startups, strict=True)
+        ]
         ratios = [c / v for c, v in zip(costs, vanilla_costs, strict=True)]
         med = statistics.median(ratios)
         res.data[method] = {"walls": [r.wall for r in runs[method]], "ratios": ratios}
@@ -1305,7 +1310,7 @@ def main(argv: list[str] | None = None) -> int:
     work = vanilla_wall - startup[0]
     steady = n / work if work > 0.05 * vanilla_wall else 0.0
     bench_inprocess(res, model, x, n_fwd, n_eager, n / vanilla_wall, steady)
-    bench_methods(res, model, x, n, startup[0], sg_samples, ig_steps, few)
+    bench_methods(res, model, x, one, n, sg_samples, ig_steps, repeats)
     bench_layer_weights(res, model, x, n, few)
     if args.skip_architectures:
         res.add("ResNet50 and Transformer", "skipped (--skip-architectures)")
@@ -1353,7 +1358,7 @@ def main(argv: list[str] | None = None) -> int:
         f"run time:  {time.perf_counter() - t_start:.0f} s; sizes: {n} images "
         f"32x32x3 (CNN), eager subset {n_eager}, ResNet50 {n_resnet} images, Transformer "
         f"{n_tokens} x {TOKENS} tokens; ratios are medians [min-max] of interleaved runs "
-        f"({repeats} for wrt-input, {few} for the others)"
+        f"({repeats} for wrt-input and the methods, {few} for the others)"
     )
     text = summary(res, header, quick, (load0, load1))
     (WORK / "summary.txt").write_text(text + "\n")

@@ -179,10 +179,10 @@ def _bias(dz3: Any, arrays: bool) -> Part:
 
 
 def _conv(slot: Slot, a: Any, dz: Any, arrays: bool) -> dict[str, Part]:
-    """role -> Part of a Conv1D/Conv2D layer. The
-    kernel's gradient at offset (i, j) is the input window that offset reads (a strided slice
-    of the padded input, one per kernel position) against dz: k*k batched matmuls, 3-4x
-    faster than unfolding the patches with tf.image.extract_patches (bench/persample.py)."""
+    """role -> Part of a Conv1D/Conv2D layer. The kernel's gradient at offset (i, j) is the
+    input window that offset reads (a strided slice of the padded input) against dz: k*k
+    batched matmuls, 3-4x faster here than unfolding patches with tf.image.extract_patches
+    (36 of 39 ms for a batch of 256 32x32x3 images went to the unfolding)."""
     layer = slot.info.layer
     a, dz = f32(a), f32(dz)
     kernel_shape = tuple(int(d) for d in layer.kernel.shape)
@@ -203,15 +203,12 @@ def _conv(slot: Slot, a: Any, dz: Any, arrays: bool) -> dict[str, Part]:
     dz3 = tf.reshape(dz, [b, -1, filters])
     positions = _positions(dz.shape)
     if arrays or not positions or positions * (depth + filters) >= depth * filters:
-        # materialized: one (B, C_in, C_out) block per kernel offset
+        # one (B, C_in, C_out) block per kernel offset, joined only when the g_i are asked
         blocks = [tf.matmul(w, dz3, transpose_a=True) for w in windows]
-        g = tf.concat(blocks, axis=1) if len(blocks) > 1 else blocks[0]
         sq = tf.add_n([tf.reduce_sum(tf.square(k), [1, 2]) for k in blocks])
-        kernel = Part(
-            sq,
-            tf.reshape(g, [b, *kernel_shape]) if arrays else None,
-            tf.reshape(tf.reduce_sum(g, 0), kernel_shape),
-        )
+        total = tf.concat([tf.reduce_sum(k, 0) for k in blocks], axis=0)
+        g = tf.reshape(tf.concat(blocks, axis=1), [b, *kernel_shape]) if arrays else None
+        kernel = Part(sq, g, tf.reshape(total, kernel_shape))
         return {"kernel": kernel, "bias": _bias(dz3, arrays)}
     u = tf.concat(windows, axis=2) if len(windows) > 1 else windows[0]
     parts = _summed_outer(u, dz3, positions, False, True)
