@@ -160,8 +160,7 @@ def _summed_outer(
     The Gram form costs P^2 (d_in + d_out) a sample, the materialized one P d_in d_out;
     `unknown_gram` decides when P is not known."""
     d_in, d_out = int(u.shape[-1]), int(dz3.shape[-1])
-    gram = positions * (d_in + d_out) < d_in * d_out if positions else unknown_gram
-    if arrays or not gram:
+    if arrays or not _gram(positions, d_in, d_out, unknown_gram):
         g = tf.einsum("bpi,bpj->bij", u, dz3)
         kernel = Part(squared_norms(g), g if arrays else None, tf.reduce_sum(g, 0))
     else:
@@ -170,6 +169,12 @@ def _summed_outer(
         )
         kernel = Part(sq, None, tf.einsum("bpi,bpj->ij", u, dz3))
     return {"kernel": kernel, "bias": _bias(dz3, arrays)}
+
+
+def _gram(positions: int | None, d_in: int, d_out: int, unknown: bool) -> bool:
+    """Whether the Gram form (P^2 (d_in + d_out) a sample) is cheaper than the materialized
+    kernel gradient (P d_in d_out); `unknown` when P is not known."""
+    return positions * (d_in + d_out) < d_in * d_out if positions else unknown
 
 
 def _bias(dz3: Any, arrays: bool) -> Part:
@@ -202,7 +207,7 @@ def _conv(slot: Slot, a: Any, dz: Any, arrays: bool) -> dict[str, Part]:
     depth, filters = int(np.prod(kernel_shape[:-1])), kernel_shape[-1]
     dz3 = tf.reshape(dz, [b, -1, filters])
     positions = _positions(dz.shape)
-    if arrays or not positions or positions * (depth + filters) >= depth * filters:
+    if arrays or not _gram(positions, depth, filters, False):
         # one (B, C_in, C_out) block per kernel offset, joined only when the g_i are asked
         blocks = [tf.matmul(w, dz3, transpose_a=True) for w in windows]
         sq = tf.add_n([tf.reduce_sum(tf.square(k), [1, 2]) for k in blocks])
@@ -211,7 +216,7 @@ def _conv(slot: Slot, a: Any, dz: Any, arrays: bool) -> dict[str, Part]:
         kernel = Part(sq, g, tf.reshape(total, kernel_shape))
         return {"kernel": kernel, "bias": _bias(dz3, arrays)}
     u = tf.concat(windows, axis=2) if len(windows) > 1 else windows[0]
-    parts = _summed_outer(u, dz3, positions, False, True)
+    parts = _summed_outer(u, dz3, positions, False, False)
     kernel = parts["kernel"]
     parts["kernel"] = kernel._replace(total=tf.reshape(kernel.total, kernel_shape))
     return parts

@@ -35,7 +35,7 @@ def summed_rows(g: SparseGradient) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(indices, kind="stable")
     ordered = indices[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    values = g.values.reshape(len(indices), *g.values.shape[1:])[order]
+    values = g.values.reshape(len(indices), *g.shape[1:])[order]
     return ordered[starts], np.add.reduceat(values, starts, axis=0, dtype=np.float64)
 
 
