@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -111,6 +112,54 @@ def test_default_batch_size_is_deterministic_and_reads_the_model(speed_models):
     assert sizes[2] < sizes[0]  # more activations a sample, fewer rows a call
     budget = batching.activation_budget()
     assert 4 << 20 <= budget <= 64 << 20
+
+
+def test_per_sample_rows_count_the_fast_path_rules_memory(speed_models, keras):
+    """--per-sample takes plain wrt-weights' rows a call unless the fast path's rules (conv
+    input windows, Gram matrices) or the materialized g_i would pass their budgets; a model
+    whose layer shapes are unknown before tracing keeps the 256-row cap."""
+    from gradcli.api import _handle as wrap
+    from gradcli.engine import ghostnorm
+    from gradcli.engine.objective import build_objective
+    from gradcli.engine.persample import PerSampleEngine
+    from gradcli.jobs import wrt_weights
+
+    def wrap_model(model):
+        return wrap(model, False)
+
+    def engine(handle, arrays=False):
+        return PerSampleEngine(handle, build_objective(handle), arrays=arrays)
+
+    cnn, big = _handle(speed_models["cnn"]), _handle(speed_models["big"])
+    # conv1: 9 offsets x 14x14 positions x 3 channels of windows + 27 x 8 blocks; conv2:
+    # 9 x 5x5 x 8 + 72 x 8; the largest layer counts
+    assert engine(cnn).fast_path_size() == 9 * 14 * 14 * 3 + 27 * 8
+    # the wide conv: 64x64 positions x 9 x 4 windows; its kernel (36 x 256) is materialized
+    wide = 9 * 64 * 64 * 4 + 36 * 256
+    assert engine(big).fast_path_size() == wide
+    assert wrt_weights.per_sample_rows(engine(big), None, 4096) == (
+        wrt_weights.FAST_PATH_BUDGET // wide
+    )
+    assert wrt_weights.per_sample_rows(engine(cnn), None, 128) == 128
+    arrays = engine(cnn, arrays=True)
+    assert wrt_weights.per_sample_rows(arrays, None, 4096) == (
+        wrt_weights.PER_SAMPLE_BUDGET // arrays.per_sample_size()  # 2,601 rows
+    )
+    keras.utils.set_random_seed(2)
+    ids = keras.Input((6,), dtype="int32")
+    h = keras.layers.Flatten()(keras.layers.Embedding(50, 4)(ids))
+    dense = wrap_model(keras.Model(ids, keras.layers.Dense(3)(keras.layers.Dense(8)(h))))
+    assert engine(dense).fast_path_size() == 0  # nothing beyond the activations
+    assert wrt_weights.per_sample_rows(engine(dense), None, 1024) == 1024
+
+    # a layer outside any functional graph (as in a subclassed model): shapes unknown
+    conv = keras.layers.Conv2D(2, 3)
+    conv.build((None, 8, 8, 1))
+    assert ghostnorm.row_values(ghostnorm.Slot(SimpleNamespace(layer=conv), "conv", {})) is None
+    unknown = engine(cnn)
+    unknown.slots.append(ghostnorm.Slot(SimpleNamespace(layer=conv), "conv", {}))
+    assert unknown.fast_path_size() is None
+    assert wrt_weights.per_sample_rows(unknown, None, 1024) == wrt_weights.PER_SAMPLE_ROWS
 
 
 def test_methods_prepare_their_rows_off_the_tape_with_the_same_result(speed_models, tf):

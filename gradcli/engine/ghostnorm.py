@@ -269,4 +269,35 @@ def _embedding(slot: Slot, ids: Any, dz: Any, arrays: bool) -> dict[str, Part]:
     return {"kernel": Part(sq, g)}
 
 
+def row_values(slot: Slot) -> int | None:
+    """Values one sample adds to a tape call in the rule of `slot`, beyond the activations
+    the model holds anyway: a convolution's input windows (k x k copies of its input) and
+    per-offset blocks or Gram matrices, a sequence Dense's materialized kernel gradient or
+    Gram matrices. None when the layer's shapes are not known before tracing (a layer of a
+    subclassed model, one called twice)."""
+    layer = slot.info.layer
+    try:
+        a_shape, z_shape = tuple(layer.input.shape), tuple(layer.output.shape)
+    except (AttributeError, ValueError, TypeError):
+        return None
+    if slot.kind == EMBEDDING:
+        return 0  # dz's rows, summed per id: the size of the layer's own output
+    positions = _positions(z_shape)
+    if slot.kind == DENSE:
+        if len(a_shape) == 2:
+            return 0
+        if positions is None:
+            return None
+        d_in, d_out = int(a_shape[-1]), int(z_shape[-1])
+        return 2 * positions**2 if _gram(positions, d_in, d_out, False) else d_in * d_out
+    if positions is None:
+        return None
+    offsets, c_in = int(np.prod(layer.kernel_size)), int(a_shape[-1])
+    windows = offsets * positions * c_in
+    depth, filters = offsets * c_in, int(z_shape[-1])
+    if _gram(positions, depth, filters, False):
+        return 2 * windows + 2 * positions**2  # the windows, joined, and two P x P
+    return windows + depth * filters
+
+
 RULES = {DENSE: _dense, CONV: _conv, EMBEDDING: _embedding}

@@ -47,6 +47,7 @@ from gradcli.engine.ghostnorm import (
     f32,
     layer_kind,
     layer_weights,
+    row_values,
     squared_norms,
 )
 from gradcli.engine.objective import Objective
@@ -155,6 +156,15 @@ class PerSampleEngine:
             covered = {k for s in self.slots for k in s.positions.values()}
             chosen = [k for k in range(len(self.variables)) if k not in covered]
         return sum(int(np.prod(self.variables[k].shape, dtype=np.int64)) for k in chosen)
+
+    def fast_path_size(self) -> int | None:
+        """Values one sample adds in the fast path's rules beyond the model's activations:
+        the largest layer's (the executor frees a layer's windows once its blocks are
+        computed). None when a layer's shapes are not known before tracing."""
+        sizes = [row_values(s) for s in self.slots]
+        if any(v is None for v in sizes):
+            return None
+        return max(sizes, default=0)
 
     def _build(self, targets: Sequence[np.ndarray]) -> None:
         variables, slots, arrays = self.variables, self.slots, self.arrays
@@ -321,6 +331,9 @@ class GradientStream:
 
     def per_sample_size(self) -> int:
         return self.engine.per_sample_size()
+
+    def fast_path_size(self) -> int | None:
+        return self.engine.fast_path_size()
 
     def batch(self, inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> StreamBatch:
         step = self.engine.gradients(inputs, targets)

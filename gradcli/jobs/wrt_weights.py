@@ -145,8 +145,10 @@ def _finish(
 # Bigger calls are no faster: writing B x the model's size is memory-bound (measured on the
 # bench MLP, 262k parameters: 512 samples in 0.6 s at 16 rows a call, 1.2 s at 126)
 PER_SAMPLE_BUDGET = 1 << 22
-# the fast path unfolds conv inputs into patches (kh x kw times the activation): smaller
-# default batches than plain wrt-weights keep that in cache and memory
+# the fast path's rules hold, for the largest layer, at most this many values a call beyond
+# the activations (a convolution's k x k input windows, Gram matrices): 128 MiB of float32
+FAST_PATH_BUDGET = 1 << 25
+# rows a call when a layer's shapes are unknown before tracing (the rules' size with them)
 PER_SAMPLE_ROWS = 256
 DEFAULT_TOP = 5
 PREFIX = "per_sample/"
@@ -159,11 +161,17 @@ def _debug_line(message: str) -> None:
 
 
 def per_sample_rows(engine, requested: int | None, default: int) -> int:
-    """Rows per tape call: --batch-size or a smaller default, within the memory budget."""
-    size = requested or min(default, PER_SAMPLE_ROWS)
-    per_row = engine.per_sample_size()
-    if per_row:
-        size = max(1, min(size, PER_SAMPLE_BUDGET // per_row))
+    """Rows per tape call: --batch-size or plain wrt-weights' default, within the memory
+    budgets of the materialized per-sample gradients and of the fast path's rules (an
+    Embedding MLP's norms: 1,024 rows a call, 1.7x faster than 256)."""
+    fast = engine.fast_path_size()
+    size = requested or (default if fast is not None else min(default, PER_SAMPLE_ROWS))
+    for per_row, budget in (
+        (engine.per_sample_size(), PER_SAMPLE_BUDGET),
+        (fast, FAST_PATH_BUDGET),
+    ):
+        if per_row:
+            size = max(1, min(size, budget // per_row))
     return size
 
 
