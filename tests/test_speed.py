@@ -203,63 +203,6 @@ def test_methods_prepare_their_rows_off_the_tape_with_the_same_result(speed_mode
         np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-7)
 
 
-_REWRITES_PROBE = """
-import json, sys
-import numpy as np
-import gradcli
-from gradcli.cli import main
-from gradcli.load.backend import tf
-model, x, out = sys.argv[1:]
-api = gradcli.wrt_input(gradcli.load_model(model), np.load(x), class_index=2)["image"]
-after_api = tf.config.optimizer.get_experimental_options()
-try:
-    main(["wrt-input", model, x, "--class", "2", "-o", out, "-q"])
-except SystemExit as done:
-    assert done.code in (0, None), done.code
-after_cli = tf.config.optimizer.get_experimental_options()
-print(json.dumps({"after_api": after_api, "after_cli": after_cli, "api": api.tolist()}))
-"""
-
-
-def test_graph_rewrites_are_off_for_cli_jobs_on_a_cpu_and_never_change_gradients(
-    cli, speed_models, tf, tmp_path, monkeypatch
-):
-    """On a CPU the CLI's tapes run without Grappler (DenseNet121's first call 1.5-2.9 s ->
-    0.8-1.6 s, steady calls no slower); GRADCLI_GRAPH_REWRITES=1 keeps it, and the Python API
-    never touches it. Every way the input gradient is a plain tape's."""
-    x_path = speed_models["dir"] / "x.npy"
-    x = np.load(x_path)
-    model = _handle(speed_models["cnn"]).model
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        total = tf.reduce_sum(model(xt, training=False)[:, 2])
-    want = tape.gradient(total, xt).numpy()
-
-    # a fresh process: the Python API leaves Grappler on, a CLI job turns it off
-    env = {**os.environ, "GRADCLI_INPROCESS": "1"}
-    env.pop("GRADCLI_GRAPH_REWRITES", None)
-    probe = [sys.executable, "-c", _REWRITES_PROBE, speed_models["cnn"], x_path, tmp_path / "b.npz"]
-    proc = subprocess.run(list(map(str, probe)), capture_output=True, text=True, env=env,
-                          timeout=180, cwd=ROOT)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not seen["after_api"].get("disable_meta_optimizer", False)
-    assert seen["after_cli"]["disable_meta_optimizer"] is True
-    np.testing.assert_allclose(seen["api"], want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(npz(tmp_path / "b.npz")["image"], want, rtol=1e-5, atol=1e-6)
-
-    # GRADCLI_GRAPH_REWRITES=1 keeps them (decided once a process; asked again here)
-    from gradcli.engine import core
-
-    monkeypatch.setattr(core, "_graph_rewrites", None)
-    monkeypatch.setenv("GRADCLI_GRAPH_REWRITES", "1")
-    r = cli("wrt-input", speed_models["cnn"], x_path, "--class", "2", "-o", tmp_path / "a.npz")
-    assert r.code == 0, r.err
-    assert core._graph_rewrites is True
-    np.testing.assert_allclose(npz(tmp_path / "a.npz")["image"], want, rtol=1e-5, atol=1e-6)
-
-
 def test_results_are_the_same_for_every_batch_size(cli, speed_models, tf, tmp_path):
     """wrt-input (vanilla, IG), wrt-layer and wrt-weights at 1, 5, 37 rows and the default all
     match one plain tape over all 37 samples."""

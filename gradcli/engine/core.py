@@ -25,7 +25,6 @@ gradients), engine.jacobian. Room for more without a fourth tape:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,30 +66,6 @@ def to_numpy(x: Any) -> np.ndarray | None:
     if isinstance(x, tf.IndexedSlices):  # a sparse gradient where dense was asked for
         return tf.convert_to_tensor(x).numpy()
     return None if x is None else x.numpy()
-
-
-# set once a process: whether TensorFlow's graph rewrites (Grappler) run on the tapes
-_graph_rewrites: bool | None = None
-
-
-def plain_graphs_on_cpu() -> None:
-    """Turn off Grappler, TensorFlow's graph rewrites, for this process when it computes on
-    the CPU. TensorFlow rewrites a function's graph when it first runs it: 0.7-1.4 s of
-    DenseNet121's input gradient (first call 1.5-2.9 s, without 0.8-1.6 s), and the rewritten
-    graphs were no faster here (one call on 16 rows 0.13-0.27 s either way; ResNet50 at
-    224 px 1.02-1.07 s a call either way; the bench CNN on 2,048 rows 0.27-0.32 s). A GPU keeps
-    them (layout and mixed-precision rewrites matter there); GRADCLI_GRAPH_REWRITES=1 keeps
-    them on a CPU. Process-wide and set before the first tape runs: TensorFlow rewrites a
-    function again when the option changes after it ran. The CLI's jobs call it (jobs/runner.py),
-    the Python API does not: a library leaves the caller's TensorFlow settings alone."""
-    global _graph_rewrites
-    if _graph_rewrites is not None:
-        return
-    from gradcli.engine.batching import uses_gpu
-
-    _graph_rewrites = os.environ.get("GRADCLI_GRAPH_REWRITES", "") not in ("", "0") or uses_gpu()
-    if not _graph_rewrites:
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 class Compiled:

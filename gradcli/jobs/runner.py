@@ -59,7 +59,6 @@ def run_job(job: Any, emit: Emit) -> int:
     checkpoints of one run (spec.checkpoints) runs the whole job itself: one record."""
     import_custom_code(job.imports)
     if spec_of(job.command).checkpoints:
-        _plain_graphs()
         return spec_of(job.command).implementation()(job, emit)
     models, many = model_paths(job)
     if many and not models:
@@ -151,7 +150,6 @@ def run_one(
                 report(record, outputs)
                 outputs.commit()
         return record
-    _plain_graphs()
     ctx = Context(job, handle, emit, index)
     with Outputs(ctx.temp) as ctx.outputs:  # every output file of the run, all or nothing
         record = spec.implementation()(ctx, out, png)
@@ -160,14 +158,6 @@ def run_one(
             report(record, ctx.outputs)
         ctx.outputs.commit()
     return record
-
-
-def _plain_graphs() -> None:
-    """The CLI owns its process: on a CPU its tapes run without TensorFlow's graph rewrites
-    (engine.core.plain_graphs_on_cpu)."""
-    from gradcli.engine.core import plain_graphs_on_cpu
-
-    plain_graphs_on_cpu()
 
 
 def files_read(job: Any, model: str) -> dict[str, str | None]:
