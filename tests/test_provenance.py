@@ -286,3 +286,25 @@ def test_a_tensor_named_like_the_provenance_entry_is_refused(cli, keras, tmp_pat
         f"error: {out}: a tensor is named '__gradcli__', the key gradcli keeps for provenance\n"
     )
     assert not out.exists()
+
+
+def test_prehashed_digests_are_used_only_for_the_same_bytes(tmp_path):
+    """The worker hashes the job's files while TensorFlow imports (hashes.prehash); a run
+    takes that digest only while the file keeps the stamp it had then: rewritten in place
+    (same size, mtime set back), it is hashed again."""
+    import os
+    import time
+
+    from gradcli.io.hashes import Hashes, prehash
+
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"a" * 5000)
+    st = os.stat(f)
+    prehash([str(f), str(tmp_path), str(tmp_path / "missing")])  # a directory and a missing
+    got = Hashes.start({"model": str(f)}).result()
+    assert got == {"model": hashlib.sha256(b"a" * 5000).hexdigest()}
+    time.sleep(0.05)  # file times tick in milliseconds
+    f.write_bytes(b"b" * 5000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old mtime back: ctime still moves
+    got = Hashes.start({"model": str(f)}).result()
+    assert got == {"model": hashlib.sha256(b"b" * 5000).hexdigest()}

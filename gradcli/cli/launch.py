@@ -43,7 +43,22 @@ def main(argv: list[str] | None = None) -> None:
         terminated = isinstance(exc, supervisor.Terminated)
         sys.stderr.write("terminated\n" if terminated else "interrupted\n")
         sys.exit(143 if terminated else 130)
-    cli_main(argv)
+    if argv is not None:
+        cli_main(argv)
+        return
+    try:
+        cli_main(argv)
+    except SystemExit as exc:
+        if "tensorflow" not in sys.modules:  # a worker ran the job: a normal exit is quick
+            raise
+        # GRADCLI_INPROCESS=1 ran TensorFlow here: skip its slow teardown (worker.leave)
+        from gradcli.process.worker import leave
+
+        code = exc.code
+        if code is not None and not isinstance(code, int):
+            sys.stderr.write(f"{code}\n")
+            code = 1
+        leave(code or 0)
 
 
 if __name__ == "__main__":

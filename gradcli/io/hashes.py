@@ -89,17 +89,47 @@ def check_unchanged(before: dict[str, tuple[str, tuple | None]]) -> None:
             )
 
 
-_cache: dict[tuple, str] = {}  # (path, size, mtime) -> hash: a directory run's input once
+_cache: dict[tuple, str] = {}  # _key(path) -> hash: a directory run's input once
+_pending: dict[tuple, threading.Event] = {}  # keys prehash() is reading now
+_pending_lock = threading.Lock()
 
 
 def _key(path: str) -> tuple | None:
+    """What identifies a file's bytes without reading them: its real path and stamp (a file
+    rewritten in place has a new ctime, which no user can set back)."""
     if path == "-":
         return None  # stdin: hashed each time (a test process reads many)
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (os.path.realpath(path), *_stat_key(st))
+
+
+def prehash(paths: list[str]) -> None:
+    """Hash these regular files now, into the cache Hashes reads. The worker calls it from a
+    thread while it imports TensorFlow (one core busy, the other idle): a 100 MB model costs
+    about 0.3 s of sha256 that would otherwise compete with the gradients for the CPU. A
+    digest is kept only if the file's stamp is the same after reading as before, so a later
+    Hashes whose file still has that stamp may use it."""
+    for path in paths:
+        if not os.path.isfile(path):
+            continue  # a directory (SavedModel, a run over many models) is hashed as before
+        key = _key(path)
+        with _pending_lock:
+            if key is None or key in _cache or key in _pending:
+                continue
+            done = _pending[key] = threading.Event()
+        try:
+            digest = sha256_file(path)
+            if _key(path) == key:
+                _cache[key] = digest
+        except OSError:
+            pass
+        finally:
+            with _pending_lock:
+                del _pending[key]
+            done.set()
 
 
 class Hashes:
@@ -120,6 +150,10 @@ class Hashes:
     def _run(self) -> None:
         for label, path in self.paths.items():
             key = _key(str(path))
+            with _pending_lock:
+                reading = _pending.get(key) if key is not None else None
+            if reading is not None:  # prehash is reading this file: take its digest
+                reading.wait()
             if key is not None and key in _cache:
                 self.values[label] = _cache[key]
                 continue
