@@ -261,13 +261,15 @@ def leave(code: int) -> NoReturn:
     left in it: output files are committed and temp files removed before this is called. What
     a normal exit would still do is done here: other non-daemon threads joined, atexit
     handlers run (logging, weakref finalizers such as temporary directories), Python's
-    standard streams flushed. A stopped run (Ctrl-C, SIGTERM, gradcli gone) goes the same way.
+    standard streams flushed. A stopped run (Ctrl-C, SIGTERM, gradcli gone: 130, 143) only
+    flushes them: nothing is left to finish, and a thread stuck in TensorFlow must not hold it.
     """
-    with contextlib.suppress(Exception):
-        for thread in threading.enumerate():
-            if thread is not threading.main_thread() and not thread.daemon:
-                thread.join()
-        atexit._run_exitfuncs()
+    if code not in (130, 143):
+        with contextlib.suppress(Exception):
+            for thread in threading.enumerate():
+                if thread is not threading.main_thread() and not thread.daemon:
+                    thread.join()
+            atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
