@@ -99,8 +99,12 @@ class GradientEngine:
         jit: bool = False,
         sparse_weights: bool = False,
         activations: bool = False,
+        times_input: bool = False,
     ) -> None:
         self.handle = handle
+        # True: input gradients come back multiplied by their inputs (gradient x input), one
+        # multiply in the compiled call instead of a NumPy pass over every batch
+        self.times_input = times_input
         # True: a step also returns the watched layers' activations (CAM methods need both)
         self.activations = activations
         # True: embedding-table gradients come back as SparseGradient (rows), else dense
@@ -158,9 +162,15 @@ class GradientEngine:
                     [*grads["inputs"], *grads["layers"]], [*sources["inputs"], *acts], strict=True
                 )
             ]
+            inputs = grads["inputs"]
+            if self.times_input:
+                inputs = [
+                    None if g is None else g * tf.cast(x, g.dtype)
+                    for g, x in zip(inputs, sources["inputs"], strict=True)
+                ]
             return (
                 o,
-                grads["inputs"],
+                inputs,
                 grads["layers"],
                 grads["weights"],
                 acts if self.activations else [],

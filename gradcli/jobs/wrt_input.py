@@ -32,7 +32,12 @@ def run(ctx: Context, out: Path | None, png: Path | None) -> dict:
     if options.cam_layer is not None:
         return _run_cam(ctx, method, options, out, png)
     engine = GradientEngine(
-        handle, ctx.objective, wrt_inputs=True, training=job.training, jit=job.jit
+        handle,
+        ctx.objective,
+        wrt_inputs=True,
+        training=job.training,
+        jit=job.jit,
+        times_input=method.times_input,
     )
     rows_per_call = ctx.batch_size()
     names = [i.name for i in handle.inputs]

@@ -72,6 +72,7 @@ register(
         f"{_GRADIENTS}:gradxinput",
         quantity="gradient × input",
         png_style="signed",
+        times_input=True,
     )
 )
 for _name, _help, _quantity, _style in (

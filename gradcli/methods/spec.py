@@ -43,6 +43,9 @@ class MethodSpec:
     # (batch, options) -> the tape's inputs for a batch, built off the main thread; `attribute`
     # finds them in `batch.prepared` (and builds them itself where nobody did)
     prepare: Implementation | None = None
+    # True: the engine multiplies input gradients by their inputs on the tape (gradient x
+    # input); `attribute` finds the products in the gradients' place
+    times_input: bool = False
 
     def rows_per_sample(self, options: Any) -> int:
         if isinstance(self.expansion, str):
